@@ -1,0 +1,1 @@
+"""HTTP ingress of routee-callbacks: the Falcon app that receives Routee's callbacks."""

@@ -1,0 +1,119 @@
+"""Falcon resources of the ingress: the callback endpoint, probes and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+import falcon
+import falcon.asgi
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from http_ingress.allowlist import Allowlist
+from http_ingress.schemas import parse_callback
+from service.errors import (
+    PayloadTooLargeError,
+    RejectedError,
+    RouteeCallbacksError,
+    UnsupportedMediaError,
+)
+from service.metrics import Metrics
+from service.store import Store
+
+_LOGGER = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024
+JSON = "application/json"
+
+
+def _is_json(content_type: str | None) -> bool:
+    return content_type is not None and content_type.split(";", 1)[0].strip().lower() == JSON
+
+
+class CallbacksResource:
+    """``POST /v1/callbacks/viber``: keep one Routee Viber callback, then answer 200."""
+
+    def __init__(self, store: Store, allowlist: Allowlist, metrics: Metrics) -> None:
+        self._store = store
+        self._allowlist = allowlist
+        self._metrics = metrics
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """Check the sender, validate, store durably, answer."""
+        started = time.perf_counter()
+        try:
+            body = await self._accept(req)
+            event = await self._store.append(parse_callback(body))
+        except RejectedError as ex:
+            self._metrics.callbacks.labels("rejected", ex.reason).inc()
+            _LOGGER.debug("callback rejected: %s", ex, extra={"reason": ex.reason, "peer": req.remote_addr})
+            raise
+        except RouteeCallbacksError as ex:
+            self._metrics.callbacks.labels("unavailable", getattr(ex, "reason", "error")).inc()
+            raise
+        if event is None:
+            outcome: dict[str, Any] = {"status": "duplicate"}
+            self._metrics.callbacks.labels("duplicate", "").inc()
+        else:
+            outcome = {"status": "accepted", "sequence": event.sequence}
+            self._metrics.callbacks.labels("accepted", "").inc()
+        self._metrics.ingest_seconds.observe(time.perf_counter() - started)
+        resp.content_type = JSON
+        resp.text = json.dumps(outcome)
+
+    async def _accept(self, req: falcon.asgi.Request) -> bytes:
+        self._allowlist.check(req.remote_addr, req.get_header("X-Forwarded-For"))
+        if not _is_json(req.content_type):
+            raise UnsupportedMediaError(f"Content-Type must be {JSON}, got {req.content_type or 'none'}")
+        if req.content_length is not None and req.content_length > MAX_BODY_BYTES:
+            raise PayloadTooLargeError(f"the body is longer than {MAX_BODY_BYTES} bytes")
+        body: bytes = await req.stream.read(MAX_BODY_BYTES + 1)
+        if len(body) > MAX_BODY_BYTES:
+            raise PayloadTooLargeError(f"the body is longer than {MAX_BODY_BYTES} bytes")
+        return body
+
+
+class HealthResource:
+    """``GET /healthz``: the process is alive and serving HTTP."""
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """Answer 200."""
+        resp.media = {"status": "ok"}
+
+
+class ReadyResource:
+    """``GET /readyz``: the store is writable and the DNS allowlist (when on) is fresh."""
+
+    def __init__(self, store: Store, allowlist: Allowlist, *, timeout: float = 2.0) -> None:
+        self._store = store
+        self._allowlist = allowlist
+        self._timeout = timeout
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """Answer 200 when ready, 503 otherwise; the body says which check fails."""
+        checks: dict[str, dict[str, Any]] = {}
+        try:
+            await asyncio.wait_for(self._store.probe(), self._timeout)
+            checks["store"] = {"ready": True}
+        except (RouteeCallbacksError, TimeoutError) as ex:
+            checks["store"] = {"ready": False, "error": str(ex) or "the store did not answer in time"}
+        if self._allowlist.dns is not None:
+            checks["allowlist"] = self._allowlist.dns.status()
+        ready = all(check["ready"] for check in checks.values())
+        resp.status = falcon.HTTP_200 if ready else falcon.HTTP_503
+        resp.media = {"ready": ready, "checks": checks}
+
+
+class MetricsResource:
+    """``GET /metrics``: Prometheus text format."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """Render every metric."""
+        resp.content_type = CONTENT_TYPE_LATEST
+        resp.data = generate_latest(self._metrics.registry)

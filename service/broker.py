@@ -1,0 +1,153 @@
+"""The in-process broker: fans committed status events out to stream subscribers.
+
+Policy for a full queue: each subscription buffers at most ``queue_size``
+updates. When one more arrives, the subscription is marked *lagged* and its
+buffer is dropped; the stream then catches up from the store from the last
+sequence it sent (the store holds everything the buffer held) and continues
+live. Publishing therefore never blocks, never waits for a subscriber, and no
+subscriber silently misses an update.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Sequence
+
+from service.convert import stream_item
+from service.errors import ShuttingDownError
+from service.events import EventFilter, StoredEvent
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class Update:
+    """A published event, serialized once for every subscriber that receives it."""
+
+    __slots__ = ("_payload", "event")
+
+    def __init__(self, event: StoredEvent) -> None:
+        self.event = event
+        self._payload: bytes | None = None
+
+    @property
+    def payload(self) -> bytes:
+        """The event as a serialized StreamStatusUpdatesResponse."""
+        if self._payload is None:
+            self._payload = stream_item(self.event)
+        return self._payload
+
+
+class Subscription:
+    """One subscriber's bounded buffer of updates."""
+
+    def __init__(self, event_filter: EventFilter, queue_size: int, start_sequence: int) -> None:
+        self.event_filter = event_filter
+        #: Every update with a sequence up to this one was published before the
+        #: subscription existed; everything later that passes the filter is offered.
+        self.start_sequence = start_sequence
+        self._queue_size = queue_size
+        self._items: deque[Update] = deque()
+        self._lagged = False
+        self._closed = False
+        self._wakeup: asyncio.Future[None] | None = None
+
+    def offer(self, update: Update) -> None:
+        """Buffer an update without ever blocking; mark the subscription lagged when full."""
+        if self._lagged or self._closed:
+            return
+        if len(self._items) >= self._queue_size:
+            self._lagged = True
+            self._items.clear()  # The store has them; the stream catches up from there.
+        else:
+            self._items.append(update)
+        self._wake()
+
+    def close(self) -> None:
+        """End the subscription; a waiting reader gets ShuttingDownError."""
+        self._closed = True
+        self._wake()
+
+    async def next_batch(self, idle_seconds: float) -> list[Update] | None:
+        """Wait up to ``idle_seconds`` for updates and take them all.
+
+        Returns the buffered updates in sequence order (empty after a timeout),
+        or None when the subscription lagged and the caller must catch up from
+        the store and subscribe again. Raises ShuttingDownError once closed.
+        """
+        if not (self._items or self._lagged or self._closed):
+            self._wakeup = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._wakeup), idle_seconds)
+            except TimeoutError:
+                pass
+            finally:
+                self._wakeup = None
+        if self._closed:
+            raise ShuttingDownError("the server is shutting down")
+        if self._lagged:
+            return None
+        batch = list(self._items)
+        self._items.clear()
+        return batch
+
+    def _wake(self) -> None:
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
+
+class Broker:
+    """Fans published events out to subscriptions, indexed by campaign."""
+
+    def __init__(self, queue_size: int = 1024) -> None:
+        self._queue_size = queue_size
+        self._by_campaign: dict[str, set[Subscription]] = {}
+        self._every_campaign: set[Subscription] = set()
+        self._closed = False
+        #: The greatest sequence published so far.
+        self.last_sequence = 0
+
+    @property
+    def subscriber_count(self) -> int:
+        """How many subscriptions are open."""
+        return len(self._every_campaign) + sum(len(subs) for subs in self._by_campaign.values())
+
+    def subscribe(self, event_filter: EventFilter) -> Subscription:
+        """Register a subscription; it receives every update published from now on that passes the filter."""
+        if self._closed:
+            raise ShuttingDownError("the server is shutting down")
+        subscription = Subscription(event_filter, self._queue_size, self.last_sequence)
+        if event_filter.campaign_tracking_id is None:
+            self._every_campaign.add(subscription)
+        else:
+            self._by_campaign.setdefault(event_filter.campaign_tracking_id, set()).add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        """Remove a subscription; removing it twice is harmless."""
+        campaign = subscription.event_filter.campaign_tracking_id
+        if campaign is None:
+            self._every_campaign.discard(subscription)
+            return
+        subscribers = self._by_campaign.get(campaign)
+        if subscribers is not None:
+            subscribers.discard(subscription)
+            if not subscribers:
+                del self._by_campaign[campaign]
+
+    def publish(self, events: Sequence[StoredEvent]) -> None:
+        """Offer committed events, in sequence order, to every matching subscription; never blocks."""
+        for event in events:
+            update = Update(event)
+            for subscribers in (self._every_campaign, self._by_campaign.get(event.campaign_tracking_id, ())):
+                for subscription in subscribers:
+                    if not subscription.event_filter.statuses or event.status in subscription.event_filter.statuses:
+                        subscription.offer(update)
+            self.last_sequence = event.sequence
+
+    def close(self) -> None:
+        """Close every subscription and refuse new ones."""
+        self._closed = True
+        for subscription in [*self._every_campaign, *(s for subs in self._by_campaign.values() for s in subs)]:
+            subscription.close()

@@ -1,0 +1,106 @@
+"""The ``routee-callbacks`` command: ``serve``, ``status``, ``watch`` and ``simulate``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from service.config import OPTIONS, Settings, load_settings
+from service.errors import ConfigError, StartupError
+
+PROG = "routee-callbacks"
+DEFAULT_GRPC_TARGET = "127.0.0.1:50051"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line and exit status 2, with no usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        _die(2, message)
+
+
+def _die(status: int, message: str) -> NoReturn:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    raise SystemExit(status)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the parser of every subcommand; each serve option also reads ROUTEE_CALLBACKS_<OPTION>."""
+    parser = _Parser(prog=PROG, description="Receive Routee's Viber status callbacks and serve them over gRPC.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    serve = commands.add_parser(
+        "serve",
+        help="run the service in the foreground",
+        description="Run the whole service in the foreground: the HTTP ingress under gunicorn, "
+        "the gRPC server and the broker in its one worker. Every option can also be set with the "
+        "environment variable named after it; the flag wins. Repeatable options take a comma-separated "
+        "list in their variable.",
+    )
+    defaults = Settings()
+    for option in OPTIONS:
+        default = getattr(defaults, option.field)
+        shown = ", ".join(map(str, default)) if isinstance(default, tuple) else default
+        serve.add_argument(
+            option.flag,
+            dest=option.field,
+            metavar=option.metavar,
+            action="append" if option.repeatable else "store",
+            help=f"{option.help} (env {option.env}; default: {shown if shown not in ('', None) else 'none'})",
+        )
+    from service import client
+
+    client.add_commands(commands, DEFAULT_GRPC_TARGET)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the command line."""
+    args = build_parser().parse_args(argv)
+    if args.command != "serve":
+        raise SystemExit(args.run(args))
+    try:
+        settings = load_settings(vars(args), os.environ)
+    except ConfigError as ex:
+        _die(2, str(ex))
+    try:
+        serve(settings)
+    except StartupError as ex:
+        _die(1, str(ex))
+
+
+def serve(settings: Settings) -> None:
+    """Check what can fail early, then hand over to gunicorn until it stops."""
+    from service.logs import configure_logging
+    from service.process import ServiceApplication
+    from service.store import SqliteStore
+
+    configure_logging(settings.log_level, settings.log_format)
+    # Fail in the foreground with one clear line rather than in the worker after the fork.
+    store = SqliteStore(settings.database, synchronous=settings.sqlite_synchronous)
+    store.open()
+    store.close()
+    _check_port("HTTP", settings.http_bind.host, settings.http_bind.port)
+    _check_port("gRPC", settings.grpc_bind.host, settings.grpc_bind.port)
+    try:
+        ServiceApplication(settings).run()
+    except SystemExit as ex:
+        if ex.code not in (0, None):
+            raise StartupError("the service stopped with an error; see the log above") from None
+
+
+def _check_port(kind: str, host: str, port: int) -> None:
+    if port == 0:
+        return
+    try:
+        family, kind_, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind_, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as ex:
+        raise StartupError(f"cannot listen for {kind} on {host}:{port}: {ex.strerror or ex}") from None

@@ -1,0 +1,97 @@
+"""Client subcommands of ``routee-callbacks``: ``status`` and ``watch``, over gRPC."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+from routee.callbacks.v1 import callback_pb2 as pb
+from routee.callbacks.v1 import message_status_service_pb2 as pb2
+from routee.callbacks.v1 import message_status_service_pb2_grpc as pb2_grpc
+
+_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}
+
+
+def add_commands(commands: Any, default_target: str) -> None:
+    """Register ``status`` and ``watch`` on the subcommand parsers."""
+    status = commands.add_parser("status", help="show the current status and history of one message")
+    status.add_argument("tracking_id", metavar="TRACKING_ID")
+    status.add_argument("--grpc-target", default=default_target, metavar="HOST:PORT", help="(default: %(default)s)")
+    status.add_argument("--json", action="store_true", help="print the response as JSON")
+    status.set_defaults(run=run_status)
+
+    watch = commands.add_parser("watch", help="print status updates as they arrive; resumes by itself")
+    watch.add_argument("--campaign", default="", metavar="ID", help="only this campaign (default: every campaign)")
+    watch.add_argument("--after-sequence", type=int, metavar="N", help="replay what follows sequence N first")
+    watch.add_argument("--grpc-target", default=default_target, metavar="HOST:PORT", help="(default: %(default)s)")
+    watch.add_argument("--json", action="store_true", help="print each update as JSON")
+    watch.set_defaults(run=run_watch)
+
+
+def _status_name(value: int) -> str:
+    return pb.MessageStatus.Name(value).removeprefix("MESSAGE_STATUS_")  # type: ignore[arg-type]
+
+
+def run_status(args: argparse.Namespace) -> int:
+    """Print one message's status; exit 1 when it is unknown or the server fails."""
+    with grpc.insecure_channel(args.grpc_target) as channel:
+        stub = pb2_grpc.MessageStatusServiceStub(channel)
+        try:
+            response = stub.GetMessageStatus(pb2.GetMessageStatusRequest(tracking_id=args.tracking_id), timeout=10)
+        except grpc.RpcError as ex:
+            print(f"routee-callbacks: error: {ex.code().name}: {ex.details()}", file=sys.stderr)
+            return 1
+    if args.json:
+        print(json.dumps(MessageToDict(response), indent=2))
+        return 0
+    print(f"{response.tracking_id}  {_status_name(response.status)} ({response.status_name})")
+    print(f"campaign: {response.campaign_tracking_id or '-'}  sequence: {response.sequence}")
+    for event in response.events:
+        print(
+            f"  {event.update_time.ToJsonString()}  {_status_name(event.status):<11} {event.status_name:<12}"
+            f" seq {event.sequence}"
+        )
+    return 0
+
+
+def run_watch(args: argparse.Namespace) -> int:
+    """Tail updates, one line each, resuming from the last sequence after a broken stream."""
+    after: int | None = args.after_sequence
+    backoff = 0.5
+    with grpc.insecure_channel(args.grpc_target) as channel:
+        stub = pb2_grpc.MessageStatusServiceStub(channel)
+        while True:
+            request = pb2.StreamStatusUpdatesRequest(campaign_tracking_id=args.campaign)
+            if after is not None:
+                request.after_sequence = after
+            try:
+                for item in stub.StreamStatusUpdates(request):
+                    backoff = 0.5
+                    if item.HasField("status_update"):
+                        update = item.status_update
+                        after = update.sequence
+                        if args.json:
+                            print(json.dumps(MessageToDict(update)), flush=True)
+                        else:
+                            current = "" if update.is_current else "  (late: not current)"
+                            print(
+                                f"{update.sequence:>8}  {update.update_time.ToJsonString()}  {update.tracking_id}"
+                                f"  {_status_name(update.status)} ({update.status_name}){current}",
+                                flush=True,
+                            )
+                    elif item.HasField("progress"):
+                        after = max(after or 0, item.progress.sequence)
+            except grpc.RpcError as ex:
+                if ex.code() not in _RETRYABLE:
+                    print(f"routee-callbacks: error: {ex.code().name}: {ex.details()}", file=sys.stderr)
+                    return 1
+                print(f"stream broken ({ex.code().name}); resuming after {after}", file=sys.stderr, flush=True)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+            except KeyboardInterrupt:
+                return 0

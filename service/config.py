@@ -1,0 +1,269 @@
+"""Settings of the service: every option, its variable, its parser and its default."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from service.errors import ConfigError
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+ENV_PREFIX = "ROUTEE_CALLBACKS_"
+
+
+@dataclass(frozen=True)
+class HostPort:
+    """A host (name or IP literal, without brackets) and a port."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service is configured with; built once by the entry point."""
+
+    http_bind: HostPort = HostPort("0.0.0.0", 8080)
+    grpc_bind: HostPort = HostPort("0.0.0.0", 50051)
+    database: Path = Path("routee-callbacks.db")
+    allowlist_host: str = "callbacksallow.routee.net"
+    dns_server: HostPort | None = None
+    allow_cidrs: tuple[IPNetwork, ...] = ()
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    dns_min_ttl: float = 5.0
+    dns_max_ttl: float = 300.0
+    dns_max_stale: float = 24 * 3600.0
+    sqlite_synchronous: str = "FULL"
+    max_streams: int = 20_000
+    subscriber_queue_size: int = 1024
+    progress_interval: float = 15.0
+    shutdown_grace: float = 10.0
+    log_level: str = "INFO"
+    log_format: str = "auto"
+
+
+def parse_host_port(value: str, *, default_port: int | None = None) -> HostPort:
+    """Parse ``HOST:PORT`` (``[V6]:PORT`` for IPv6); the port may be optional."""
+    host, sep, port_text = value.rpartition(":")
+    if value.startswith("[") and "]" in value:
+        close = value.index("]")
+        host, rest = value[1:close], value[close + 1 :]
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"expected HOST:PORT, got {value!r}")
+        port_text, sep = rest[1:], rest[:1]
+    elif ":" in host or (not sep and default_port is None):
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    elif not sep:
+        host, port_text = value, ""
+    if not host:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    if not port_text:
+        if default_port is None:
+            raise ValueError(f"expected HOST:PORT, got {value!r}")
+        return HostPort(host, default_port)
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"expected a port from 0 to 65535, got {port_text!r}")
+    return HostPort(host, int(port_text))
+
+
+def parse_dns_server(value: str) -> HostPort | None:
+    """Parse ``IP[:PORT]``; empty means the system resolver."""
+    if not value:
+        return None
+    try:  # A bare IPv6 address has colons but no port.
+        return HostPort(str(ipaddress.ip_address(value)), 53)
+    except ValueError:
+        pass
+    server = parse_host_port(value, default_port=53)
+    try:
+        ipaddress.ip_address(server.host)
+    except ValueError:
+        raise ValueError(f"expected an IP address with an optional port, got {value!r}") from None
+    return server
+
+
+def parse_cidr(value: str) -> IPNetwork:
+    """Parse a network such as ``10.0.0.0/8`` or a single address."""
+    try:
+        return ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        raise ValueError(f"expected a CIDR such as 10.0.0.0/8, got {value!r}") from None
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], Any]:
+    def parse(value: str) -> int | float:
+        try:
+            number = kind(value)
+        except ValueError:
+            raise ValueError(f"expected a positive number, got {value!r}") from None
+        if number <= 0:
+            raise ValueError(f"expected a positive number, got {value!r}")
+        return number
+
+    return parse
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value.upper() in (choice.upper() for choice in choices):
+            return next(choice for choice in choices if choice.upper() == value.upper())
+        raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+
+    return parse
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of ``routee-callbacks serve``: flag, settings field, parser, help."""
+
+    flag: str
+    field: str
+    parse: Callable[[str], Any]
+    help: str
+    metavar: str
+    repeatable: bool = False
+
+    @property
+    def env(self) -> str:
+        """The environment variable that sets this option."""
+        return ENV_PREFIX + self.flag.lstrip("-").upper().replace("-", "_")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("--http-bind", "http_bind", parse_host_port, "address the HTTP ingress listens on", "HOST:PORT"),
+    Option("--grpc-bind", "grpc_bind", parse_host_port, "address the gRPC server listens on", "HOST:PORT"),
+    Option("--database", "database", Path, "SQLite database file, created if missing", "PATH"),
+    Option(
+        "--allowlist-host",
+        "allowlist_host",
+        str,
+        "DNS name whose A and AAAA records are the allowed callback senders; empty switches the DNS allowlist off",
+        "NAME",
+    ),
+    Option(
+        "--dns-server",
+        "dns_server",
+        parse_dns_server,
+        "DNS server to resolve the allowlist with (default: the system resolver)",
+        "IP[:PORT]",
+    ),
+    Option(
+        "--allow-cidr",
+        "allow_cidrs",
+        parse_cidr,
+        "network always allowed to post callbacks (repeatable)",
+        "CIDR",
+        repeatable=True,
+    ),
+    Option(
+        "--trusted-proxy",
+        "trusted_proxies",
+        parse_cidr,
+        "network of proxies whose X-Forwarded-For is believed (repeatable)",
+        "CIDR",
+        repeatable=True,
+    ),
+    Option(
+        "--dns-min-ttl",
+        "dns_min_ttl",
+        _positive(float),
+        "shortest time an allowlist answer is used before it is refreshed, in seconds",
+        "SECONDS",
+    ),
+    Option(
+        "--dns-max-ttl",
+        "dns_max_ttl",
+        _positive(float),
+        "longest time an allowlist answer is used before it is refreshed, in seconds",
+        "SECONDS",
+    ),
+    Option(
+        "--dns-max-stale",
+        "dns_max_stale",
+        _positive(float),
+        "how long the last good allowlist is kept while DNS fails, in seconds; callbacks get 503 after that",
+        "SECONDS",
+    ),
+    Option(
+        "--sqlite-synchronous",
+        "sqlite_synchronous",
+        _choice("FULL", "NORMAL"),
+        "SQLite synchronous mode: FULL survives power loss, NORMAL only a process crash",
+        "MODE",
+    ),
+    Option("--max-streams", "max_streams", _positive(int), "most concurrent StreamStatusUpdates streams", "N"),
+    Option(
+        "--subscriber-queue-size",
+        "subscriber_queue_size",
+        _positive(int),
+        "updates buffered per stream before it catches up from the store",
+        "N",
+    ),
+    Option(
+        "--progress-interval",
+        "progress_interval",
+        _positive(float),
+        "idle time after which a stream gets a progress item, in seconds",
+        "SECONDS",
+    ),
+    Option(
+        "--shutdown-grace",
+        "shutdown_grace",
+        _positive(float),
+        "time open calls get to finish on shutdown, in seconds",
+        "SECONDS",
+    ),
+    Option("--log-level", "log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "log level", "LEVEL"),
+    Option(
+        "--log-format",
+        "log_format",
+        _choice("auto", "json", "text"),
+        "log format; auto is JSON unless stderr is a terminal",
+        "FORMAT",
+    ),
+)
+
+
+def load_settings(flags: Mapping[str, str | Sequence[str] | None], environ: Mapping[str, str] = os.environ) -> Settings:
+    """Build settings from parsed flags (by field name) and environment variables; flags win.
+
+    Raises ConfigError naming the option whose value is bad.
+    """
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        given = flags.get(option.field)
+        if given is None and option.env in environ:
+            raw = environ[option.env]
+            given = [part for part in raw.split(",") if part.strip()] if option.repeatable else raw
+        if given is None:
+            continue
+        try:
+            if option.repeatable:
+                values[option.field] = tuple(option.parse(item) for item in given)
+            else:
+                assert isinstance(given, str)
+                values[option.field] = option.parse(given)
+        except ValueError as ex:
+            raise ConfigError(option.flag, str(ex)) from None
+    settings = Settings(**values)
+    _check_combination(settings, environ)
+    return settings
+
+
+def _check_combination(settings: Settings, environ: Mapping[str, str]) -> None:
+    if settings.dns_min_ttl > settings.dns_max_ttl:
+        raise ConfigError("--dns-min-ttl", f"must not exceed --dns-max-ttl ({settings.dns_max_ttl:g})")
+    if settings.http_bind.port and settings.http_bind == settings.grpc_bind:
+        raise ConfigError("--grpc-bind", f"must differ from --http-bind ({settings.http_bind})")
+    workers = environ.get("WEB_CONCURRENCY", "1").strip()
+    if workers not in ("", "1"):
+        # The broker lives in the worker process: a second worker would have a
+        # broker of its own and its subscribers would miss what the first receives.
+        raise ConfigError("WEB_CONCURRENCY", f"routee-callbacks runs exactly one worker, got {workers!r}")

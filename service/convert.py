@@ -1,0 +1,94 @@
+"""Conversions between Routee's vocabulary, Python values and protobuf messages."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from routee.callbacks.v1 import callback_pb2 as pb
+from routee.callbacks.v1 import message_status_service_pb2 as pb2
+
+from service.events import StoredEvent
+
+_STATUS_BY_NAME: dict[str, int] = {
+    "queued": pb.MESSAGE_STATUS_QUEUED,
+    "delivered": pb.MESSAGE_STATUS_DELIVERED,
+    "seen": pb.MESSAGE_STATUS_SEEN,
+    "undelivered": pb.MESSAGE_STATUS_UNDELIVERED,
+    "expired": pb.MESSAGE_STATUS_EXPIRED,
+    "failed": pb.MESSAGE_STATUS_FAILED,
+    "unsent": pb.MESSAGE_STATUS_UNSENT,
+}
+
+# Lifecycle rank breaks ties between events with the same updatedDate (DESIGN.md,
+# "Decided rules"): UNKNOWN < QUEUED < DELIVERED < the failures < SEEN.
+_RANK: dict[int, int] = {
+    pb.MESSAGE_STATUS_UNKNOWN: 0,
+    pb.MESSAGE_STATUS_QUEUED: 1,
+    pb.MESSAGE_STATUS_DELIVERED: 2,
+    pb.MESSAGE_STATUS_UNDELIVERED: 3,
+    pb.MESSAGE_STATUS_FAILED: 3,
+    pb.MESSAGE_STATUS_UNSENT: 3,
+    pb.MESSAGE_STATUS_EXPIRED: 3,
+    pb.MESSAGE_STATUS_SEEN: 4,
+}
+
+
+def normalise_status_name(name: str) -> str:
+    """Return the key under which a status name is compared (case-insensitive)."""
+    return name.strip().casefold()
+
+
+def status_from_name(name: str) -> int:
+    """Map a Routee status name, in any case, to MessageStatus; unknown names to UNKNOWN."""
+    return _STATUS_BY_NAME.get(normalise_status_name(name), pb.MESSAGE_STATUS_UNKNOWN)
+
+
+def lifecycle_rank(status: int) -> int:
+    """Return the rank of a status in the message lifecycle."""
+    return _RANK.get(status, 0)
+
+
+def to_micros(moment: datetime) -> int:
+    """Return a timezone-aware datetime as whole microseconds since the epoch."""
+    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def timestamp_from_micros(micros: int) -> Timestamp:
+    """Build a protobuf Timestamp from microseconds since the epoch."""
+    stamp = Timestamp()
+    stamp.FromMicroseconds(micros)
+    return stamp
+
+
+def status_update(event: StoredEvent) -> pb2.StatusUpdate:
+    """Build the StatusUpdate of a stored event, with its full callback."""
+    update = pb2.StatusUpdate(
+        sequence=event.sequence,
+        tracking_id=event.tracking_id,
+        campaign_tracking_id=event.campaign_tracking_id,
+        status=event.status,  # type: ignore[arg-type]
+        status_name=event.status_name,
+        update_time=timestamp_from_micros(event.update_us),
+        receive_time=timestamp_from_micros(event.receive_us),
+        is_current=event.is_current,
+    )
+    update.callback.MergeFromString(event.callback)
+    return update
+
+
+def stream_item(event: StoredEvent) -> bytes:
+    """Serialize a stored event as one StreamStatusUpdatesResponse."""
+    return pb2.StreamStatusUpdatesResponse(status_update=status_update(event)).SerializeToString()
+
+
+def status_event(event: StoredEvent) -> pb2.StatusEvent:
+    """Build the history entry of a stored event."""
+    return pb2.StatusEvent(
+        status=event.status,  # type: ignore[arg-type]
+        status_name=event.status_name,
+        update_time=timestamp_from_micros(event.update_us),
+        sequence=event.sequence,
+        receive_time=timestamp_from_micros(event.receive_us),
+    )

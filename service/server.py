@@ -1,0 +1,46 @@
+"""The gRPC server: MessageStatusService, health and reflection on one grpc.aio server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from service.config import HostPort
+from service.errors import StartupError
+from service.servicer import SERVICE_NAME, MessageStatusServicer, method_handlers
+
+MAX_REQUEST_BYTES = 16 * 1024
+
+# Chosen, not inherited: see the README's "Keepalive" section.
+SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
+    # One broker per process: a second process must fail to bind, not share the port.
+    ("grpc.so_reuseport", 0),
+    ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+    # The server pings idle connections so dead peers and silent proxies are noticed.
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    # Clients may ping every 10 s at most; more often earns a GOAWAY after two strikes.
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 2),
+)
+
+
+def create_server(bind: HostPort, servicer: MessageStatusServicer, health_servicer: Any) -> tuple[grpc.aio.Server, int]:
+    """Build the gRPC server and bind it (port 0 picks a free port); return it with its port. It is not started."""
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server.add_generic_rpc_handlers((method_handlers(servicer),))
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+    )
+    try:
+        port = server.add_insecure_port(str(bind))
+    except RuntimeError as ex:
+        raise StartupError(f"cannot listen for gRPC on {bind}: {ex}") from None
+    if port == 0:
+        raise StartupError(f"cannot listen for gRPC on {bind}")
+    return server, port

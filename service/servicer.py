@@ -1,0 +1,193 @@
+"""The MessageStatusService implementation, and the one place errors become gRPC status codes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
+
+import grpc
+from routee.callbacks.v1 import callback_pb2 as pb
+from routee.callbacks.v1 import message_status_service_pb2 as pb2
+
+from service.broker import Broker, Update
+from service.convert import status_event
+from service.errors import (
+    InvalidArgumentError,
+    NotFoundError,
+    OutOfRangeError,
+    RejectedError,
+    ResourceExhaustedError,
+    RouteeCallbacksError,
+    ShuttingDownError,
+    UnavailableError,
+)
+from service.events import EventFilter
+from service.metrics import Metrics
+from service.store import Store
+
+_LOGGER = logging.getLogger(__name__)
+
+SERVICE_NAME = pb2.DESCRIPTOR.services_by_name["MessageStatusService"].full_name
+REPLAY_PAGE = 500
+_T = TypeVar("_T")
+
+_CODES: dict[type[RouteeCallbacksError], grpc.StatusCode] = {
+    InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFoundError: grpc.StatusCode.NOT_FOUND,
+    OutOfRangeError: grpc.StatusCode.OUT_OF_RANGE,
+    ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    UnavailableError: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def grpc_code(error: RouteeCallbacksError) -> grpc.StatusCode:
+    """Map an error of the tree to its gRPC status code."""
+    for kind, code in _CODES.items():
+        if isinstance(error, kind):
+            return code
+    return grpc.StatusCode.INVALID_ARGUMENT if isinstance(error, RejectedError) else grpc.StatusCode.INTERNAL
+
+
+class MessageStatusServicer:
+    """Serves message status from the store and live updates from the broker."""
+
+    def __init__(
+        self, store: Store, broker: Broker, metrics: Metrics, *, max_streams: int, progress_interval: float
+    ) -> None:
+        self._store = store
+        self._broker = broker
+        self._metrics = metrics
+        self._max_streams = max_streams
+        self._progress_interval = progress_interval
+        self._streams = 0
+
+    async def GetMessageStatus(  # noqa: N802 (the RPC's name)
+        self, request: pb2.GetMessageStatusRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb2.GetMessageStatusResponse:
+        """Return the current status and history of one message."""
+        return await _abort_on_error(context, self._get_message_status(request))
+
+    async def _get_message_status(self, request: pb2.GetMessageStatusRequest) -> pb2.GetMessageStatusResponse:
+        if not request.tracking_id:
+            raise InvalidArgumentError("tracking_id is required")
+        history = await self._store.history(request.tracking_id)
+        if not history:
+            raise NotFoundError(f"no callback received for tracking_id {request.tracking_id!r}")
+        current = history[-1]
+        return pb2.GetMessageStatusResponse(
+            tracking_id=current.tracking_id,
+            campaign_tracking_id=current.campaign_tracking_id,
+            status=current.status,  # type: ignore[arg-type]
+            status_name=current.status_name,
+            sequence=current.sequence,
+            callback=pb.ViberCallback.FromString(current.callback),
+            events=[status_event(event) for event in history],
+        )
+
+    async def StreamStatusUpdates(  # noqa: N802 (the RPC's name)
+        self, request: pb2.StreamStatusUpdatesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[bytes]:
+        """Stream status updates: replay or snapshot first when asked, then live."""
+        try:
+            event_filter = _event_filter(request)
+            if self._streams >= self._max_streams:
+                raise ResourceExhaustedError(f"the server already serves {self._max_streams} streams; retry later")
+        except RouteeCallbacksError as ex:
+            await context.abort(grpc_code(ex), str(ex))
+        self._streams += 1
+        self._metrics.subscribers.inc()
+        subscription = self._broker.subscribe(event_filter)
+        position = subscription.start_sequence
+        try:
+            await context.send_initial_metadata(())
+            catch_up = request.HasField("after_sequence")
+            if catch_up:
+                position = request.after_sequence
+                last = await self._store.last_sequence()
+                if position > last:
+                    raise InvalidArgumentError(f"after_sequence {position} is beyond the last stored sequence {last}")
+            elif request.include_snapshot:
+                events, position = await self._store.snapshot(event_filter)
+                for event in events:
+                    yield Update(event).payload
+                yield pb2.StreamStatusUpdatesResponse(
+                    snapshot_end=pb2.SnapshotEnd(sequence=position)
+                ).SerializeToString()
+            while True:
+                if catch_up:
+                    async for item in self._replay(event_filter, position):
+                        yield item.payload
+                        position = item.event.sequence
+                batch = await subscription.next_batch(self._progress_interval)
+                if batch is None:  # Lagged: subscribe again first, so the replay leaves no gap.
+                    self._broker.unsubscribe(subscription)
+                    subscription = self._broker.subscribe(event_filter)
+                    self._metrics.catch_ups.inc()
+                    catch_up = True
+                    continue
+                catch_up = False
+                if not batch:
+                    position = max(position, self._broker.last_sequence)
+                    yield pb2.StreamStatusUpdatesResponse(progress=pb2.Progress(sequence=position)).SerializeToString()
+                    continue
+                for update in batch:
+                    if update.event.sequence > position:
+                        yield update.payload
+                        position = update.event.sequence
+                self._metrics.updates_streamed.inc(len(batch))
+        except ShuttingDownError:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"the server is shutting down; resume with after_sequence={position}",
+            )
+        except RouteeCallbacksError as ex:
+            await context.abort(grpc_code(ex), str(ex))
+        finally:
+            self._broker.unsubscribe(subscription)
+            self._streams -= 1
+            self._metrics.subscribers.dec()
+
+    async def _replay(self, event_filter: EventFilter, after_sequence: int) -> AsyncIterator[Update]:
+        while True:
+            events = await self._store.events_after(after_sequence, event_filter, REPLAY_PAGE)
+            for event in events:
+                yield Update(event)
+            if len(events) < REPLAY_PAGE:
+                return
+            after_sequence = events[-1].sequence
+
+
+def _event_filter(request: pb2.StreamStatusUpdatesRequest) -> EventFilter:
+    if request.include_snapshot and request.HasField("after_sequence"):
+        raise InvalidArgumentError("include_snapshot and after_sequence cannot be combined")
+    known = set(pb.MessageStatus.values()) - {pb.MESSAGE_STATUS_UNSPECIFIED}
+    for status in request.statuses:
+        if status not in known:
+            raise InvalidArgumentError(f"statuses: {status} is not a MessageStatus this server knows")
+    return EventFilter(request.campaign_tracking_id or None, frozenset(request.statuses))
+
+
+async def _abort_on_error(context: grpc.aio.ServicerContext[Any, Any], work: Awaitable[_T]) -> _T:
+    try:
+        return await work
+    except RouteeCallbacksError as ex:
+        await context.abort(grpc_code(ex), str(ex))
+        raise  # abort raises; this line only tells type checkers so
+
+
+def method_handlers(servicer: MessageStatusServicer) -> grpc.GenericRpcHandler[Any, Any]:
+    """Build the service's handlers; stream items are pre-serialized bytes, written as they are."""
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        "GetMessageStatus": grpc.unary_unary_rpc_method_handler(
+            servicer.GetMessageStatus,
+            request_deserializer=pb2.GetMessageStatusRequest.FromString,
+            response_serializer=pb2.GetMessageStatusResponse.SerializeToString,
+        ),
+        "StreamStatusUpdates": grpc.unary_stream_rpc_method_handler(
+            servicer.StreamStatusUpdates,
+            request_deserializer=pb2.StreamStatusUpdatesRequest.FromString,
+            response_serializer=None,  # Items are serialized once, for every subscriber.
+        ),
+    }
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
