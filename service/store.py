@@ -236,6 +236,13 @@ class SqliteStore:
             return None
         status = callback.status
         update_us = status.update_time.ToMicroseconds()
+        status_key = normalise_status_name(status.name)
+        # Look before inserting: a conflicting INSERT would still consume a sequence number.
+        if connection.execute(
+            "SELECT 1 FROM events WHERE tracking_id = ? AND status_key = ? AND update_us = ?",
+            (callback.tracking_id, status_key, update_us),
+        ).fetchone():
+            return None
         rank = lifecycle_rank(status.status)
         current = connection.execute(
             "SELECT update_us, rank FROM messages WHERE tracking_id = ?", (callback.tracking_id,)
@@ -245,12 +252,11 @@ class SqliteStore:
         blob = callback.SerializeToString()
         row = connection.execute(
             "INSERT INTO events (tracking_id, campaign_tracking_id, status_key, status, status_name, rank,"
-            " update_us, receive_us, was_current, callback) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (tracking_id, status_key, update_us) DO NOTHING RETURNING sequence",
+            " update_us, receive_us, was_current, callback) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING sequence",
             (
                 callback.tracking_id,
                 callback.campaign_tracking_id,
-                normalise_status_name(status.name),
+                status_key,
                 status.status,
                 status.name,
                 rank,
@@ -260,8 +266,6 @@ class SqliteStore:
                 blob,
             ),
         ).fetchone()
-        if row is None:
-            return None
         sequence = int(row[0])
         if is_current:
             connection.execute(

@@ -1,0 +1,65 @@
+"""Fixtures shared by every tier of tests."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from support import ServiceProcess, Zone, dns_server, free_port
+
+StartService = Callable[..., ServiceProcess]
+
+
+@pytest.fixture
+def start_service(tmp_path: Path) -> Iterator[StartService]:
+    """Start the real ``routee-callbacks serve`` on free ports; every process started is stopped at the end."""
+    started: list[ServiceProcess] = []
+
+    def start(
+        *args: str,
+        database: Path | None = None,
+        http_host: str = "127.0.0.1",
+        ready_path: str = "/healthz",
+        wait: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> ServiceProcess:
+        http_port, grpc_port = free_port(http_host), free_port()
+        host = f"[{http_host}]" if ":" in http_host else http_host
+        arguments = [
+            "--http-bind",
+            f"{host}:{http_port}",
+            "--grpc-bind",
+            f"127.0.0.1:{grpc_port}",
+            "--database",
+            str(database or tmp_path / "routee-callbacks.db"),
+            "--log-format",
+            "json",
+            *args,
+        ]
+        base_env = {key: value for key, value in os.environ.items() if not key.startswith("ROUTEE_CALLBACKS_")}
+        service = ServiceProcess(
+            arguments,
+            http_port=http_port,
+            grpc_port=grpc_port,
+            log_path=tmp_path / f"service-{len(started)}.log",
+            env={**base_env, **(env or {})},
+        )
+        started.append(service)
+        if wait:
+            service.wait_ready(path=ready_path)
+        return service
+
+    yield start
+    for service in started:
+        service.stop()
+
+
+@pytest.fixture
+def dns_zone() -> Iterator[tuple[Zone, int]]:
+    """A real DNS server on 127.0.0.1 serving a zone the test can change; yields (zone, port)."""
+    zone = Zone(a=["127.0.0.2", "127.0.0.3"], aaaa=["::1"])
+    with dns_server(zone) as port:
+        yield zone, port

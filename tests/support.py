@@ -1,0 +1,268 @@
+"""Helpers shared by the tests: fixtures on disk, free ports, HTTP from chosen source addresses, a real DNS server,
+and the real ``routee-callbacks serve`` process."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from dnslib import AAAA, QTYPE, RCODE, RR, A, DNSRecord
+from dnslib.server import DNSError, DNSLogger, DNSServer
+
+from routee.callbacks.v1 import message_status_service_pb2 as pb2
+from routee.callbacks.v1 import message_status_service_pb2_grpc as pb2_grpc
+
+FIXTURES = Path(__file__).parent / "fixtures" / "viber"
+CALLBACKS_PATH = "/v1/callbacks/viber"
+
+
+def fixture_bodies() -> dict[str, bytes]:
+    """Every fixture callback by file name."""
+    return {path.name: path.read_bytes() for path in sorted(FIXTURES.glob("*.json"))}
+
+
+def fixture(name: str) -> dict[str, Any]:
+    """One fixture callback, parsed."""
+    result: dict[str, Any] = json.loads((FIXTURES / name).read_bytes())
+    return result
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` now."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass
+class HttpResult:
+    """An HTTP answer."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        """The body, parsed as JSON."""
+        return json.loads(self.body)
+
+
+def http_request(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    *,
+    source: str = "127.0.0.1",
+    host: str = "127.0.0.1",
+    headers: dict[str, str] | None = None,
+    timeout: float = 10.0,
+) -> HttpResult:
+    """Send one request from the ``source`` address."""
+    connection = http.client.HTTPConnection(host, port, timeout=timeout, source_address=(source, 0))
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return HttpResult(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
+    finally:
+        connection.close()
+
+
+def post_callback(port: int, body: bytes, *, source: str = "127.0.0.1", **headers: str) -> HttpResult:
+    """POST a callback body as Routee does."""
+    all_headers = {"Content-Type": "application/json", **{k.replace("_", "-"): v for k, v in headers.items()}}
+    return http_request(port, "POST", CALLBACKS_PATH, body, source=source, headers=all_headers)
+
+
+# -- a real DNS server on loopback -------------------------------------------------------------
+
+
+@dataclass
+class Zone:
+    """What the test DNS server answers; change it while the test runs."""
+
+    name: str = "callbacksallow.routee.test."
+    a: list[str] = field(default_factory=list)
+    aaaa: list[str] = field(default_factory=list)
+    ttl: int = 1
+    mode: str = "ok"  # ok | servfail | nxdomain | silent
+    queries: int = 0
+
+    def resolve(self, request: DNSRecord, handler: Any) -> DNSRecord:
+        """Answer one query according to the zone's current state."""
+        self.queries += 1
+        if self.mode == "silent":
+            raise DNSError("silent on purpose")
+        reply = request.reply()
+        if self.mode == "servfail":
+            reply.header.rcode = RCODE.SERVFAIL
+            return reply
+        if self.mode == "nxdomain" or str(request.q.qname) != self.name:
+            reply.header.rcode = RCODE.NXDOMAIN
+            return reply
+        if request.q.qtype == QTYPE.A:
+            for address in self.a:
+                reply.add_answer(RR(self.name, QTYPE.A, rdata=A(address), ttl=self.ttl))
+        elif request.q.qtype == QTYPE.AAAA:
+            for address in self.aaaa:
+                reply.add_answer(RR(self.name, QTYPE.AAAA, rdata=AAAA(address), ttl=self.ttl))
+        return reply
+
+
+class _QuietLogger(DNSLogger):  # type: ignore[misc]
+    def __init__(self) -> None:
+        super().__init__(log="-recv,-send,-request,-reply,-truncated,-error,-data", logf=lambda _: None)
+
+
+@contextlib.contextmanager
+def dns_server(zone: Zone) -> Iterator[int]:
+    """Serve ``zone`` on 127.0.0.1 over UDP and TCP on one free port; yield the port."""
+    for _ in range(20):
+        port = free_port()
+        try:
+            servers = [
+                DNSServer(zone, address="127.0.0.1", port=port, logger=_QuietLogger()),
+                DNSServer(zone, address="127.0.0.1", port=port, tcp=True, logger=_QuietLogger()),
+            ]
+            break
+        except OSError:
+            continue
+    else:
+        raise RuntimeError("no free port for the DNS server")
+    for server in servers:
+        server.start_thread()
+    try:
+        yield port
+    finally:
+        for server in servers:
+            server.stop()
+            server.server.server_close()
+
+
+# -- the real service process ------------------------------------------------------------------
+
+
+def executable() -> str:
+    """The installed console script of this environment."""
+    return str(Path(sys.executable).with_name("routee-callbacks"))
+
+
+class ServiceProcess:
+    """A running ``routee-callbacks serve``, started the way a user starts it."""
+
+    def __init__(self, args: list[str], *, http_port: int, grpc_port: int, log_path: Path, env: dict[str, str]):
+        self.http_port = http_port
+        self.grpc_port = grpc_port
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            [executable(), "serve", *args], stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+
+    @property
+    def grpc_target(self) -> str:
+        """Where its gRPC server listens."""
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def log(self) -> str:
+        """Everything it printed so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, deadline: float = 20.0, *, path: str = "/healthz") -> None:
+        """Wait until HTTP answers ``path`` with 200 and gRPC answers; fail loudly with its log otherwise."""
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            if self.process.poll() is not None:
+                raise AssertionError(f"routee-callbacks exited with {self.process.returncode}:\n{self.log()}")
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                if http_request(self.http_port, "GET", path, timeout=1).status == 200 and self._grpc_up():
+                    return
+            time.sleep(0.05)
+        raise AssertionError(f"routee-callbacks did not become ready in {deadline}s:\n{self.log()}")
+
+    def _grpc_up(self) -> bool:
+        with grpc.insecure_channel(self.grpc_target) as channel:
+            try:
+                grpc.channel_ready_future(channel).result(timeout=1)
+            except grpc.FutureTimeoutError:
+                return False
+        return True
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        """Send ``sig`` to the whole process group and wait; kill it if it does not end."""
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+    def stub(self, channel: grpc.Channel) -> pb2_grpc.MessageStatusServiceStub:
+        """A stub on ``channel``."""
+        return pb2_grpc.MessageStatusServiceStub(channel)
+
+    def get_status(self, tracking_id: str) -> pb2.GetMessageStatusResponse:
+        """Call GetMessageStatus once."""
+        with grpc.insecure_channel(self.grpc_target) as channel:
+            response: pb2.GetMessageStatusResponse = self.stub(channel).GetMessageStatus(
+                pb2.GetMessageStatusRequest(tracking_id=tracking_id), timeout=10
+            )
+            return response
+
+
+class StreamCollector:
+    """Reads a StreamStatusUpdates stream on a thread and keeps every item."""
+
+    def __init__(self, target: str, request: pb2.StreamStatusUpdatesRequest) -> None:
+        self._channel = grpc.insecure_channel(target)
+        self._call = pb2_grpc.MessageStatusServiceStub(self._channel).StreamStatusUpdates(request)
+        self.items: list[pb2.StreamStatusUpdatesResponse] = []
+        self.error: grpc.RpcError | None = None
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._call.initial_metadata()  # The subscription is registered once headers arrive.
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for item in self._call:
+                self.items.append(item)
+        except grpc.RpcError as ex:
+            self.error = ex
+
+    @property
+    def updates(self) -> list[pb2.StatusUpdate]:
+        """The status updates received so far."""
+        return [item.status_update for item in self.items if item.HasField("status_update")]
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[pb2.StatusUpdate]:
+        """Wait until ``count`` updates arrived; fail with what arrived otherwise."""
+        end = time.monotonic() + timeout
+        while len(self.updates) < count and time.monotonic() < end and self._thread.is_alive():
+            time.sleep(0.01)
+        assert len(self.updates) >= count, f"{len(self.updates)} of {count} updates arrived: {self.updates}"
+        return self.updates
+
+    def close(self) -> None:
+        """Cancel the stream and close the channel."""
+        self._call.cancel()
+        self._thread.join(5)
+        self._channel.close()

@@ -1,0 +1,204 @@
+"""The Viber callback model: every fixture, Routee's quirks, and broken variants."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+
+from http_ingress.schemas import parse_callback
+from routee.callbacks.v1 import callback_pb2 as pb
+from service.errors import InvalidCallbackError, MalformedJsonError
+from support import fixture, fixture_bodies
+
+EXPECTED_STATUS = {
+    "01-m1-queued.json": pb.MESSAGE_STATUS_QUEUED,
+    "02-m1-delivered.json": pb.MESSAGE_STATUS_DELIVERED,
+    "03-m1-seen.json": pb.MESSAGE_STATUS_SEEN,
+    "04-m2-queued-uppercase.json": pb.MESSAGE_STATUS_QUEUED,
+    "05-m2-failed-not-viber-user.json": pb.MESSAGE_STATUS_FAILED,
+    "06-m3-delivered-file.json": pb.MESSAGE_STATUS_DELIVERED,
+    "07-m3-expired-after-delivered.json": pb.MESSAGE_STATUS_EXPIRED,
+    "08-m4-undelivered-other-campaign.json": pb.MESSAGE_STATUS_UNDELIVERED,
+    "09-m5-unsent-extra-fields.json": pb.MESSAGE_STATUS_UNSENT,
+}
+
+
+def _encode(document: Any) -> bytes:
+    return json.dumps(document).encode()
+
+
+class TestFixtures:
+    """Every realistic Routee callback validates and converts."""
+
+    def test_every_fixture_is_covered(self) -> None:
+        """The table of expectations names every fixture file."""
+        assert set(fixture_bodies()) == set(EXPECTED_STATUS)
+
+    @pytest.mark.parametrize(("name", "status"), sorted(EXPECTED_STATUS.items()))
+    def test_fixture_converts(self, name: str, status: int) -> None:
+        """Each fixture keeps its tracking id, raw status name, parsed status and raw body."""
+        body = fixture_bodies()[name]
+        document = json.loads(body)
+        message = parse_callback(body)
+        assert message.tracking_id == document["trackingId"]
+        assert message.campaign_tracking_id == document["campaignTrackingId"]
+        assert message.status.status == status
+        assert message.status.name == document["status"]["name"]
+        assert message.raw_json == body.decode()
+
+    def test_all_fields_of_a_rich_callback(self) -> None:
+        """A file message keeps iosFallbackText, viberFile, a decimal ttl, price and dates."""
+        message = parse_callback(fixture_bodies()["06-m3-delivered-file.json"])
+        assert message.recipient == "+306900000003"
+        assert message.sender == "Routee"
+        assert list(message.groups) == ["vip", "athens"]
+        assert message.country == "GR"
+        assert message.status.reason.detailed_status == "Delivered"
+        assert message.status.update_time.ToJsonString() == "2024-05-01T10:16:00Z"
+        assert message.body.text == "Your invoice is attached"
+        assert message.body.ios_fallback_text == "Invoice: https://example.com/i/42"
+        assert message.body.viber_file.file_name == "invoice-42.pdf"
+        assert message.body.viber_file.file_type == "pdf"
+        assert message.body.viber_file.file_url == "https://example.com/files/invoice-42.pdf"
+        assert not message.body.HasField("viber_action")
+        assert message.ttl == 30.5
+        assert message.price == pytest.approx(0.0123)
+        assert message.label == "spring-sale"
+        assert message.inbound_url == "https://example.com/routee/inbound"
+        assert message.application_name == "default"
+        assert message.direction == "Outbound"
+        assert message.originating_service == "Viber"
+        assert message.create_time.ToJsonString() == "2024-05-01T10:15:00Z"
+
+    def test_action_button(self) -> None:
+        """viberAction and imageURL are kept."""
+        message = parse_callback(fixture_bodies()["01-m1-queued.json"])
+        assert message.body.image_url == "https://example.com/img/spring.png"
+        assert message.body.viber_action.caption == "Shop now"
+        assert message.body.viber_action.target_url == "https://example.com/shop"
+        assert message.status.update_time.ToJsonString() == "2024-05-01T10:15:01Z"
+
+    def test_nulls_and_unknown_fields(self) -> None:
+        """null fields become defaults; fields Routee did not document survive in raw_json."""
+        message = parse_callback(fixture_bodies()["09-m5-unsent-extra-fields.json"])
+        assert list(message.groups) == []
+        assert message.label == ""
+        assert message.body.image_url == ""
+        assert json.loads(message.raw_json)["operator"] == "Cosmote"
+
+
+class TestTolerance:
+    """Routee's variations are accepted."""
+
+    def _with(self, **changes: Any) -> dict[str, Any]:
+        document = copy.deepcopy(fixture("02-m1-delivered.json"))
+        for path, value in changes.items():
+            target = document
+            *parents, last = path.split("__")
+            for parent in parents:
+                target = target[parent]
+            target[last] = value
+        return document
+
+    @pytest.mark.parametrize(
+        ("name", "status"),
+        [
+            ("Delivered", pb.MESSAGE_STATUS_DELIVERED),
+            ("DELIVERED", pb.MESSAGE_STATUS_DELIVERED),
+            ("delivered", pb.MESSAGE_STATUS_DELIVERED),
+            ("SeEn", pb.MESSAGE_STATUS_SEEN),
+            ("Unsent", pb.MESSAGE_STATUS_UNSENT),
+            ("Undelivered", pb.MESSAGE_STATUS_UNDELIVERED),
+            ("Rejected", pb.MESSAGE_STATUS_UNKNOWN),
+        ],
+    )
+    def test_status_names(self, name: str, status: int) -> None:
+        """Names compare case-insensitively; an unknown name is UNKNOWN with the raw name kept."""
+        message = parse_callback(_encode(self._with(status__name=name)))
+        assert message.status.status == status
+        assert message.status.name == name
+
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            ("2024-05-01T10:15:30.123Z", "2024-05-01T10:15:30.123Z"),
+            ("2016-09-19T06:04:32Z", "2016-09-19T06:04:32Z"),
+            ("2016-09-19T06:04:32", "2016-09-19T06:04:32Z"),
+            ("2016-09-19T08:04:32+02:00", "2016-09-19T06:04:32Z"),
+        ],
+    )
+    def test_dates(self, text: str, expected: str) -> None:
+        """Dates with or without milliseconds or offset are instants in UTC."""
+        message = parse_callback(_encode(self._with(status__updatedDate=text)))
+        assert message.status.update_time.ToJsonString() == expected
+
+    def test_only_required_fields(self) -> None:
+        """trackingId, status.name and status.updatedDate are enough."""
+        message = parse_callback(
+            b'{"trackingId": "t", "status": {"name": "Queued", "updatedDate": "2024-01-01T00:00:00Z"}}'
+        )
+        assert message.campaign_tracking_id == ""
+        assert not message.HasField("ttl")
+        assert not message.HasField("price")
+        assert not message.HasField("create_time")
+
+    def test_integer_ttl_and_price(self) -> None:
+        """Whole numbers are accepted where decimals are documented, and the reverse."""
+        message = parse_callback(_encode(self._with(ttl=60, price=1)))
+        assert message.ttl == 60.0
+        assert message.price == 1.0
+
+
+class TestRejections:
+    """Broken variants are rejected with the offending field named."""
+
+    @pytest.mark.parametrize(
+        ("document", "field"),
+        [
+            ({"status": {"name": "Queued", "updatedDate": "2024-01-01T00:00:00Z"}}, "trackingId"),
+            ({"trackingId": "", "status": {"name": "Queued", "updatedDate": "2024-01-01T00:00:00Z"}}, "trackingId"),
+            ({"trackingId": "t"}, "status"),
+            ({"trackingId": "t", "status": {"updatedDate": "2024-01-01T00:00:00Z"}}, "status.name"),
+            ({"trackingId": "t", "status": {"name": "Queued"}}, "status.updatedDate"),
+            ({"trackingId": "t", "status": {"name": "Queued", "updatedDate": "yesterday"}}, "status.updatedDate"),
+            ({"trackingId": "t", "status": {"name": "Queued", "updatedDate": 1700000000}}, "status.updatedDate"),
+            ({"trackingId": 42, "status": {"name": "Queued", "updatedDate": "2024-01-01T00:00:00Z"}}, "trackingId"),
+            (
+                {"trackingId": "t", "ttl": "long", "status": {"name": "Queued", "updatedDate": "2024-01-01T00:00:00Z"}},
+                "ttl",
+            ),
+            (
+                {"trackingId": "t", "price": True, "status": {"name": "Queued", "updatedDate": "2024-01-01T00:00:00Z"}},
+                "price",
+            ),
+            (
+                {"trackingId": "t", "groups": "vip", "status": {"name": "Queued", "updatedDate": "2024-01-01T00:00:00Z"}},
+                "groups",
+            ),
+            ({"trackingId": "t", "body": [], "status": {"name": "Q", "updatedDate": "2024-01-01T00:00:00Z"}}, "body"),
+            ([1, 2], ""),
+        ],
+    )
+    def test_invalid_callbacks(self, document: Any, field: str) -> None:
+        """JSON that is not a Viber callback names its first offending field."""
+        with pytest.raises(InvalidCallbackError) as caught:
+            parse_callback(_encode(document))
+        assert caught.value.field == field
+
+    @pytest.mark.parametrize(
+        "body", [b"", b"not json", b'{"trackingId": ', b"\xff\xfe{}", b'{"trackingId": "\xff"}', b"{'a': 1}"]
+    )
+    def test_malformed_json(self, body: bytes) -> None:
+        """A body that is not JSON (or not UTF-8) is malformed, not invalid."""
+        with pytest.raises(MalformedJsonError):
+            parse_callback(body)
+
+    @pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999"])
+    def test_non_finite_numbers(self, number: str) -> None:
+        """NaN and infinities are not prices."""
+        body = f'{{"trackingId": "t", "price": {number}, "status": {{"name": "Q", "updatedDate": "2024-01-01T00:00:00Z"}}}}'
+        with pytest.raises((InvalidCallbackError, MalformedJsonError)):
+            parse_callback(body.encode())
