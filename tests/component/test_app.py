@@ -1,0 +1,184 @@
+"""The Falcon app on create_app, through falcon.testing, with a real store and broker."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import falcon.testing
+import pytest
+
+from http_ingress.allowlist import Allowlist
+from http_ingress.app import CALLBACKS_PATH, create_app
+from service.broker import Broker
+from service.events import EventFilter
+from service.metrics import Metrics
+from service.store import SqliteStore
+from support import fixture, fixture_bodies
+
+LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+class Harness:
+    """The app with its real collaborators, and a subscription to see what was published."""
+
+    def __init__(self, tmp_path: Path, allowlist: Allowlist) -> None:
+        self.broker = Broker()
+        self.store = SqliteStore(tmp_path / "app.db", on_commit=self.broker.publish)
+        self.metrics = Metrics()
+        self.app = create_app(self.store, allowlist, self.metrics)
+        self.subscription = self.broker.subscribe(EventFilter())
+
+    async def published(self) -> list[int]:
+        return [update.event.sequence for update in await self.subscription.next_batch(0.01) or []]
+
+    async def stored(self) -> int:
+        return len(await self.store.events_after(0, EventFilter(), 10_000))
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    harness = Harness(tmp_path, Allowlist(allow_cidrs=[LOOPBACK]))
+    harness.store.open()
+    yield harness
+    harness.store.close()
+
+
+async def post(harness: Harness, body: bytes, headers: dict[str, str] | None = None, **kwargs: Any) -> Any:
+    async with falcon.testing.ASGIConductor(harness.app) as conductor:
+        return await conductor.simulate_post(
+            CALLBACKS_PATH, body=body, headers=JSON_HEADERS if headers is None else headers, **kwargs
+        )
+
+
+class TestCallbacks:
+    """POST /v1/callbacks/viber."""
+
+    async def test_accepted_then_duplicate(self, harness: Harness) -> None:
+        """A new callback is stored and published once; the same again is a 200 duplicate, not published."""
+        body = fixture_bodies()["01-m1-queued.json"]
+        first = await post(harness, body)
+        assert first.status_code == 200
+        assert first.json == {"status": "accepted", "sequence": 1}
+        assert await harness.published() == [1]
+        again = await post(harness, body)
+        assert again.status_code == 200
+        assert again.json == {"status": "duplicate"}
+        assert await harness.published() == []
+        assert await harness.stored() == 1
+
+    async def test_charset_parameter_is_fine(self, harness: Harness) -> None:
+        """application/json; charset=utf-8 is JSON."""
+        response = await post(
+            harness, fixture_bodies()["02-m1-delivered.json"], {"Content-Type": "application/json; charset=utf-8"}
+        )
+        assert response.status_code == 200
+
+    @pytest.mark.parametrize(
+        ("body", "headers", "status", "reason"),
+        [
+            (b"{}", {"Content-Type": "text/plain"}, 415, "unsupported_media_type"),
+            (b"{}", {}, 415, "unsupported_media_type"),
+            (b"{not json", JSON_HEADERS, 400, "malformed_json"),
+            (b"\xff\xfe", JSON_HEADERS, 400, "malformed_json"),
+            (b'{"trackingId": "t"}', JSON_HEADERS, 422, "invalid_callback"),
+            (b"x" * 65537, JSON_HEADERS, 413, "payload_too_large"),
+        ],
+    )
+    async def test_rejections_store_nothing(
+        self, harness: Harness, body: bytes, headers: dict[str, str], status: int, reason: str
+    ) -> None:
+        """Every rejection has its status, a problem+json body naming the problem, and stores nothing."""
+        response = await post(harness, body, headers)
+        assert response.status_code == status
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json["status"] == status
+        assert response.json["reason"] == reason
+        assert response.json["detail"]
+        assert await harness.stored() == 0
+        assert await harness.published() == []
+
+    async def test_invalid_callback_names_the_field(self, harness: Harness) -> None:
+        """422 names the offending field."""
+        document = fixture("01-m1-queued.json")
+        del document["status"]["updatedDate"]
+        response = await post(harness, json.dumps(document).encode())
+        assert response.status_code == 422
+        assert response.json["field"] == "status.updatedDate"
+
+    async def test_exactly_64_kib_is_accepted_size(self, harness: Harness) -> None:
+        """65 536 bytes is not too large (it is then judged as JSON)."""
+        document = fixture("01-m1-queued.json")
+        document["padding"] = ""
+        base = len(json.dumps(document).encode())
+        document["padding"] = "x" * (65536 - base)
+        body = json.dumps(document).encode()
+        assert len(body) == 65536
+        assert (await post(harness, body)).status_code == 200
+
+    async def test_source_not_allowed(self, tmp_path: Path) -> None:
+        """A sender outside the allowlist gets 403 and nothing is stored."""
+        harness = Harness(tmp_path, Allowlist(allow_cidrs=[ipaddress.ip_network("10.0.0.0/8")]))
+        harness.store.open()
+        try:
+            response = await post(harness, fixture_bodies()["01-m1-queued.json"], remote_addr="192.0.2.1")
+            assert response.status_code == 403
+            assert response.json["reason"] == "source_not_allowed"
+            assert await harness.stored() == 0
+        finally:
+            harness.store.close()
+
+    async def test_store_failure_is_503(self, harness: Harness) -> None:
+        """When the store cannot write, the callback gets 503, never 200."""
+        harness.store.close()  # The writer is gone: the store cannot keep anything.
+        response = await post(harness, fixture_bodies()["01-m1-queued.json"])
+        assert response.status_code == 503
+        assert response.json["reason"] == "store_unavailable"
+        assert "retry-after" in response.headers
+
+
+class TestOtherRoutes:
+    """Probes, metrics, unknown paths and methods."""
+
+    async def test_probes(self, harness: Harness) -> None:
+        """/healthz and /readyz answer 200 with a working store."""
+        async with falcon.testing.ASGIConductor(harness.app) as conductor:
+            assert (await conductor.simulate_get("/healthz")).status_code == 200
+            ready = await conductor.simulate_get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json == {"ready": True, "checks": {"store": {"ready": True}}}
+
+    async def test_readyz_fails_with_store_down(self, harness: Harness) -> None:
+        """/readyz says which check fails."""
+        harness.store.close()
+        async with falcon.testing.ASGIConductor(harness.app) as conductor:
+            ready = await conductor.simulate_get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json["checks"]["store"]["ready"] is False
+
+    async def test_metrics_count_outcomes(self, harness: Harness) -> None:
+        """/metrics counts callbacks by outcome in Prometheus text format."""
+        body = fixture_bodies()["01-m1-queued.json"]
+        await post(harness, body)
+        await post(harness, body)
+        await post(harness, b"nope")
+        async with falcon.testing.ASGIConductor(harness.app) as conductor:
+            metrics = await conductor.simulate_get("/metrics")
+        assert metrics.status_code == 200
+        text = metrics.text
+        assert 'routee_callbacks_callbacks_total{outcome="accepted",reason=""} 1.0' in text
+        assert 'routee_callbacks_callbacks_total{outcome="duplicate",reason=""} 1.0' in text
+        assert 'routee_callbacks_callbacks_total{outcome="rejected",reason="malformed_json"} 1.0' in text
+
+    @pytest.mark.parametrize(("method", "path", "status"), [("GET", "/nope", 404), ("GET", CALLBACKS_PATH, 405)])
+    async def test_unknown_paths_and_methods(self, harness: Harness, method: str, path: str, status: int) -> None:
+        """Unknown paths and methods answer problem+json too."""
+        async with falcon.testing.ASGIConductor(harness.app) as conductor:
+            response = await conductor.simulate_request(method, path)
+        assert response.status_code == status
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json["status"] == status

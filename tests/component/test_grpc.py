@@ -1,0 +1,295 @@
+"""The gRPC server on port 0 with a real channel, a real store and broker."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health
+
+from http_ingress.schemas import parse_callback
+from routee.callbacks.v1 import callback_pb2 as pb
+from routee.callbacks.v1 import message_status_service_pb2 as pb2
+from routee.callbacks.v1 import message_status_service_pb2_grpc as pb2_grpc
+from service.broker import Broker
+from service.config import HostPort
+from service.metrics import Metrics
+from service.server import create_server
+from service.servicer import MessageStatusServicer
+from service.store import SqliteStore
+from support import fixture_bodies
+
+CAMPAIGN_A = "c0ffee00-0000-4000-8000-0000000000a1"
+CAMPAIGN_B = "c0ffee00-0000-4000-8000-0000000000b2"
+
+
+def callback(index: int, campaign: str = "load", name: str = "Queued") -> pb.ViberCallback:
+    return parse_callback(
+        f'{{"trackingId": "m{index}", "campaignTrackingId": "{campaign}",'
+        f' "status": {{"name": "{name}", "updatedDate": "2024-05-01T10:00:00Z"}}}}'.encode()
+    )
+
+
+@dataclass
+class Server:
+    store: SqliteStore
+    broker: Broker
+    stub: pb2_grpc.MessageStatusServiceStub
+    server: grpc.aio.Server
+    metrics: Metrics
+
+
+async def start(tmp_path: Path, *, queue_size: int = 1024, progress: float = 30.0, max_streams: int = 100) -> Server:
+    broker = Broker(queue_size)
+    store = SqliteStore(tmp_path / "grpc.db", on_commit=broker.publish)
+    store.open()
+    metrics = Metrics()
+    servicer = MessageStatusServicer(store, broker, metrics, max_streams=max_streams, progress_interval=progress)
+    server, port = create_server(HostPort("127.0.0.1", 0), servicer, health.aio.HealthServicer())
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    return Server(store, broker, pb2_grpc.MessageStatusServiceStub(channel), server, metrics)
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Server]:
+    running = await start(tmp_path)
+    yield running
+    running.broker.close()
+    await running.server.stop(None)
+    running.store.close()
+
+
+async def read_updates(call: grpc.aio.UnaryStreamCall, count: int, timeout: float = 10) -> list[pb2.StatusUpdate]:
+    """Read items until ``count`` status updates arrived."""
+    updates: list[pb2.StatusUpdate] = []
+    async with asyncio.timeout(timeout):
+        while len(updates) < count:
+            item = await call.read()
+            assert item is not grpc.aio.EOF, f"stream ended after {len(updates)} updates"
+            if item.HasField("status_update"):
+                updates.append(item.status_update)
+    return updates
+
+
+class TestGetMessageStatus:
+    """GetMessageStatus."""
+
+    async def test_fixtures_in_any_order(self, server: Server) -> None:
+        """Fixtures posted shuffled and duplicated give each message its right current status and history."""
+        bodies = list(fixture_bodies().values()) * 2
+        random.Random(7).shuffle(bodies)
+        for body in bodies:
+            await server.store.append(parse_callback(body))
+        expected = {
+            "1": (pb.MESSAGE_STATUS_SEEN, "Seen", ["Queued", "Delivered", "Seen"]),
+            "2": (pb.MESSAGE_STATUS_FAILED, "Failed", ["QUEUED", "Failed"]),
+            "3": (pb.MESSAGE_STATUS_EXPIRED, "Expired", ["delivered", "Expired"]),
+            "4": (pb.MESSAGE_STATUS_UNDELIVERED, "Undelivered", ["Undelivered"]),
+            "5": (pb.MESSAGE_STATUS_UNSENT, "Unsent", ["Unsent"]),
+        }
+        for suffix, (status, name, history) in expected.items():
+            response = await server.stub.GetMessageStatus(
+                pb2.GetMessageStatusRequest(tracking_id=f"a1b2c3d4-0000-4000-8000-00000000000{suffix}")
+            )
+            assert (response.status, response.status_name) == (status, name)
+            assert [event.status_name for event in response.events] == history
+            assert response.callback.status.name == name
+            assert response.sequence == max(e.sequence for e in response.events if e.status_name == name)
+            assert response.campaign_tracking_id == (CAMPAIGN_A if suffix in "123" else CAMPAIGN_B)
+            assert all(event.receive_time.seconds > 0 for event in response.events)
+
+    async def test_errors(self, server: Server) -> None:
+        """Unknown id → NOT_FOUND; empty id → INVALID_ARGUMENT."""
+        with pytest.raises(grpc.aio.AioRpcError) as unknown:
+            await server.stub.GetMessageStatus(pb2.GetMessageStatusRequest(tracking_id="nope"))
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.aio.AioRpcError) as empty:
+            await server.stub.GetMessageStatus(pb2.GetMessageStatusRequest())
+        assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    async def test_oversized_request(self, server: Server) -> None:
+        """A request over the size limit is RESOURCE_EXHAUSTED."""
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await server.stub.GetMessageStatus(pb2.GetMessageStatusRequest(tracking_id="x" * 100_000))
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class TestStream:
+    """StreamStatusUpdates."""
+
+    async def test_live_filtered_by_campaign(self, server: Server) -> None:
+        """A campaign subscriber sees its campaign's distinct changes once, in increasing sequence."""
+        call = server.stub.StreamStatusUpdates(pb2.StreamStatusUpdatesRequest(campaign_tracking_id=CAMPAIGN_B))
+        await call.initial_metadata()
+        for body in list(fixture_bodies().values()) * 2:
+            await server.store.append(parse_callback(body))
+        updates = await read_updates(call, 2)
+        assert [u.tracking_id[-1] for u in updates] == ["4", "5"]
+        assert updates[0].sequence < updates[1].sequence
+        assert all(u.is_current and u.campaign_tracking_id == CAMPAIGN_B for u in updates)
+        assert updates[1].callback.status.reason.detailed_status == "System Failure"
+        call.cancel()
+
+    async def test_resume_replays_then_goes_live(self, server: Server) -> None:
+        """after_sequence replays what follows it, then continues live, with no gap and no duplicate."""
+        for index in range(1, 101):
+            await server.store.append(callback(index))
+        call = server.stub.StreamStatusUpdates(pb2.StreamStatusUpdatesRequest(after_sequence=40))
+        await call.initial_metadata()
+        writer = asyncio.gather(*(server.store.append(callback(index)) for index in range(101, 1101)))
+        updates = await read_updates(call, 1060)
+        await writer
+        assert [u.sequence for u in updates] == list(range(41, 1101))
+        call.cancel()
+
+    async def test_resume_from_zero_is_everything(self, server: Server) -> None:
+        """after_sequence=0 is "from the beginning"."""
+        for index in range(1, 4):
+            await server.store.append(callback(index))
+        call = server.stub.StreamStatusUpdates(pb2.StreamStatusUpdatesRequest(after_sequence=0))
+        assert [u.sequence for u in await read_updates(call, 3)] == [1, 2, 3]
+        call.cancel()
+
+    async def test_snapshot_then_marker_then_live(self, server: Server) -> None:
+        """include_snapshot sends every current status of the filter, the marker, then live updates."""
+        for body in fixture_bodies().values():
+            await server.store.append(parse_callback(body))
+        call = server.stub.StreamStatusUpdates(
+            pb2.StreamStatusUpdatesRequest(campaign_tracking_id=CAMPAIGN_A, include_snapshot=True)
+        )
+        items = [await call.read() for _ in range(4)]
+        snapshot = [item.status_update for item in items[:3]]
+        assert {(u.tracking_id[-1], u.status_name) for u in snapshot} == {("1", "Seen"), ("2", "Failed"), ("3", "Expired")}
+        assert items[3].HasField("snapshot_end")
+        assert items[3].snapshot_end.sequence == 9
+        await server.store.append(callback(1, CAMPAIGN_A))
+        [live] = await read_updates(call, 1)
+        assert live.sequence == 10
+        call.cancel()
+
+    @pytest.mark.parametrize(
+        "request_",
+        [
+            pb2.StreamStatusUpdatesRequest(include_snapshot=True, after_sequence=0),
+            pb2.StreamStatusUpdatesRequest(after_sequence=5),
+            pb2.StreamStatusUpdatesRequest(statuses=[pb.MESSAGE_STATUS_UNSPECIFIED]),
+            pb2.StreamStatusUpdatesRequest(statuses=[42]),  # type: ignore[list-item]
+        ],
+    )
+    async def test_invalid_requests(self, server: Server, request_: pb2.StreamStatusUpdatesRequest) -> None:
+        """Contradictory or impossible requests are INVALID_ARGUMENT."""
+        call = server.stub.StreamStatusUpdates(request_)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call.read()
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    async def test_status_filter(self, server: Server) -> None:
+        """statuses limits the stream to those statuses."""
+        call = server.stub.StreamStatusUpdates(pb2.StreamStatusUpdatesRequest(statuses=[pb.MESSAGE_STATUS_FAILED]))
+        await call.initial_metadata()
+        await server.store.append(callback(1, name="Queued"))
+        await server.store.append(callback(1, name="Failed"))
+        [update] = await read_updates(call, 1)
+        assert update.status == pb.MESSAGE_STATUS_FAILED
+        call.cancel()
+
+    async def test_shutdown_ends_streams_unavailable(self, server: Server) -> None:
+        """Closing the broker ends open streams with UNAVAILABLE and the resume point."""
+        call = server.stub.StreamStatusUpdates(pb2.StreamStatusUpdatesRequest())
+        await call.initial_metadata()
+        await server.store.append(callback(1))
+        await read_updates(call, 1)
+        server.broker.close()
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call.read()
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "after_sequence=1" in (caught.value.details() or "")
+
+
+class TestSlowAndMany:
+    """Slow subscribers, progress, limits."""
+
+    async def test_slow_subscriber_catches_up_from_store(self, tmp_path: Path) -> None:
+        """A subscriber that stops reading while another reads everything misses nothing once it reads again."""
+        running = await start(tmp_path, queue_size=8)
+        try:
+            slow = running.stub.StreamStatusUpdates(pb2.StreamStatusUpdatesRequest())
+            fast = running.stub.StreamStatusUpdates(pb2.StreamStatusUpdatesRequest())
+            await slow.initial_metadata()
+            await fast.initial_metadata()
+            writer = asyncio.gather(*(running.store.append(callback(index)) for index in range(1, 3001)))
+            fast_updates = await read_updates(fast, 3000)
+            await writer
+            await asyncio.sleep(0.5)  # The slow one has read nothing so far.
+            slow_updates = await read_updates(slow, 3000)
+            assert [u.sequence for u in fast_updates] == list(range(1, 3001))
+            assert [u.sequence for u in slow_updates] == list(range(1, 3001))
+            assert running.metrics.catch_ups._value.get() >= 1  # It really fell behind.
+            slow.cancel()
+            fast.cancel()
+        finally:
+            running.broker.close()
+            await running.server.stop(None)
+            running.store.close()
+
+    async def test_progress_when_idle(self, tmp_path: Path) -> None:
+        """An idle stream gets progress items with the sequence it has covered."""
+        running = await start(tmp_path, progress=0.1)
+        try:
+            await running.store.append(callback(1, campaign="other"))
+            call = running.stub.StreamStatusUpdates(pb2.StreamStatusUpdatesRequest(campaign_tracking_id="mine"))
+            item = await asyncio.wait_for(call.read(), 5)
+            assert item.HasField("progress")
+            assert item.progress.sequence == 1
+            call.cancel()
+        finally:
+            running.broker.close()
+            await running.server.stop(None)
+            running.store.close()
+
+    async def test_stream_limit(self, tmp_path: Path) -> None:
+        """Past the stream limit a new stream gets RESOURCE_EXHAUSTED; closed streams free their place."""
+        running = await start(tmp_path, max_streams=2)
+        try:
+            calls = [running.stub.StreamStatusUpdates(pb2.StreamStatusUpdatesRequest()) for _ in range(2)]
+            for call in calls:
+                await call.initial_metadata()
+            extra = running.stub.StreamStatusUpdates(pb2.StreamStatusUpdatesRequest())
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await extra.read()
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            calls[0].cancel()
+            await asyncio.sleep(0.2)
+            assert running.broker.subscriber_count == 1
+            again = running.stub.StreamStatusUpdates(pb2.StreamStatusUpdatesRequest())
+            await again.initial_metadata()
+            again.cancel()
+            calls[1].cancel()
+        finally:
+            running.broker.close()
+            await running.server.stop(None)
+            running.store.close()
+
+    async def test_many_subscribers_each_get_everything(self, tmp_path: Path) -> None:
+        """1 000 concurrent subscribers each receive every update."""
+        running = await start(tmp_path, max_streams=1000)
+        try:
+            calls = [running.stub.StreamStatusUpdates(pb2.StreamStatusUpdatesRequest()) for _ in range(1000)]
+            await asyncio.gather(*(call.initial_metadata() for call in calls))
+            assert running.broker.subscriber_count == 1000
+            for index in range(1, 21):
+                await running.store.append(callback(index))
+            results = await asyncio.gather(*(read_updates(call, 20, timeout=60) for call in calls))
+            assert all([u.sequence for u in updates] == list(range(1, 21)) for updates in results)
+            for call in calls:
+                call.cancel()
+        finally:
+            running.broker.close()
+            await running.server.stop(None)
+            running.store.close()
