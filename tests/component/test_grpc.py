@@ -165,7 +165,11 @@ class TestStream:
         )
         items = [await call.read() for _ in range(4)]
         snapshot = [item.status_update for item in items[:3]]
-        assert {(u.tracking_id[-1], u.status_name) for u in snapshot} == {("1", "Seen"), ("2", "Failed"), ("3", "Expired")}
+        assert {(u.tracking_id[-1], u.status_name) for u in snapshot} == {
+            ("1", "Seen"),
+            ("2", "Failed"),
+            ("3", "Expired"),
+        }
         assert items[3].HasField("snapshot_end")
         assert items[3].snapshot_end.sequence == 9
         await server.store.append(callback(1, CAMPAIGN_A))

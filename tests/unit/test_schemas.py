@@ -175,7 +175,11 @@ class TestRejections:
                 "price",
             ),
             (
-                {"trackingId": "t", "groups": "vip", "status": {"name": "Queued", "updatedDate": "2024-01-01T00:00:00Z"}},
+                {
+                    "trackingId": "t",
+                    "groups": "vip",
+                    "status": {"name": "Queued", "updatedDate": "2024-01-01T00:00:00Z"},
+                },
                 "groups",
             ),
             ({"trackingId": "t", "body": [], "status": {"name": "Q", "updatedDate": "2024-01-01T00:00:00Z"}}, "body"),

@@ -51,7 +51,9 @@ async def store(tmp_path: Path, recorder: Recorder) -> AsyncIterator[SqliteStore
 class TestAppend:
     """Appending callbacks."""
 
-    async def test_sequences_increase_and_duplicates_are_recognised(self, store: SqliteStore, recorder: Recorder) -> None:
+    async def test_sequences_increase_and_duplicates_are_recognised(
+        self, store: SqliteStore, recorder: Recorder
+    ) -> None:
         """Each distinct event gets the next sequence; the same event again is a duplicate, not published."""
         first = await store.append(callback("m1", "Queued", "2024-05-01T10:00:00Z"))
         second = await store.append(callback("m1", "Delivered", "2024-05-01T10:00:05Z"))
@@ -68,7 +70,9 @@ class TestAppend:
         assert await store.append(callback("m1", "Queued", "2024-05-01T10:05:00Z")) is not None
         assert len(await store.history("m1")) == 2
 
-    async def test_concurrent_appends_are_group_committed_in_order(self, store: SqliteStore, recorder: Recorder) -> None:
+    async def test_concurrent_appends_are_group_committed_in_order(
+        self, store: SqliteStore, recorder: Recorder
+    ) -> None:
         """Many concurrent appends all get distinct sequences and are published in sequence order."""
         results = await asyncio.gather(
             *(store.append(callback(f"m{index}", "Queued", "2024-05-01T10:00:00Z")) for index in range(300))
@@ -115,7 +119,9 @@ class TestCurrentStatus:
             (["Undelivered", "Expired"], "Expired"),
         ],
     )
-    async def test_equal_dates_use_rank_then_storage_order(self, store: SqliteStore, names: list[str], winner: str) -> None:
+    async def test_equal_dates_use_rank_then_storage_order(
+        self, store: SqliteStore, names: list[str], winner: str
+    ) -> None:
         """On equal updatedDate the higher lifecycle rank wins; on equal rank too, the one stored later."""
         for name in names:
             await store.append(callback("m1", name, "2024-05-01T10:00:00Z"))
@@ -142,7 +148,13 @@ class TestCurrentStatus:
             finally:
                 store.close()
         assert all(outcome == outcomes[0] for outcome in outcomes)
-        assert outcomes[0] == {1: ("Seen", 3), 2: ("Failed", 2), 3: ("Expired", 2), 4: ("Undelivered", 1), 5: ("Unsent", 1)}
+        assert outcomes[0] == {
+            1: ("Seen", 3),
+            2: ("Failed", 2),
+            3: ("Expired", 2),
+            4: ("Undelivered", 1),
+            5: ("Unsent", 1),
+        }
 
 
 class TestReads:
