@@ -19,8 +19,8 @@ $(BIN)/routee-callbacks: pyproject.toml
 
 install: $(BIN)/routee-callbacks  ## Create .venv and install the service with its development tools.
 
-run: install  ## Start the service on embedded defaults (HTTP :8080, gRPC :50051, ./routee-callbacks.db).
-	$(BIN)/routee-callbacks serve
+run: install  ## Start the service on embedded defaults (HTTP :8080, gRPC :50051, ./routee-callbacks.db), local posts allowed.
+	$(BIN)/routee-callbacks serve --allow-cidr 127.0.0.1/32 --allow-cidr ::1/128
 
 test: install  ## Run the whole test suite.
 	$(BIN)/pytest

@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, StringConstraints, ValidationError
-from routee.callbacks.v1 import callback_pb2 as pb
 
+from routee.callbacks.v1 import callback_pb2 as pb
 from service.convert import status_from_name, timestamp_from_micros, to_micros
 from service.errors import InvalidCallbackError, MalformedJsonError
 

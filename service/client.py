@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 from google.protobuf.json_format import MessageToDict
+
 from routee.callbacks.v1 import callback_pb2 as pb
 from routee.callbacks.v1 import message_status_service_pb2 as pb2
 from routee.callbacks.v1 import message_status_service_pb2_grpc as pb2_grpc

@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 import grpc
+
 from routee.callbacks.v1 import callback_pb2 as pb
 from routee.callbacks.v1 import message_status_service_pb2 as pb2
-
 from service.broker import Broker, Update
 from service.convert import status_event
 from service.errors import (

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from routee.callbacks.v1 import callback_pb2 as pb
-
 from service.convert import lifecycle_rank, normalise_status_name
 from service.errors import StartupError, StoreUnavailableError
 from service.events import EventFilter, StoredEvent

@@ -42,6 +42,7 @@ def start_service(tmp_path: Path) -> Iterator[StartService]:
         base_env = {key: value for key, value in os.environ.items() if not key.startswith("ROUTEE_CALLBACKS_")}
         service = ServiceProcess(
             arguments,
+            http_host=http_host,
             http_port=http_port,
             grpc_port=grpc_port,
             log_path=tmp_path / f"service-{len(started)}.log",

@@ -68,13 +68,14 @@ def http_request(
     path: str,
     body: bytes | None = None,
     *,
-    source: str = "127.0.0.1",
+    source: str | None = None,
     host: str = "127.0.0.1",
     headers: dict[str, str] | None = None,
     timeout: float = 10.0,
 ) -> HttpResult:
-    """Send one request from the ``source`` address."""
-    connection = http.client.HTTPConnection(host, port, timeout=timeout, source_address=(source, 0))
+    """Send one request, from the ``source`` address when given."""
+    source_address = (source, 0) if source else None
+    connection = http.client.HTTPConnection(host, port, timeout=timeout, source_address=source_address)
     try:
         connection.request(method, path, body=body, headers=headers or {})
         response = connection.getresponse()
@@ -83,10 +84,12 @@ def http_request(
         connection.close()
 
 
-def post_callback(port: int, body: bytes, *, source: str = "127.0.0.1", **headers: str) -> HttpResult:
-    """POST a callback body as Routee does."""
+def post_callback(
+    port: int, body: bytes, *, source: str = "127.0.0.1", host: str = "127.0.0.1", **headers: str
+) -> HttpResult:
+    """POST a callback body as Routee does, from ``source`` to ``host``; header names use ``_`` for ``-``."""
     all_headers = {"Content-Type": "application/json", **{k.replace("_", "-"): v for k, v in headers.items()}}
-    return http_request(port, "POST", CALLBACKS_PATH, body, source=source, headers=all_headers)
+    return http_request(port, "POST", CALLBACKS_PATH, body, source=source, host=host, headers=all_headers)
 
 
 # -- a real DNS server on loopback -------------------------------------------------------------
@@ -165,7 +168,10 @@ def executable() -> str:
 class ServiceProcess:
     """A running ``routee-callbacks serve``, started the way a user starts it."""
 
-    def __init__(self, args: list[str], *, http_port: int, grpc_port: int, log_path: Path, env: dict[str, str]):
+    def __init__(
+        self, args: list[str], *, http_host: str, http_port: int, grpc_port: int, log_path: Path, env: dict[str, str]
+    ):
+        self.http_host = "127.0.0.1" if http_host in ("0.0.0.0", "::") else http_host
         self.http_port = http_port
         self.grpc_port = grpc_port
         self.log_path = log_path
@@ -190,7 +196,8 @@ class ServiceProcess:
             if self.process.poll() is not None:
                 raise AssertionError(f"routee-callbacks exited with {self.process.returncode}:\n{self.log()}")
             with contextlib.suppress(OSError, http.client.HTTPException):
-                if http_request(self.http_port, "GET", path, timeout=1).status == 200 and self._grpc_up():
+                answer = http_request(self.http_port, "GET", path, host=self.http_host, timeout=1)
+                if answer.status == 200 and self._grpc_up():
                     return
             time.sleep(0.05)
         raise AssertionError(f"routee-callbacks did not become ready in {deadline}s:\n{self.log()}")

@@ -65,10 +65,10 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
     running.store.close()
 
 
-async def read_updates(call: grpc.aio.UnaryStreamCall, count: int, timeout: float = 10) -> list[pb2.StatusUpdate]:
+async def read_updates(call: grpc.aio.UnaryStreamCall, count: int, seconds: float = 10) -> list[pb2.StatusUpdate]:
     """Read items until ``count`` status updates arrived."""
     updates: list[pb2.StatusUpdate] = []
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(seconds):
         while len(updates) < count:
             item = await call.read()
             assert item is not grpc.aio.EOF, f"stream ended after {len(updates)} updates"
@@ -289,7 +289,7 @@ class TestSlowAndMany:
             assert running.broker.subscriber_count == 1000
             for index in range(1, 21):
                 await running.store.append(callback(index))
-            results = await asyncio.gather(*(read_updates(call, 20, timeout=60) for call in calls))
+            results = await asyncio.gather(*(read_updates(call, 20, seconds=60) for call in calls))
             assert all([u.sequence for u in updates] == list(range(1, 21)) for updates in results)
             for call in calls:
                 call.cancel()

@@ -113,7 +113,8 @@ class TestWholePath:
         post_callback(service.http_port, fixture_bodies()["01-m1-queued.json"])
         assert http_request(service.http_port, "GET", "/healthz").status == 200
         ready = http_request(service.http_port, "GET", "/readyz")
-        assert ready.status == 200 and ready.json()["ready"] is True
+        assert ready.status == 200
+        assert ready.json()["ready"] is True
         metrics = http_request(service.http_port, "GET", "/metrics").body.decode()
         assert 'routee_callbacks_callbacks_total{outcome="accepted",reason=""} 1.0' in metrics
         assert "routee_callbacks_last_sequence 1.0" in metrics
@@ -133,7 +134,8 @@ class TestLifecycle:
         last = stream.wait_for(5)[-1].sequence
         assert first.stop(signal.SIGTERM) == 0
         stream.close()
-        assert stream.error is not None and stream.error.code() == grpc.StatusCode.UNAVAILABLE
+        assert stream.error is not None
+        assert stream.error.code() == grpc.StatusCode.UNAVAILABLE
         assert f"after_sequence={last}" in (stream.error.details() or "")
 
         second = start_service(*OPEN, database=database)
@@ -264,7 +266,8 @@ class TestClientCommands:
             timeout=30,
             check=False,
         )
-        assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
+        assert missing.returncode == 1
+        assert "NOT_FOUND" in missing.stderr
         watch = subprocess.Popen(
             [
                 executable(),

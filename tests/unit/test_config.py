@@ -58,7 +58,7 @@ class TestLoadSettings:
 
     def test_bad_variable_names_the_option(self) -> None:
         """A bad variable is reported under its option."""
-        with pytest.raises(ConfigError, match="^--http-bind"):
+        with pytest.raises(ConfigError, match=r"^--http-bind"):
             load_settings({}, {"ROUTEE_CALLBACKS_HTTP_BIND": "x"})
 
     def test_more_than_one_worker_is_refused(self) -> None:

@@ -203,6 +203,7 @@ class TestRejections:
     @pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999"])
     def test_non_finite_numbers(self, number: str) -> None:
         """NaN and infinities are not prices."""
-        body = f'{{"trackingId": "t", "price": {number}, "status": {{"name": "Q", "updatedDate": "2024-01-01T00:00:00Z"}}}}'
+        status = '{"name": "Q", "updatedDate": "2024-01-01T00:00:00Z"}'
+        body = f'{{"trackingId": "t", "price": {number}, "status": {status}}}'
         with pytest.raises((InvalidCallbackError, MalformedJsonError)):
             parse_callback(body.encode())

@@ -58,7 +58,8 @@ class TestAppend:
         first = await store.append(callback("m1", "Queued", "2024-05-01T10:00:00Z"))
         second = await store.append(callback("m1", "Delivered", "2024-05-01T10:00:05Z"))
         again = await store.append(callback("m1", "DELIVERED", "2024-05-01T10:00:05.000Z"))
-        assert first is not None and second is not None
+        assert first is not None
+        assert second is not None
         assert (first.sequence, second.sequence) == (1, 2)
         assert again is None
         assert [event.sequence for event in recorder.events] == [1, 2]
@@ -96,7 +97,8 @@ class TestCurrentStatus:
         """A Delivered that arrives after Seen goes into history but is not current."""
         await store.append(callback("m1", "Seen", "2024-05-01T10:02:00Z"))
         late = await store.append(callback("m1", "Delivered", "2024-05-01T10:01:00Z"))
-        assert late is not None and not late.is_current
+        assert late is not None
+        assert not late.is_current
         current = await self.current(store, "m1")
         assert current.status_name == "Seen"
         assert [event.status_name for event in await store.history("m1")] == ["Delivered", "Seen"]
@@ -105,7 +107,8 @@ class TestCurrentStatus:
         """Expire-on-delivery: Expired later than Delivered becomes current."""
         await store.append(callback("m1", "Delivered", "2024-05-01T10:01:00Z"))
         expired = await store.append(callback("m1", "Expired", "2024-05-01T10:01:30Z"))
-        assert expired is not None and expired.is_current
+        assert expired is not None
+        assert expired.is_current
         assert (await self.current(store, "m1")).status == pb.MESSAGE_STATUS_EXPIRED
 
     @pytest.mark.parametrize(
