@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import falcon
@@ -26,6 +27,7 @@ from service.store import Store
 _LOGGER = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
+REJECTION_LOG_INTERVAL = 60.0
 JSON = "application/json"
 
 
@@ -36,10 +38,15 @@ def _is_json(content_type: str | None) -> bool:
 class CallbacksResource:
     """``POST /v1/callbacks/viber``: keep one Routee Viber callback, then answer 200."""
 
-    def __init__(self, store: Store, allowlist: Allowlist, metrics: Metrics) -> None:
+    def __init__(
+        self, store: Store, allowlist: Allowlist, metrics: Metrics, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._store = store
         self._allowlist = allowlist
         self._metrics = metrics
+        self._clock = clock
+        self._next_log: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Check the sender, validate, store durably, answer."""
@@ -49,7 +56,7 @@ class CallbacksResource:
             event = await self._store.append(parse_callback(body))
         except RejectedError as ex:
             self._metrics.callbacks.labels("rejected", ex.reason).inc()
-            _LOGGER.debug("callback rejected: %s", ex, extra={"reason": ex.reason, "peer": req.remote_addr})
+            self._log_rejection(ex, req.remote_addr)
             raise
         except RouteeCallbacksError as ex:
             self._metrics.callbacks.labels("unavailable", getattr(ex, "reason", "error")).inc()
@@ -63,6 +70,19 @@ class CallbacksResource:
         self._metrics.ingest_seconds.observe(time.perf_counter() - started)
         resp.content_type = JSON
         resp.text = json.dumps(outcome)
+
+    def _log_rejection(self, error: RejectedError, peer: str) -> None:
+        # One line per reason and minute at most: strangers must not flood the log.
+        now = self._clock()
+        if now < self._next_log.get(error.reason, 0.0):
+            self._suppressed[error.reason] = self._suppressed.get(error.reason, 0) + 1
+            return
+        self._next_log[error.reason] = now + REJECTION_LOG_INTERVAL
+        _LOGGER.warning(
+            "callback rejected: %s",
+            error,
+            extra={"reason": error.reason, "peer": peer, "similar_not_logged": self._suppressed.pop(error.reason, 0)},
+        )
 
     async def _accept(self, req: falcon.asgi.Request) -> bytes:
         self._allowlist.check(req.remote_addr, req.get_header("X-Forwarded-For"))

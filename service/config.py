@@ -13,6 +13,8 @@ from service.errors import ConfigError
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 ENV_PREFIX = "ROUTEE_CALLBACKS_"
+# Duplicates must be recognised for 48 hours, and pruning forgets them.
+MIN_RETENTION_HOURS = 48.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class Settings:
     dns_max_ttl: float = 300.0
     dns_max_stale: float = 24 * 3600.0
     sqlite_synchronous: str = "FULL"
+    retention_hours: float = 7 * 24.0
     max_streams: int = 20_000
     subscriber_queue_size: int = 1024
     progress_interval: float = 15.0
@@ -198,6 +201,13 @@ OPTIONS: tuple[Option, ...] = (
         "SQLite synchronous mode: FULL survives power loss, NORMAL only a process crash",
         "MODE",
     ),
+    Option(
+        "--retention-hours",
+        "retention_hours",
+        _positive(float),
+        "how long status events are kept (at least 48, the duplicate window); older ones are deleted",
+        "HOURS",
+    ),
     Option("--max-streams", "max_streams", _positive(int), "most concurrent StreamStatusUpdates streams", "N"),
     Option(
         "--subscriber-queue-size",
@@ -260,6 +270,8 @@ def load_settings(flags: Mapping[str, str | Sequence[str] | None], environ: Mapp
 def _check_combination(settings: Settings, environ: Mapping[str, str]) -> None:
     if settings.dns_min_ttl > settings.dns_max_ttl:
         raise ConfigError("--dns-min-ttl", f"must not exceed --dns-max-ttl ({settings.dns_max_ttl:g})")
+    if settings.retention_hours < MIN_RETENTION_HOURS:
+        raise ConfigError("--retention-hours", f"must be at least {MIN_RETENTION_HOURS:g} (Routee retries for ~40 h)")
     if settings.http_bind.port and settings.http_bind == settings.grpc_bind:
         raise ConfigError("--grpc-bind", f"must differ from --http-bind ({settings.http_bind})")
     workers = environ.get("WEB_CONCURRENCY", "1").strip()

@@ -24,6 +24,18 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.commit_seconds = Histogram(
+            "routee_callbacks_store_commit_seconds",
+            "Time to write and commit one batch of callbacks (one fsync with synchronous=FULL).",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.commit_batch_size = Histogram(
+            "routee_callbacks_store_commit_batch_size",
+            "Callbacks committed together in one transaction (group commit).",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            registry=self.registry,
+        )
         self.subscribers = Gauge(
             "routee_callbacks_subscribers", "Open StreamStatusUpdates streams.", registry=self.registry
         )
@@ -48,3 +60,8 @@ class Metrics:
             "Age of the DNS allowlist in use (NaN before the first answer).",
             registry=self.registry,
         )
+
+    def observe_commit(self, seconds: float, size: int) -> None:
+        """Record one committed batch; called from the store's writer thread."""
+        self.commit_seconds.observe(seconds)
+        self.commit_batch_size.observe(size)

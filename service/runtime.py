@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 import falcon.asgi
@@ -15,6 +16,7 @@ from http_ingress.allowlist import Allowlist, DnsAllowlist, DnspythonResolver
 from http_ingress.app import create_app
 from service.broker import Broker
 from service.config import Settings
+from service.errors import RouteeCallbacksError
 from service.metrics import Metrics
 from service.server import create_server
 from service.servicer import SERVICE_NAME, MessageStatusServicer
@@ -47,7 +49,7 @@ class Runtime:
         self._allowlist = allowlist
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # grpc-stubs predates aio
         self._server: grpc.aio.Server | None = None
-        self._dns_task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.grpc_port: int | None = None
 
     async def process_startup(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
@@ -58,7 +60,8 @@ class Runtime:
         self._server, self.grpc_port = create_server(self._settings.grpc_bind, self._servicer, self._health)
         await self._server.start()
         if self._allowlist.dns is not None:
-            self._dns_task = asyncio.create_task(self._allowlist.dns.run(), name="allowlist-refresh")
+            self._tasks.append(asyncio.create_task(self._allowlist.dns.run(), name="allowlist-refresh"))
+        self._tasks.append(asyncio.create_task(self._prune_forever(), name="retention"))
         await self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         _LOGGER.info(
             "routee-callbacks started",
@@ -75,19 +78,36 @@ class Runtime:
         self._broker.close()
         if self._server is not None:
             await self._server.stop(self._settings.shutdown_grace)
-        if self._dns_task is not None:
-            self._dns_task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._dns_task
+                await task
         await asyncio.get_running_loop().run_in_executor(None, self._store.close)
         _LOGGER.info("routee-callbacks stopped")
+
+    async def _prune_forever(self) -> None:
+        retention = self._settings.retention_hours * 3600
+        while True:
+            try:
+                deleted = await self._store.prune(time.time() - retention)
+            except RouteeCallbacksError as ex:
+                _LOGGER.warning("pruning old events failed: %s", ex)
+            else:
+                if deleted:
+                    _LOGGER.info("pruned old events", extra={"deleted": deleted})
+            await asyncio.sleep(min(retention / 24, 600.0))
 
 
 def build_app(settings: Settings) -> falcon.asgi.App[Any, Any]:
     """Wire the service together; call it in the worker, after the fork."""
     metrics = Metrics()
     broker = Broker(settings.subscriber_queue_size)
-    store = SqliteStore(settings.database, synchronous=settings.sqlite_synchronous, on_commit=broker.publish)
+    store = SqliteStore(
+        settings.database,
+        synchronous=settings.sqlite_synchronous,
+        on_commit=broker.publish,
+        observe_commit=metrics.observe_commit,
+    )
     dns_allowlist = None
     if settings.allowlist_host:
         dns_allowlist = DnsAllowlist(

@@ -107,6 +107,12 @@ class MessageStatusServicer:
                 last = await self._store.last_sequence()
                 if position > last:
                     raise InvalidArgumentError(f"after_sequence {position} is beyond the last stored sequence {last}")
+                pruned = await self._store.pruned_through()
+                if position < pruned:
+                    raise OutOfRangeError(
+                        f"updates after sequence {position} are no longer all kept; the oldest resume point is"
+                        f" after_sequence={pruned}: take a snapshot (include_snapshot) instead"
+                    )
             elif request.include_snapshot:
                 events, position = await self._store.snapshot(event_filter)
                 for event in events:

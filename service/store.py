@@ -12,6 +12,7 @@ sequence order — that is where the broker publishes them.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import queue
 import sqlite3
@@ -21,7 +22,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from routee.callbacks.v1 import callback_pb2 as pb
 from service.convert import lifecycle_rank, normalise_status_name
@@ -55,7 +56,7 @@ CREATE TABLE IF NOT EXISTS messages (
     rank INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS messages_by_campaign ON messages (campaign_tracking_id);
-CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY CHECK (id = 1), written_us INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 """
 
 _EVENT_COLUMNS = (
@@ -84,12 +85,22 @@ class Store(Protocol):
     async def probe(self) -> None:
         """Write to the store once; raise StoreUnavailableError when it cannot."""
 
+    async def prune(self, received_before: float) -> int:
+        """Delete events received before this time (seconds since the epoch); return how many."""
+
+    async def pruned_through(self) -> int:
+        """Return the greatest sequence ever pruned (0 when none): resuming after less would miss events."""
+
+
+# A maintenance job runs on the writer connection inside the batch transaction; it gets the batch time.
+_Maintenance = Callable[[sqlite3.Connection, int], int]
+
 
 @dataclass(slots=True)
 class _Pending:
     loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[StoredEvent | None]
-    callback: pb.ViberCallback | None  # None for a probe
+    future: asyncio.Future[Any]
+    work: pb.ViberCallback | _Maintenance
 
 
 _STOP = object()
@@ -104,6 +115,7 @@ class SqliteStore:
         *,
         synchronous: str = "FULL",
         on_commit: Callable[[Sequence[StoredEvent]], None] = lambda events: None,
+        observe_commit: Callable[[float, int], None] = lambda seconds, size: None,
         clock: Callable[[], float] = time.time,
         max_batch: int = 512,
         busy_timeout_ms: int = 1000,
@@ -111,6 +123,7 @@ class SqliteStore:
         self._path = path
         self._synchronous = synchronous
         self._on_commit = on_commit
+        self._observe_commit = observe_commit
         self._clock = clock
         self._max_batch = max_batch
         self._busy_timeout_ms = busy_timeout_ms
@@ -156,18 +169,27 @@ class SqliteStore:
 
     async def append(self, callback: pb.ViberCallback) -> StoredEvent | None:
         """Store a callback durably; return its event, or None when it is a duplicate."""
-        return await self._submit(callback)
+        event: StoredEvent | None = await self._submit(callback)
+        return event
 
     async def probe(self) -> None:
         """Write to the store once through the writer; raise StoreUnavailableError when it cannot."""
-        await self._submit(None)
+        await self._submit(_write_probe)
 
-    async def _submit(self, callback: pb.ViberCallback | None) -> StoredEvent | None:
+    async def prune(self, received_before: float, *, chunk: int = 5000) -> int:
+        """Delete events received before ``received_before``, a chunk per transaction; return how many."""
+        cutoff_us = int(received_before * 1_000_000)
+        total = 0
+        while deleted := await self._submit(lambda connection, _: _prune_chunk(connection, cutoff_us, chunk)):
+            total += deleted
+        return total
+
+    async def _submit(self, work: pb.ViberCallback | _Maintenance) -> Any:
         if self._writer is None:
             raise StoreUnavailableError("the store is not open")
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[StoredEvent | None] = loop.create_future()
-        self._queue.put(_Pending(loop, future, callback))
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.put(_Pending(loop, future, work))
         # The write happens whatever becomes of the caller: shield it from cancellation.
         return await asyncio.shield(future)
 
@@ -194,10 +216,17 @@ class SqliteStore:
 
     def _write_batch(self, connection: sqlite3.Connection, batch: list[_Pending]) -> None:
         receive_us = int(self._clock() * 1_000_000)
+        started = time.perf_counter()
         try:
             connection.execute("BEGIN IMMEDIATE")
-            results = [self._insert(connection, item.callback, receive_us) for item in batch]
+            results = [
+                self._insert(connection, item.work, receive_us)
+                if isinstance(item.work, pb.ViberCallback)
+                else item.work(connection, receive_us)
+                for item in batch
+            ]
             connection.execute("COMMIT")
+            self._observe_commit(time.perf_counter() - started, len(batch))
         except sqlite3.Error as ex:
             if connection.in_transaction:
                 try:
@@ -209,7 +238,7 @@ class SqliteStore:
             for item in batch:
                 item.loop.call_soon_threadsafe(_fail, item.future, error)
             return
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Pending, StoredEvent | None]]] = {}
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Pending, Any]]] = {}
         for item, result in zip(batch, results, strict=True):
             by_loop.setdefault(item.loop, []).append((item, result))
         for loop, done in by_loop.items():
@@ -218,8 +247,8 @@ class SqliteStore:
             except RuntimeError:  # The caller's loop is closed; nobody waits for these.
                 _LOGGER.warning("committed %d events for a closed event loop", len(done))
 
-    def _deliver(self, done: list[tuple[_Pending, StoredEvent | None]]) -> None:
-        events = [event for _, event in done if event is not None]
+    def _deliver(self, done: list[tuple[_Pending, Any]]) -> None:
+        events = [event for _, event in done if isinstance(event, StoredEvent)]
         if events:
             self._on_commit(events)
         for item, event in done:
@@ -227,12 +256,7 @@ class SqliteStore:
                 item.future.set_result(event)
 
     @staticmethod
-    def _insert(
-        connection: sqlite3.Connection, callback: pb.ViberCallback | None, receive_us: int
-    ) -> StoredEvent | None:
-        if callback is None:
-            connection.execute("INSERT OR REPLACE INTO probe (id, written_us) VALUES (1, ?)", (receive_us,))
-            return None
+    def _insert(connection: sqlite3.Connection, callback: pb.ViberCallback, receive_us: int) -> StoredEvent | None:
         status = callback.status
         update_us = status.update_time.ToMicroseconds()
         status_key = normalise_status_name(status.name)
@@ -349,8 +373,12 @@ class SqliteStore:
         """Return the greatest sequence ever assigned (0 when none)."""
         return await self._read(_last_sequence)
 
+    async def pruned_through(self) -> int:
+        """Return the greatest sequence ever pruned (0 when none)."""
+        return await self._read(lambda connection: _meta(connection, "pruned_through"))
 
-def _fail(future: asyncio.Future[StoredEvent | None], error: Exception) -> None:
+
+def _fail(future: asyncio.Future[Any], error: Exception) -> None:
     if not future.done():
         future.set_exception(error)
 
@@ -378,3 +406,44 @@ def _events(connection: sqlite3.Connection, sql: str, params: tuple[object, ...]
 def _last_sequence(connection: sqlite3.Connection) -> int:
     row = connection.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
     return int(row[0]) if row else 0
+
+
+def _meta(connection: sqlite3.Connection, key: str) -> int:
+    row = connection.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _write_probe(connection: sqlite3.Connection, now_us: int) -> int:
+    connection.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('probed_at_us', ?)", (now_us,))
+    return 0
+
+
+def _prune_chunk(connection: sqlite3.Connection, cutoff_us: int, chunk: int) -> int:
+    """Delete up to ``chunk`` of the oldest events received before the cutoff, and repair what pointed at them."""
+    deleted = connection.execute(
+        "DELETE FROM events WHERE sequence IN"
+        " (SELECT sequence FROM events WHERE receive_us < ? ORDER BY sequence LIMIT ?)"
+        " RETURNING sequence, tracking_id",
+        (cutoff_us, chunk),
+    ).fetchall()
+    if not deleted:
+        return 0
+    connection.execute(
+        "INSERT INTO meta (key, value) VALUES ('pruned_through', ?)"
+        " ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
+        (max(sequence for sequence, _ in deleted),),
+    )
+    # A message whose current event was pruned takes its best remaining event as current, or is forgotten.
+    for (tracking_id,) in connection.execute(
+        "SELECT tracking_id FROM messages m WHERE tracking_id IN (SELECT value FROM json_each(?))"
+        " AND NOT EXISTS (SELECT 1 FROM events e WHERE e.sequence = m.current_sequence)",
+        (json.dumps(sorted({tracking_id for _, tracking_id in deleted})),),
+    ).fetchall():
+        connection.execute("DELETE FROM messages WHERE tracking_id = ?", (tracking_id,))
+        connection.execute(
+            "INSERT INTO messages (tracking_id, campaign_tracking_id, current_sequence, update_us, rank)"
+            " SELECT tracking_id, campaign_tracking_id, sequence, update_us, rank FROM events"
+            " WHERE tracking_id = ? ORDER BY update_us DESC, rank DESC, sequence DESC LIMIT 1",
+            (tracking_id,),
+        )
+    return len(deleted)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,6 +193,21 @@ class TestStream:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await call.read()
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    async def test_resume_before_retention_is_out_of_range(self, server: Server) -> None:
+        """A resume point older than what is kept is OUT_OF_RANGE, naming the oldest resume point."""
+        for index in range(1, 4):
+            await server.store.append(callback(index))
+        assert await server.store.prune(time.time() + 1) == 3
+        call = server.stub.StreamStatusUpdates(pb2.StreamStatusUpdatesRequest(after_sequence=1))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call.read()
+        assert caught.value.code() == grpc.StatusCode.OUT_OF_RANGE
+        assert "after_sequence=3" in (caught.value.details() or "")
+        await server.store.append(callback(4))
+        resumed = server.stub.StreamStatusUpdates(pb2.StreamStatusUpdatesRequest(after_sequence=3))
+        assert [u.sequence for u in await read_updates(resumed, 1)] == [4]
+        resumed.cancel()
 
     async def test_status_filter(self, server: Server) -> None:
         """statuses limits the stream to those statuses."""

@@ -196,3 +196,31 @@ class TestOpen:
         store = SqliteStore(tmp_path / "missing" / "dir" / "x.db")
         with pytest.raises(StartupError, match="cannot open database"):
             store.open()
+
+
+class TestRetention:
+    """Pruning old events."""
+
+    async def test_prune_deletes_old_events_and_repairs_current(self, tmp_path: Path) -> None:
+        """Events received before the cutoff go; a message keeps its best remaining event as current."""
+        now = [1000.0]
+        store = SqliteStore(tmp_path / "prune.db", clock=lambda: now[0])
+        store.open()
+        try:
+            await store.append(callback("old", "Queued", "2024-05-01T10:00:00Z"))  # 1
+            await store.append(callback("m1", "Seen", "2024-05-01T10:02:00Z"))  # 2, current of m1
+            now[0] = 2000.0
+            await store.append(callback("m1", "Delivered", "2024-05-01T10:01:00Z"))  # 3, late
+            await store.append(callback("new", "Queued", "2024-05-01T10:00:00Z"))  # 4
+            assert await store.prune(1500.0, chunk=1) == 2
+            assert await store.pruned_through() == 2
+            assert await store.history("old") == []
+            assert [event.sequence for event in await store.history("m1")] == [3]
+            snapshot, position = await store.snapshot(EventFilter())
+            assert [event.sequence for event in snapshot] == [3, 4]
+            assert position == 4
+            assert await store.prune(1500.0) == 0
+            # Forgotten after retention: the same event again is stored anew (the window is >= 48 h).
+            assert await store.append(callback("old", "Queued", "2024-05-01T10:00:00Z")) is not None
+        finally:
+            store.close()
