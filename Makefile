@@ -5,8 +5,17 @@ BIN := $(VENV)/bin
 PROTO_DIR := protos
 PROTOS := $(wildcard $(PROTO_DIR)/routee/callbacks/v1/*.proto)
 GENERATED := $(PROTOS:.proto=_pb2.py) $(PROTOS:.proto=_pb2.pyi) $(PROTOS:.proto=_pb2_grpc.py) $(PROTOS:.proto=_pb2_grpc.pyi)
+PY_CLIENT := clients/python/src/routee/callbacks/v1
+TS_CLIENT := clients/typescript/gen/routee/callbacks/v1
 
-.PHONY: help install run test lint protos check-protos bench clean
+# Python code and typed stubs for every proto, into the directory $(1).
+protoc_python = $(BIN)/python -m grpc_tools.protoc -I $(PROTO_DIR) \
+	--python_out=$(1) --grpc_python_out=$(1) \
+	--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy --mypy_out=$(1) \
+	--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc --mypy_grpc_out=$(1) \
+	$(PROTOS)
+
+.PHONY: help install run test lint breaking protos check-protos clients bench clean
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -30,15 +39,38 @@ lint: install  ## ruff, mypy and buf lint.
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/buf lint $(PROTO_DIR)
+	$(MAKE) --no-print-directory breaking
+
+# The API must stay compatible with the first published v1 and with the previous commit.
+FIRST_V1 = $(shell git log --diff-filter=A --format=%H -- $(PROTO_DIR)/routee/callbacks/v1/message_status_service.proto | tail -1)
+
+breaking: install  ## buf breaking against the first v1 and the previous commit.
+	@for ref in $(FIRST_V1) HEAD~1; do \
+		if git rev-parse -q --verify "$$ref^{commit}" >/dev/null; then \
+			echo "buf breaking against $$ref"; \
+			$(BIN)/buf breaking $(PROTO_DIR) --against ".git#ref=$$ref,subdir=$(PROTO_DIR)" || exit 1; \
+		fi; \
+	done
 
 protos: $(GENERATED)  ## Regenerate the Python code and typed stubs from protos/.
 
 $(GENERATED) &: $(PROTOS) | install
-	$(BIN)/python -m grpc_tools.protoc -I $(PROTO_DIR) \
-		--python_out=$(PROTO_DIR) --grpc_python_out=$(PROTO_DIR) \
-		--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy --mypy_out=$(PROTO_DIR) \
-		--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc --mypy_grpc_out=$(PROTO_DIR) \
-		$(PROTOS)
+	$(call protoc_python,$(PROTO_DIR))
+
+clients: $(PY_CLIENT)/message_status_service_pb2.py $(TS_CLIENT)/message_status_service_pb.js  ## Generate the Python and TypeScript clients under clients/ from protos/.
+
+$(PY_CLIENT)/message_status_service_pb2.py: $(PROTOS) | install
+	mkdir -p $(PY_CLIENT)
+	$(call protoc_python,clients/python/src)
+	for dir in routee routee/callbacks routee/callbacks/v1; do touch clients/python/src/$$dir/__init__.py; done
+	touch $(PY_CLIENT)/py.typed
+
+clients/typescript/node_modules: clients/typescript/package.json clients/typescript/package-lock.json
+	cd clients/typescript && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+$(TS_CLIENT)/message_status_service_pb.js: $(PROTOS) clients/typescript/buf.gen.yaml clients/typescript/node_modules
+	cd clients/typescript && rm -rf gen && npx --no-install buf generate ../../protos --template buf.gen.yaml
 
 check-protos: install  ## Fail when the committed generated code is stale.
 	touch $(PROTOS) && $(MAKE) --no-print-directory protos
@@ -47,5 +79,6 @@ check-protos: install  ## Fail when the committed generated code is stale.
 bench: install  ## Run the benchmarks.
 	$(BIN)/python -m bench
 
-clean:  ## Remove the virtualenv and caches.
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+clean:  ## Remove the virtualenv, generated clients and caches.
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf clients/python/src clients/python/build clients/typescript/gen clients/typescript/node_modules

@@ -51,9 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
             action="append" if option.repeatable else "store",
             help=f"{option.help} (env {option.env}; default: {shown if shown not in ('', None) else 'none'})",
         )
-    from service import client
+    from service import client, simulate
 
     client.add_commands(commands, DEFAULT_GRPC_TARGET)
+    simulate.add_command(commands)
     return parser
 
 

@@ -227,6 +227,14 @@ class ServiceProcess:
         """A stub on ``channel``."""
         return pb2_grpc.MessageStatusServiceStub(channel)
 
+    def get_status_from_stream(self) -> str:
+        """The tracking id of the first stored update."""
+        with grpc.insecure_channel(self.grpc_target) as channel:
+            call = self.stub(channel).StreamStatusUpdates(pb2.StreamStatusUpdatesRequest(after_sequence=0), timeout=10)
+            tracking_id: str = next(item.status_update.tracking_id for item in call if item.HasField("status_update"))
+            call.cancel()
+            return tracking_id
+
     def get_status(self, tracking_id: str) -> pb2.GetMessageStatusResponse:
         """Call GetMessageStatus once."""
         with grpc.insecure_channel(self.grpc_target) as channel:

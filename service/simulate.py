@@ -1,0 +1,204 @@
+"""``routee-callbacks simulate``: post realistic Routee Viber callbacks to a running service.
+
+Each message follows a realistic life (Queued → Delivered → Seen, failures with
+reasons, expire-on-delivery), posted with Routee's quirks: status names in
+varying case, dates with and without milliseconds, decimal TTLs, nulls and
+undocumented fields, and retries of callbacks already sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import random
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+# (status name, detailed status, description, seconds after the previous status)
+Step = tuple[str, str | None, str | None, float]
+
+SCENARIOS: list[tuple[float, list[Step]]] = [
+    (
+        0.45,
+        [
+            ("Queued", None, None, 0),
+            ("Delivered", "Delivered", "Delivered to the handset", 2),
+            ("Seen", None, None, 40),
+        ],
+    ),
+    (0.15, [("Queued", None, None, 0), ("Delivered", "Delivered", "Delivered to the handset", 3)]),
+    (
+        0.10,
+        [
+            ("Queued", None, None, 0),
+            ("Delivered", "Delivered", "Delivered to the handset", 2),
+            ("Expired", "TTL Expired", "Expired on delivery: no Seen status within TTL", 30),
+        ],
+    ),
+    (0.10, [("Queued", None, None, 0), ("Failed", "Not Viber User", "The recipient is not a Viber user", 1)]),
+    (0.05, [("Queued", None, None, 0), ("Failed", "Opted Out", "The recipient opted out", 1)]),
+    (0.05, [("Queued", None, None, 0), ("Undelivered", "Timed Out", "The handset did not answer in time", 60)]),
+    (0.05, [("Queued", None, None, 0), ("Undelivered", "Unsupported Equipment", "The device cannot show it", 5)]),
+    (0.05, [("Unsent", "System Failure", "Insufficient balance", 0)]),
+]
+
+
+def add_command(commands: Any) -> None:
+    """Register ``simulate`` on the subcommand parsers."""
+    simulate = commands.add_parser("simulate", help="post realistic Routee Viber callbacks to a running service")
+    simulate.add_argument("--url", required=True, help="callback URL, e.g. http://127.0.0.1:8080/v1/callbacks/viber")
+    simulate.add_argument("--messages", type=int, default=10, metavar="N", help="messages to simulate (default: 10)")
+    simulate.add_argument("--campaign", default=None, metavar="ID", help="campaign tracking id (default: a new one)")
+    simulate.add_argument("--duplicates", action="store_true", help="send about a third of the callbacks twice")
+    simulate.add_argument("--shuffle", action="store_true", help="send in random order, as Routee's retries do")
+    simulate.add_argument("--rate", type=float, default=0.0, metavar="R", help="callbacks per second (0: unlimited)")
+    simulate.add_argument("--concurrency", type=int, default=4, metavar="C", help="parallel connections (default: 4)")
+    simulate.add_argument("--seed", type=int, default=None, help="random seed, for repeatable runs")
+    simulate.add_argument("--json", action="store_true", help="print the summary as JSON")
+    simulate.set_defaults(run=run_simulate)
+
+
+def _quirky(name: str, rng: random.Random) -> str:
+    return rng.choice([name, name, name.upper(), name.lower()])
+
+
+def _date(moment: datetime, rng: random.Random) -> str:
+    if rng.random() < 0.3:
+        return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def build_callbacks(messages: int, campaign: str, rng: random.Random, start: datetime) -> list[dict[str, Any]]:
+    """Build every callback of a campaign, in event order per message."""
+    weights = [weight for weight, _ in SCENARIOS]
+    callbacks = []
+    for index in range(messages):
+        tracking_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        steps = rng.choices([steps for _, steps in SCENARIOS], weights)[0]
+        moment = start + timedelta(seconds=index * 0.05)
+        ttl: float = rng.choice([3600, 86400, 30.5])
+        for name, detailed, description, delay in steps:
+            moment += timedelta(seconds=delay, milliseconds=rng.randint(0, 999))
+            status: dict[str, Any] = {"name": _quirky(name, rng), "updatedDate": _date(moment, rng)}
+            if detailed is not None:
+                status["reason"] = {"detailedStatus": detailed, "description": description}
+            callbacks.append(
+                {
+                    "trackingId": tracking_id,
+                    "campaignTrackingId": campaign,
+                    "to": f"+3069{rng.randint(0, 99_999_999):08d}",
+                    "from": "Routee",
+                    "groups": rng.choice([["vip"], [], None]),
+                    "country": "GR",
+                    "status": status,
+                    "body": {"text": "Spring sale: 20% off today", "imageURL": None},
+                    "ttl": ttl,
+                    "label": "simulated",
+                    "inboundUrl": None,
+                    "applicationName": "default",
+                    "price": 0.0123,
+                    "direction": "Outbound",
+                    "originatingService": "Viber",
+                    "createdAt": _date(start, rng),
+                    "simulated": True,  # Routee may add fields at any time.
+                }
+            )
+    return callbacks
+
+
+@dataclass
+class _Sender:
+    url: str
+    rate: float
+    results: Counter[str]
+    lock: threading.Lock
+    start: float
+
+    def send_all(self, bodies: list[bytes], next_index: list[int]) -> None:
+        parts = urlsplit(self.url)
+        connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        connection = connection_class(parts.hostname or "127.0.0.1", parts.port, timeout=10)
+        headers = {"Content-Type": "application/json"}
+        try:
+            while True:
+                with self.lock:
+                    index = next_index[0]
+                    next_index[0] += 1
+                if index >= len(bodies):
+                    return
+                if self.rate > 0:
+                    time.sleep(max(0.0, self._due(index) - time.monotonic()))
+                outcome = self._post(connection, parts.path or "/", bodies[index], headers)
+                with self.lock:
+                    self.results[outcome] += 1
+        finally:
+            connection.close()
+
+    def _due(self, index: int) -> float:
+        return self.start + index / self.rate
+
+    def _post(self, connection: http.client.HTTPConnection, path: str, body: bytes, headers: dict[str, str]) -> str:
+        try:
+            connection.request("POST", path, body=body, headers=headers)
+            response = connection.getresponse()
+            answer = response.read()
+        except (OSError, http.client.HTTPException):
+            connection.close()
+            return "connection_error"
+        if response.status == 200:
+            return str(json.loads(answer).get("status", "ok"))
+        return f"http_{response.status}"
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    """Post the simulated campaign; exit 0 when every callback got 200."""
+    rng = random.Random(args.seed)
+    campaign = args.campaign or str(uuid.UUID(int=rng.getrandbits(128), version=4))
+    callbacks = build_callbacks(args.messages, campaign, rng, datetime.now(UTC).replace(microsecond=0))
+    distinct = len(callbacks)
+    if args.duplicates:
+        callbacks += rng.sample(callbacks, k=len(callbacks) // 3)
+    if args.shuffle:
+        rng.shuffle(callbacks)
+    elif args.duplicates:
+        callbacks.sort(key=lambda callback: callback["status"]["updatedDate"])
+    bodies = [json.dumps(callback).encode() for callback in callbacks]
+    sender = _Sender(args.url, args.rate, Counter(), threading.Lock(), start=time.monotonic())
+    next_index = [0]
+    threads = [
+        threading.Thread(target=sender.send_all, args=(bodies, next_index)) for _ in range(max(1, args.concurrency))
+    ]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - started
+    summary = {
+        "campaign_tracking_id": campaign,
+        "messages": args.messages,
+        "distinct_events": distinct,
+        "sent": len(bodies),
+        "outcomes": dict(sorted(sender.results.items())),
+        "seconds": round(elapsed, 3),
+        "per_second": round(len(bodies) / elapsed, 1) if elapsed else None,
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"campaign {campaign}: {args.messages} messages, {distinct} distinct callbacks, {len(bodies)} sent")
+        print(f"outcomes: {', '.join(f'{k}={v}' for k, v in summary['outcomes'].items())}")
+        print(f"{elapsed:.2f}s, {summary['per_second']} callbacks/s")
+    ok = sum(count for outcome, count in sender.results.items() if outcome in ("accepted", "duplicate"))
+    if ok != len(bodies):
+        print(f"routee-callbacks: error: {len(bodies) - ok} callbacks were not accepted", file=sys.stderr)
+        return 1
+    return 0
