@@ -53,7 +53,8 @@ class CallbacksResource:
         started = time.perf_counter()
         try:
             body = await self._accept(req)
-            event = await self._store.append(parse_callback(body))
+            callback = parse_callback(body)
+            event = await self._store.append(callback)
         except RejectedError as ex:
             self._metrics.callbacks.labels("rejected", ex.reason).inc()
             self._log_rejection(ex, req.remote_addr)
@@ -61,6 +62,15 @@ class CallbacksResource:
         except RouteeCallbacksError as ex:
             self._metrics.callbacks.labels("unavailable", getattr(ex, "reason", "error")).inc()
             raise
+        _LOGGER.debug(
+            "callback kept",
+            extra={
+                "tracking_id": callback.tracking_id,
+                "campaign_tracking_id": callback.campaign_tracking_id,
+                "status_name": callback.status.name,
+                "sequence": None if event is None else event.sequence,
+            },
+        )
         if event is None:
             outcome: dict[str, Any] = {"status": "duplicate"}
             self._metrics.callbacks.labels("duplicate", "").inc()

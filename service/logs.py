@@ -1,9 +1,10 @@
-"""Logging set-up: JSON lines for machines, plain lines on a terminal."""
+"""Logging set-up: JSON lines for machines, plain lines on a terminal, for our loggers and gunicorn's alike."""
 
 from __future__ import annotations
 
 import json
 import logging
+import logging.config
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -29,13 +30,30 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
-def configure_logging(level: str, log_format: str) -> None:
-    """Send every log line to stderr in the chosen format ("auto": JSON unless stderr is a terminal)."""
+def logging_config(level: str, log_format: str) -> dict[str, Any]:
+    """The dictConfig for the whole process ("auto": JSON unless stderr is a terminal).
+
+    gunicorn gets the same dict as ``logconfig_dict``, so its lines and uvicorn's
+    (which uvicorn's worker sends through gunicorn's handlers) look like ours.
+    """
     use_json = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonFormatter() if use_json else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    formatter = (
+        {"()": f"{__name__}.JsonFormatter"}
+        if use_json
+        else {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
     )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+    handler = {"class": "logging.StreamHandler", "formatter": "main", "stream": "ext://sys.stderr"}
+    quiet = {"level": level, "handlers": ["stderr"], "propagate": False}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"main": formatter},
+        "handlers": {"stderr": handler},
+        "root": {"level": level, "handlers": ["stderr"]},
+        "loggers": {"gunicorn.error": quiet, "gunicorn.access": {**quiet, "level": "WARNING"}},
+    }
+
+
+def configure_logging(level: str, log_format: str) -> None:
+    """Send every log line to stderr in the chosen format."""
+    logging.config.dictConfig(logging_config(level, log_format))

@@ -10,6 +10,7 @@ from gunicorn.app.base import BaseApplication
 from uvicorn_worker import UvicornWorker
 
 from service.config import Settings
+from service.logs import logging_config
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class ServiceApplication(BaseApplication):  # type: ignore[misc]
             "accesslog": None,
             "errorlog": "-",
             "loglevel": self._settings.log_level.lower(),
+            "logconfig_dict": logging_config(self._settings.log_level, self._settings.log_format),
             "proc_name": "routee-callbacks",
             "preload_app": False,
             "reuse_port": False,
