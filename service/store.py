@@ -190,8 +190,8 @@ class SqliteStore:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._queue.put(_Pending(loop, future, work))
-        # The write happens whatever becomes of the caller: shield it from cancellation.
-        return await asyncio.shield(future)
+        # A caller that goes away cancels only its wait: the queued write still happens and is published.
+        return await future
 
     def _write_loop(self, connection: sqlite3.Connection) -> None:
         stopping = False
@@ -219,10 +219,10 @@ class SqliteStore:
         started = time.perf_counter()
         try:
             connection.execute("BEGIN IMMEDIATE")
+            callbacks = [item.work for item in batch if isinstance(item.work, pb.ViberCallback)]
+            events = iter(_insert_callbacks(connection, callbacks, receive_us))
             results = [
-                self._insert(connection, item.work, receive_us)
-                if isinstance(item.work, pb.ViberCallback)
-                else item.work(connection, receive_us)
+                next(events) if isinstance(item.work, pb.ViberCallback) else item.work(connection, receive_us)
                 for item in batch
             ]
             connection.execute("COMMIT")
@@ -254,61 +254,6 @@ class SqliteStore:
         for item, event in done:
             if not item.future.done():
                 item.future.set_result(event)
-
-    @staticmethod
-    def _insert(connection: sqlite3.Connection, callback: pb.ViberCallback, receive_us: int) -> StoredEvent | None:
-        status = callback.status
-        update_us = status.update_time.ToMicroseconds()
-        status_key = normalise_status_name(status.name)
-        # Look before inserting: a conflicting INSERT would still consume a sequence number.
-        if connection.execute(
-            "SELECT 1 FROM events WHERE tracking_id = ? AND status_key = ? AND update_us = ?",
-            (callback.tracking_id, status_key, update_us),
-        ).fetchone():
-            return None
-        rank = lifecycle_rank(status.status)
-        current = connection.execute(
-            "SELECT update_us, rank FROM messages WHERE tracking_id = ?", (callback.tracking_id,)
-        ).fetchone()
-        # The new event has the greatest sequence, so it wins ties of (update_us, rank).
-        is_current = current is None or (update_us, rank) >= (current[0], current[1])
-        blob = callback.SerializeToString()
-        row = connection.execute(
-            "INSERT INTO events (tracking_id, campaign_tracking_id, status_key, status, status_name, rank,"
-            " update_us, receive_us, was_current, callback) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING sequence",
-            (
-                callback.tracking_id,
-                callback.campaign_tracking_id,
-                status_key,
-                status.status,
-                status.name,
-                rank,
-                update_us,
-                receive_us,
-                is_current,
-                blob,
-            ),
-        ).fetchone()
-        sequence = int(row[0])
-        if is_current:
-            connection.execute(
-                "INSERT INTO messages (tracking_id, campaign_tracking_id, current_sequence, update_us, rank)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (tracking_id) DO UPDATE SET"
-                " campaign_tracking_id = excluded.campaign_tracking_id, current_sequence = excluded.current_sequence,"
-                " update_us = excluded.update_us, rank = excluded.rank",
-                (callback.tracking_id, callback.campaign_tracking_id, sequence, update_us, rank),
-            )
-        return StoredEvent(
-            sequence,
-            callback.tracking_id,
-            callback.campaign_tracking_id,
-            status.status,
-            status.name,
-            update_us,
-            receive_us,
-            is_current,
-            blob,
-        )
 
     # -- reads ------------------------------------------------------------------------
 
@@ -376,6 +321,97 @@ class SqliteStore:
     async def pruned_through(self) -> int:
         """Return the greatest sequence ever pruned (0 when none)."""
         return await self._read(lambda connection: _meta(connection, "pruned_through"))
+
+
+def _insert_callbacks(
+    connection: sqlite3.Connection, callbacks: Sequence[pb.ViberCallback], receive_us: int
+) -> list[StoredEvent | None]:
+    """Store a batch of callbacks with a few statements; return each one's event, or None for a duplicate.
+
+    The writer thread is the only writer, so it assigns sequences itself, after the greatest ever assigned.
+    """
+    if not callbacks:
+        return []
+    keys = [
+        (
+            callback.tracking_id,
+            normalise_status_name(callback.status.name),
+            callback.status.update_time.ToMicroseconds(),
+        )
+        for callback in callbacks
+    ]
+    seen = set(
+        connection.execute(
+            # A join from the keys drives lookups through the unique index.
+            f"WITH batch (tracking_id, status_key, update_us) AS (VALUES {', '.join(['(?, ?, ?)'] * len(keys))})"
+            " SELECT e.tracking_id, e.status_key, e.update_us FROM batch"
+            " JOIN events e USING (tracking_id, status_key, update_us)",
+            [part for key in keys for part in key],
+        ).fetchall()
+    )
+    tracking_ids = sorted({key[0] for key in keys})
+    current: dict[str, tuple[int, int]] = {
+        tracking_id: (update_us, rank)
+        for tracking_id, update_us, rank in connection.execute(
+            "SELECT tracking_id, update_us, rank FROM messages"
+            f" WHERE tracking_id IN ({', '.join('?' * len(tracking_ids))})",
+            tracking_ids,
+        )
+    }
+    sequence = _last_sequence(connection)
+    results: list[StoredEvent | None] = []
+    event_rows: list[tuple[object, ...]] = []
+    message_rows: dict[str, tuple[object, ...]] = {}
+    for callback, key in zip(callbacks, keys, strict=True):
+        if key in seen:
+            results.append(None)
+            continue
+        seen.add(key)
+        tracking_id, status_key, update_us = key
+        status = callback.status
+        rank = lifecycle_rank(status.status)
+        before = current.get(tracking_id)
+        # The new event has the greatest sequence, so it wins ties of (update_us, rank).
+        is_current = before is None or (update_us, rank) >= before
+        sequence += 1
+        blob = callback.SerializeToString()
+        campaign = callback.campaign_tracking_id
+        event_rows.append(
+            (
+                sequence,
+                tracking_id,
+                campaign,
+                status_key,
+                status.status,
+                status.name,
+                rank,
+                update_us,
+                receive_us,
+                is_current,
+                blob,
+            )
+        )
+        if is_current:
+            current[tracking_id] = (update_us, rank)
+            message_rows[tracking_id] = (tracking_id, campaign, sequence, update_us, rank)
+        results.append(
+            StoredEvent(
+                sequence, tracking_id, campaign, status.status, status.name, update_us, receive_us, is_current, blob
+            )
+        )
+    connection.executemany(
+        "INSERT INTO events (sequence, tracking_id, campaign_tracking_id, status_key, status, status_name, rank,"
+        " update_us, receive_us, was_current, callback) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        event_rows,
+    )
+    connection.executemany(
+        "INSERT INTO messages (tracking_id, campaign_tracking_id, current_sequence, update_us, rank)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (tracking_id) DO UPDATE SET"
+        " campaign_tracking_id = excluded.campaign_tracking_id, current_sequence = excluded.current_sequence,"
+        " update_us = excluded.update_us, rank = excluded.rank",
+        message_rows.values(),
+    )
+    return results
 
 
 def _fail(future: asyncio.Future[Any], error: Exception) -> None:

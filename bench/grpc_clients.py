@@ -1,0 +1,121 @@
+"""Load-generating gRPC clients, run as their own process so they do not share the server's event loop.
+
+python -m bench.grpc_clients subscribe TARGET N SECONDS  -> JSON {deliveries, per_second, p50_ms, p99_ms}
+python -m bench.grpc_clients idle TARGET N SECONDS       -> opens N streams, prints "open", holds them
+python -m bench.grpc_clients unary TARGET CONCURRENCY SECONDS TRACKING_ID -> JSON {calls, qps, errors}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+
+import grpc
+
+from routee.callbacks.v1 import message_status_service_pb2 as pb2
+from routee.callbacks.v1 import message_status_service_pb2_grpc as pb2_grpc
+
+STREAMS_PER_CHANNEL = 100
+
+
+def _channels(target: str, streams: int) -> list[grpc.aio.Channel]:
+    count = max(1, -(-streams // STREAMS_PER_CHANNEL))
+    # Distinct channel arguments keep gRPC from sharing one connection among them.
+    return [grpc.aio.insecure_channel(target, options=[("bench.channel", index)]) for index in range(count)]
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+async def subscribe(target: str, streams: int, seconds: float) -> dict[str, float]:
+    channels = _channels(target, streams)
+    stubs = [pb2_grpc.MessageStatusServiceStub(channel) for channel in channels]
+    calls = [
+        stubs[index % len(stubs)].StreamStatusUpdates(pb2.StreamStatusUpdatesRequest()) for index in range(streams)
+    ]
+    await asyncio.gather(*(call.initial_metadata() for call in calls))
+    print("subscribed", file=sys.stderr, flush=True)
+    # Only updates stored within [start, end] count; a second more lets those in flight arrive.
+    received: list[tuple[float, float]] = []
+    start = time.time()
+    end = start + seconds
+
+    async def read(call: grpc.aio.UnaryStreamCall) -> None:
+        while True:
+            item = await call.read()
+            if item is grpc.aio.EOF:
+                return
+            if item.HasField("status_update"):
+                stored = item.status_update.receive_time.ToNanoseconds() / 1e9
+                received.append((stored, time.time() - stored))
+
+    readers = [asyncio.create_task(read(call)) for call in calls]
+    await asyncio.sleep(max(0.0, end + 1 - time.time()))
+    for call in calls:
+        call.cancel()
+    await asyncio.gather(*readers, return_exceptions=True)
+    for channel in channels:
+        await channel.close()
+    latencies = [latency for stored, latency in received if start <= stored <= end]
+    return {
+        "deliveries": len(latencies),
+        "per_second": len(latencies) / seconds,
+        "p50_ms": _percentile(latencies, 0.50) * 1000,
+        "p99_ms": _percentile(latencies, 0.99) * 1000,
+    }
+
+
+async def idle(target: str, streams: int, seconds: float) -> None:
+    channels = _channels(target, streams)
+    stubs = [pb2_grpc.MessageStatusServiceStub(channel) for channel in channels]
+    calls = [
+        stubs[index % len(stubs)].StreamStatusUpdates(pb2.StreamStatusUpdatesRequest()) for index in range(streams)
+    ]
+    await asyncio.gather(*(call.initial_metadata() for call in calls))
+    print("open", flush=True)
+    await asyncio.sleep(seconds)
+    for call in calls:
+        call.cancel()
+
+
+async def unary(target: str, concurrency: int, seconds: float, tracking_id: str) -> dict[str, float]:
+    channel = grpc.aio.insecure_channel(target)
+    stub = pb2_grpc.MessageStatusServiceStub(channel)
+    request = pb2.GetMessageStatusRequest(tracking_id=tracking_id)
+    calls = errors = 0
+    end = time.monotonic() + seconds
+
+    async def worker() -> None:
+        nonlocal calls, errors
+        while time.monotonic() < end:
+            try:
+                await stub.GetMessageStatus(request, timeout=5)
+                calls += 1
+            except grpc.aio.AioRpcError:
+                errors += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await channel.close()
+    return {"calls": calls, "qps": calls / seconds, "errors": errors}
+
+
+def main() -> None:
+    mode, target, count, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+    if mode == "subscribe":
+        print(json.dumps(asyncio.run(subscribe(target, count, seconds))))
+    elif mode == "idle":
+        asyncio.run(idle(target, count, seconds))
+    elif mode == "unary":
+        print(json.dumps(asyncio.run(unary(target, count, seconds, sys.argv[5]))))
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+
+
+if __name__ == "__main__":
+    main()
