@@ -21,7 +21,10 @@ from service.errors import InvalidCallbackError, MalformedJsonError
 
 def _as_utc(moment: datetime) -> datetime:
     # Routee documents its dates as UTC; a date without an offset is taken as UTC.
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    try:
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+02:00 is in year 0 in UTC.
+        raise ValueError("date is out of range in UTC") from None
 
 
 RouteeDatetime = Annotated[datetime, Strict(), AfterValidator(_as_utc)]
