@@ -58,7 +58,13 @@ class BareServicer(pb2_grpc.MessageStatusServiceServicer):
 
 async def main(port: int, rate: float) -> None:
     servicer = BareServicer()
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    # As in service.server: a burst of 10 000 new streams must not be cancelled by gRPC core's pending-call limits.
+    options = [
+        ("grpc.so_reuseport", 0),
+        ("grpc.server.max_pending_requests", 21_000),
+        ("grpc.server.max_pending_requests_hard_limit", 43_000),
+    ]
+    server = grpc.aio.server(options=options)
     handlers = {
         "GetMessageStatus": grpc.unary_unary_rpc_method_handler(
             servicer.GetMessageStatus,

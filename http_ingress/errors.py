@@ -12,6 +12,7 @@ import falcon.asgi
 
 from service.errors import (
     AllowlistUnavailableError,
+    BodyTimeoutError,
     InvalidCallbackError,
     MalformedJsonError,
     PayloadTooLargeError,
@@ -30,6 +31,7 @@ _STATUSES: dict[type[RouteeCallbacksError], HTTPStatus] = {
     MalformedJsonError: HTTPStatus.BAD_REQUEST,
     PayloadTooLargeError: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
     UnsupportedMediaError: HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+    BodyTimeoutError: HTTPStatus.REQUEST_TIMEOUT,
     InvalidCallbackError: HTTPStatus.UNPROCESSABLE_ENTITY,
     UnavailableError: HTTPStatus.SERVICE_UNAVAILABLE,
 }
@@ -66,6 +68,8 @@ async def handle_error(
         extensions["field"] = error.field
     if isinstance(error, AllowlistUnavailableError | UnavailableError):
         resp.set_header("Retry-After", "30")
+    if isinstance(error, BodyTimeoutError):
+        resp.set_header("Connection", "close")  # What is left of the body must not be read as the next request.
     _respond(resp, status, problem(status, str(error), **extensions))
 
 

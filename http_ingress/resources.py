@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from http_ingress.allowlist import Allowlist
 from http_ingress.schemas import parse_callback
 from service.errors import (
+    BodyTimeoutError,
     PayloadTooLargeError,
     RejectedError,
     RouteeCallbacksError,
@@ -39,11 +40,18 @@ class CallbacksResource:
     """``POST /v1/callbacks/viber``: keep one Routee Viber callback, then answer 200."""
 
     def __init__(
-        self, store: Store, allowlist: Allowlist, metrics: Metrics, *, clock: Callable[[], float] = time.monotonic
+        self,
+        store: Store,
+        allowlist: Allowlist,
+        metrics: Metrics,
+        *,
+        body_timeout: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
         self._allowlist = allowlist
         self._metrics = metrics
+        self._body_timeout = body_timeout
         self._clock = clock
         self._next_log: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
@@ -100,7 +108,10 @@ class CallbacksResource:
             raise UnsupportedMediaError(f"Content-Type must be {JSON}, got {req.content_type or 'none'}")
         if req.content_length is not None and req.content_length > MAX_BODY_BYTES:
             raise PayloadTooLargeError(f"the body is longer than {MAX_BODY_BYTES} bytes")
-        body: bytes = await req.stream.read(MAX_BODY_BYTES + 1)
+        try:
+            body: bytes = await asyncio.wait_for(req.stream.read(MAX_BODY_BYTES + 1), self._body_timeout)
+        except TimeoutError:
+            raise BodyTimeoutError(f"the body did not arrive within {self._body_timeout:g} s") from None
         if len(body) > MAX_BODY_BYTES:
             raise PayloadTooLargeError(f"the body is longer than {MAX_BODY_BYTES} bytes")
         return body

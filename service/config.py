@@ -48,6 +48,7 @@ class Settings:
     subscriber_queue_size: int = 1024
     progress_interval: float = 15.0
     shutdown_grace: float = 10.0
+    body_timeout: float = 10.0
     log_level: str = "INFO"
     log_format: str = "auto"
 
@@ -228,6 +229,13 @@ OPTIONS: tuple[Option, ...] = (
         "shutdown_grace",
         _positive(float),
         "time open calls get to finish on shutdown, in seconds",
+        "SECONDS",
+    ),
+    Option(
+        "--body-timeout",
+        "body_timeout",
+        _positive(float),
+        "time a callback body may take to arrive, in seconds; a slower one gets 408 and its connection is closed",
         "SECONDS",
     ),
     Option("--log-level", "log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "log level", "LEVEL"),

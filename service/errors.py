@@ -10,6 +10,7 @@
     │   ├── MalformedJsonError        HTTP 400
     │   ├── PayloadTooLargeError      HTTP 413
     │   ├── UnsupportedMediaError     HTTP 415
+    │   ├── BodyTimeoutError          HTTP 408
     │   ├── InvalidCallbackError      HTTP 422
     │   ├── InvalidArgumentError      gRPC INVALID_ARGUMENT
     │   ├── NotFoundError             gRPC NOT_FOUND
@@ -72,6 +73,12 @@ class UnsupportedMediaError(RejectedError):
     """The body is not declared as ``application/json``."""
 
     reason = "unsupported_media_type"
+
+
+class BodyTimeoutError(RejectedError):
+    """The request body did not arrive in time (a slow or stalled sender)."""
+
+    reason = "body_timeout"
 
 
 class InvalidCallbackError(RejectedError):

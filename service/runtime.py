@@ -57,7 +57,9 @@ class Runtime:
         self._store.open()
         # Live-only streams start after what is already stored, also after a restart.
         self._broker.last_sequence = await self._store.last_sequence()
-        self._server, self.grpc_port = create_server(self._settings.grpc_bind, self._servicer, self._health)
+        self._server, self.grpc_port = create_server(
+            self._settings.grpc_bind, self._servicer, self._health, max_streams=self._settings.max_streams
+        )
         await self._server.start()
         if self._allowlist.dns is not None:
             self._tasks.append(asyncio.create_task(self._allowlist.dns.run(), name="allowlist-refresh"))
@@ -131,4 +133,4 @@ def build_app(settings: Settings) -> falcon.asgi.App[Any, Any]:
         progress_interval=settings.progress_interval,
     )
     runtime = Runtime(settings, store=store, broker=broker, servicer=servicer, allowlist=allowlist)
-    return create_app(store, allowlist, metrics, middleware=[runtime])
+    return create_app(store, allowlist, metrics, body_timeout=settings.body_timeout, middleware=[runtime])

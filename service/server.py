@@ -29,9 +29,17 @@ SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
 )
 
 
-def create_server(bind: HostPort, servicer: MessageStatusServicer, health_servicer: Any) -> tuple[grpc.aio.Server, int]:
+def create_server(
+    bind: HostPort, servicer: MessageStatusServicer, health_servicer: Any, *, max_streams: int
+) -> tuple[grpc.aio.Server, int]:
     """Build the gRPC server and bind it (port 0 picks a free port); return it with its port. It is not started."""
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    # gRPC core cancels calls that wait to be picked up when more than 1 000 (soft) / 3 000 (hard) are pending:
+    # after a restart, thousands of subscribers reconnecting at once would get CANCELLED. Allow a full reconnect.
+    pending = (
+        ("grpc.server.max_pending_requests", max_streams + 1000),
+        ("grpc.server.max_pending_requests_hard_limit", 2 * max_streams + 3000),
+    )
+    server = grpc.aio.server(options=SERVER_OPTIONS + pending)
     server.add_generic_rpc_handlers((method_handlers(servicer),))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -51,7 +51,9 @@ async def start(tmp_path: Path, *, queue_size: int = 1024, progress: float = 30.
     store.open()
     metrics = Metrics()
     servicer = MessageStatusServicer(store, broker, metrics, max_streams=max_streams, progress_interval=progress)
-    server, port = create_server(HostPort("127.0.0.1", 0), servicer, health.aio.HealthServicer())
+    server, port = create_server(
+        HostPort("127.0.0.1", 0), servicer, health.aio.HealthServicer(), max_streams=max_streams
+    )
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     return Server(store, broker, pb2_grpc.MessageStatusServiceStub(channel), server, metrics)

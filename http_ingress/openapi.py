@@ -1,0 +1,123 @@
+"""The OpenAPI 3.1 document of the ingress, served at ``GET /openapi.json``.
+
+The callback schema is the pydantic model's own JSON Schema, so the document cannot drift from what is
+validated.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+import falcon.asgi
+
+from http_ingress.schemas import ViberCallback
+
+_PROBLEM = {"$ref": "#/components/schemas/Problem"}
+_PROBLEMS = {
+    HTTPStatus.BAD_REQUEST: "The body is not JSON.",
+    HTTPStatus.FORBIDDEN: "The sender is not one of Routee's addresses.",
+    HTTPStatus.REQUEST_TIMEOUT: "The body did not arrive within --body-timeout; the connection is closed.",
+    HTTPStatus.REQUEST_ENTITY_TOO_LARGE: "The body is longer than 64 KiB.",
+    HTTPStatus.UNSUPPORTED_MEDIA_TYPE: "The Content-Type is not application/json.",
+    HTTPStatus.UNPROCESSABLE_ENTITY: "The body is JSON but not a Viber callback; `field` names the first problem.",
+    HTTPStatus.SERVICE_UNAVAILABLE: "The callback could not be kept now (store, allowlist); Routee retries.",
+}
+
+
+def _problem_response(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/problem+json": {"schema": _PROBLEM}}}
+
+
+def _json_response(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def document() -> dict[str, Any]:
+    """Build the OpenAPI document."""
+    callback_schema = ViberCallback.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
+    schemas: dict[str, Any] = callback_schema.pop("$defs", {})
+    schemas["ViberCallback"] = callback_schema
+    schemas["Outcome"] = {
+        "type": "object",
+        "required": ["status"],
+        "properties": {
+            "status": {"enum": ["accepted", "duplicate"]},
+            "sequence": {"type": "integer", "minimum": 1, "description": "The stored event's sequence (accepted)."},
+        },
+    }
+    schemas["Problem"] = {
+        "type": "object",
+        "description": "RFC 9457 problem details.",
+        "required": ["type", "title", "status", "detail"],
+        "properties": {
+            "type": {"type": "string"},
+            "title": {"type": "string"},
+            "status": {"type": "integer"},
+            "detail": {"type": "string"},
+            "reason": {"type": "string", "description": "A short, stable name of the problem."},
+            "field": {"type": "string", "description": "The offending field (422)."},
+        },
+    }
+    probe = {"type": "object"}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "routee-callbacks ingress",
+            "version": "1",
+            "description": "Receives Routee's Viber delivery-status callbacks. Only Routee's addresses may post.",
+        },
+        "paths": {
+            "/v1/callbacks/viber": {
+                "post": {
+                    "operationId": "postViberCallback",
+                    "summary": "Keep one Routee Viber status callback; 200 only once it is durably stored.",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ViberCallback"}}},
+                    },
+                    "responses": {
+                        "200": _json_response(
+                            "Stored (accepted) or already stored (duplicate).", {"$ref": "#/components/schemas/Outcome"}
+                        ),
+                        **{str(status.value): _problem_response(text) for status, text in _PROBLEMS.items()},
+                    },
+                }
+            },
+            "/healthz": {
+                "get": {"operationId": "health", "responses": {"200": _json_response("The process is up.", probe)}}
+            },
+            "/readyz": {
+                "get": {
+                    "operationId": "ready",
+                    "responses": {
+                        "200": _json_response("Ready to keep callbacks.", probe),
+                        "503": _json_response("Not ready; `checks` says which check fails.", probe),
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text format.",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+        },
+        "components": {"schemas": schemas},
+    }
+
+
+class OpenApiResource:
+    """``GET /openapi.json``."""
+
+    def __init__(self) -> None:
+        self._document = document()
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """Answer the document."""
+        resp.media = self._document
