@@ -1,0 +1,149 @@
+"""Clients that misbehave on purpose: idle and trickling HTTP connections, streams opened and dropped by the
+thousand, oversized gRPC requests, streams past the limit."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import socket
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from conftest import StartService
+from routee.callbacks.v1 import message_status_service_pb2 as pb2
+from routee.callbacks.v1 import message_status_service_pb2_grpc as pb2_grpc
+from support import CALLBACKS_PATH, ServiceProcess, fixture, http_request, post_callback
+
+pytestmark = pytest.mark.e2e
+
+OPEN = ("--allowlist-host", "", "--allow-cidr", "127.0.0.0/8")
+
+
+@contextlib.contextmanager
+def open_sockets(port: int, count: int, first_bytes: bytes) -> Iterator[list[socket.socket]]:
+    """``count`` connections that send ``first_bytes`` and then nothing more, from several source addresses."""
+    sockets = []
+    try:
+        for index in range(count):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(f"127.0.1.{index % 8}", 0))
+            if first_bytes:
+                sock.sendall(first_bytes)
+            sockets.append(sock)
+        yield sockets
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def partial_post(length: int, sent: bytes) -> bytes:
+    head = (
+        f"POST {CALLBACKS_PATH} HTTP/1.1\r\nHost: routee\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    )
+    return head.encode() + sent
+
+
+def subscribers(service: ServiceProcess) -> float:
+    text = http_request(service.http_port, "GET", "/metrics").body.decode()
+    match = re.search(r"^routee_callbacks_subscribers (\S+)$", text, re.MULTILINE)
+    assert match, text
+    return float(match.group(1))
+
+
+class TestSlowHttpClients:
+    def test_idle_and_trickling_connections_do_not_delay_others(self, start_service: StartService) -> None:
+        """100 idle connections and 100 stalled halfway through a body: callbacks and /healthz answer within 1 s."""
+        service = start_service(*OPEN, "--body-timeout", "30")
+        body = json.dumps(fixture("01-m1-queued.json")).encode()
+        with (
+            open_sockets(service.http_port, 100, b""),
+            open_sockets(service.http_port, 100, partial_post(len(body), body[:40])),
+        ):
+            for _ in range(5):
+                started = time.monotonic()
+                assert http_request(service.http_port, "GET", "/healthz", timeout=1).status == 200
+                assert post_callback(service.http_port, body).status == 200
+                assert time.monotonic() - started < 1.0
+
+    def test_trickling_body_is_cut_off(self, start_service: StartService) -> None:
+        """A body sent a byte every 0.3 s gets 408 with a problem body after --body-timeout; the connection closes."""
+        service = start_service(*OPEN, "--body-timeout", "1.5")
+        body = json.dumps({**fixture("01-m1-queued.json"), "trackingId": "trickled"}).encode()
+        with socket.create_connection(("127.0.0.1", service.http_port), timeout=10) as sock:
+            started = time.monotonic()
+            sock.sendall(partial_post(len(body), b""))
+            sock.setblocking(False)
+            answer = b""
+            for byte in body[:20]:
+                with contextlib.suppress(BlockingIOError):
+                    sock.send(bytes([byte]))
+                time.sleep(0.3)
+                with contextlib.suppress(BlockingIOError):
+                    answer += sock.recv(65536)
+                if answer:
+                    break
+            elapsed = time.monotonic() - started
+            sock.setblocking(True)
+            while chunk := sock.recv(65536):  # The server closes the connection after the answer.
+                answer += chunk
+        head, _, problem = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408"), answer
+        assert b"content-type: application/problem+json" in head.lower()
+        assert json.loads(problem)["reason"] == "body_timeout"
+        assert 1.4 < elapsed < 3.0
+        with pytest.raises(grpc.RpcError, match="NOT_FOUND"):
+            service.get_status("trickled")
+
+
+class TestGrpcAbuse:
+    def test_thousands_of_dropped_streams_leave_no_subscribers(self, start_service: StartService) -> None:
+        """3 000 streams opened, then cancelled or cut with their connection: the subscriber gauge returns to 0."""
+        service = start_service(*OPEN)
+
+        async def open_and_drop() -> int:
+            channels = [grpc.aio.insecure_channel(service.grpc_target, options=[("i", i)]) for i in range(30)]
+            calls = [
+                pb2_grpc.MessageStatusServiceStub(channels[index % 30]).StreamStatusUpdates(
+                    pb2.StreamStatusUpdatesRequest(after_sequence=0)
+                )
+                for index in range(3000)
+            ]
+            await asyncio.gather(*(call.initial_metadata() for call in calls))
+            deadline = time.monotonic() + 15
+            # The gauge lives in the service's process: polling it is the only way to wait for it.
+            while (opened := int(subscribers(service))) < 3000 and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+            for call in calls[:1500]:
+                call.cancel()  # Half end politely ...
+            for channel in channels:
+                await channel.close(grace=None)  # ... the rest lose their connection.
+            return opened
+
+        assert asyncio.run(open_and_drop()) == 3000
+        deadline = time.monotonic() + 15
+        while subscribers(service) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert subscribers(service) == 0
+
+    def test_limits(self, start_service: StartService) -> None:
+        """Oversized request → RESOURCE_EXHAUSTED; one stream past --max-streams → RESOURCE_EXHAUSTED."""
+        service = start_service(*OPEN, "--max-streams", "2")
+        with grpc.insecure_channel(service.grpc_target) as channel:
+            stub = pb2_grpc.MessageStatusServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as raised:
+                stub.GetMessageStatus(pb2.GetMessageStatusRequest(tracking_id="x" * 100_000), timeout=5)
+            assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            held = [stub.StreamStatusUpdates(pb2.StreamStatusUpdatesRequest()) for _ in range(2)]
+            for call in held:
+                call.initial_metadata()
+            with pytest.raises(grpc.RpcError) as raised:
+                next(stub.StreamStatusUpdates(pb2.StreamStatusUpdatesRequest(), timeout=5))
+            assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "2" in (raised.value.details() or "")
+            for call in held:
+                call.cancel()

@@ -1,0 +1,107 @@
+"""The store fails for real under the running service: another process holds the write lock, the filesystem fills
+up. Callbacks get 503 (never 200), nothing is half-stored, /readyz says why, and it recovers without a restart."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from conftest import StartService
+from support import ServiceProcess, fixture, http_request, post_callback
+
+pytestmark = pytest.mark.e2e
+
+OPEN = ("--allowlist-host", "", "--allow-cidr", "127.0.0.0/8")
+
+
+def callback(tracking_id: str) -> bytes:
+    return json.dumps({**fixture("02-m1-delivered.json"), "trackingId": tracking_id}).encode()
+
+
+def assert_unavailable(service: ServiceProcess, tracking_id: str) -> None:
+    """The callback gets 503 with a problem body, /readyz is not ready because of the store, nothing is stored."""
+    answer = post_callback(service.http_port, callback(tracking_id))
+    assert answer.status == 503, answer.body
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.json()["reason"] == "store_unavailable"
+    assert answer.headers["retry-after"]
+    ready = http_request(service.http_port, "GET", "/readyz")
+    assert ready.status == 503
+    assert ready.json()["checks"]["store"]["ready"] is False
+    with pytest.raises(grpc.RpcError) as raised:
+        service.get_status(tracking_id)
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def assert_recovered(service: ServiceProcess, tracking_id: str) -> None:
+    """The same callback is now accepted (not a duplicate: nothing of it was kept before) and /readyz is ready."""
+    answer = post_callback(service.http_port, callback(tracking_id))
+    assert (answer.status, answer.json()["status"]) == (200, "accepted")
+    assert http_request(service.http_port, "GET", "/readyz").status == 200
+    assert [event.status_name for event in service.get_status(tracking_id).events] == ["Delivered"]
+
+
+def test_write_lock_held_by_another_process(start_service: StartService, tmp_path: Path) -> None:
+    database = tmp_path / "locked.db"
+    service = start_service(*OPEN, database=database)
+    assert post_callback(service.http_port, callback("before-lock")).status == 200
+
+    holder = sqlite3.connect(database, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # Another process's write transaction, held open.
+    try:
+        assert_unavailable(service, "during-lock")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert_recovered(service, "during-lock")
+
+
+@contextlib.contextmanager
+def tiny_filesystem(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``path``; skips the test where this machine does not allow mounting."""
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def fill(directory: Path) -> Path:
+    """Write a file until the filesystem has no space left."""
+    filler = directory / "filler"
+    with filler.open("wb", buffering=0) as out, contextlib.suppress(OSError):
+        while True:
+            out.write(b"\0" * 4096)
+    return filler
+
+
+def test_full_filesystem(start_service: StartService, tmp_path: Path) -> None:
+    with tiny_filesystem(tmp_path / "tiny", "2m") as tiny:
+        service = start_service(*OPEN, database=tiny / "full.db")
+        assert post_callback(service.http_port, callback("before-full")).status == 200
+        filler = fill(tiny)
+        # Space the database already holds may absorb a few writes; the first one that needs more must fail.
+        statuses = []
+        for number in range(500):
+            answer = post_callback(service.http_port, callback(f"filling-{number}"))
+            statuses.append(answer.status)
+            if answer.status != 200:
+                break
+        assert statuses[-1] == 503, statuses
+        assert_unavailable(service, "during-full")
+
+        filler.unlink()
+        assert_recovered(service, "during-full")
+        service.stop()
+        with sqlite3.connect(tiny / "full.db") as connection:
+            assert connection.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
