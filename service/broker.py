@@ -77,12 +77,15 @@ class Subscription:
         the store and subscribe again. Raises ShuttingDownError once closed.
         """
         if not (self._items or self._lagged or self._closed):
-            self._wakeup = asyncio.get_running_loop().create_future()
+            # One future and one timer per wait: with thousands of subscribers woken by every publish,
+            # asyncio.wait_for's extra task and futures were the cost that mattered.
+            loop = asyncio.get_running_loop()
+            self._wakeup = loop.create_future()
+            timer = loop.call_later(idle_seconds, self._wake)
             try:
-                await asyncio.wait_for(asyncio.shield(self._wakeup), idle_seconds)
-            except TimeoutError:
-                pass
+                await self._wakeup
             finally:
+                timer.cancel()
                 self._wakeup = None
         if self._closed:
             raise ShuttingDownError("the server is shutting down")
