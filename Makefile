@@ -15,7 +15,7 @@ protoc_python = $(BIN)/python -m grpc_tools.protoc -I $(PROTO_DIR) \
 	--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc --mypy_grpc_out=$(1) \
 	$(PROTOS)
 
-.PHONY: help install run test lint breaking protos check-protos clients bench clean
+.PHONY: help install run test lint breaking protos check-protos clients bench bench-smoke stress clean
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -76,8 +76,14 @@ check-protos: install  ## Fail when the committed generated code is stale.
 	touch $(PROTOS) && $(MAKE) --no-print-directory protos
 	git diff --exit-code -- $(PROTO_DIR)
 
-bench: install  ## Run the benchmarks.
+bench: install  ## Run every benchmark (about 20 minutes, needs wrk); results in bench/results/latest.json.
 	$(BIN)/python -m bench
+
+bench-smoke: install  ## A few seconds of each benchmark, to keep them working (CI); no timing assertions.
+	$(BIN)/python -m bench --quick --out bench/results/quick.json
+
+stress: install  ## The crash test with 25 SIGKILLs under load instead of CI's 3.
+	ROUTEE_CALLBACKS_CRASH_ROUNDS=25 $(BIN)/pytest tests/e2e/test_crash.py -s --timeout 1200
 
 clean:  ## Remove the virtualenv, generated clients and caches.
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

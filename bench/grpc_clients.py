@@ -1,6 +1,7 @@
 """Load-generating gRPC clients, run as their own process so they do not share the server's event loop.
 
-python -m bench.grpc_clients subscribe TARGET N SECONDS  -> JSON {deliveries, per_second, p50_ms, p99_ms}
+python -m bench.grpc_clients subscribe TARGET N SECONDS [K] -> JSON {deliveries, per_second, p50_ms, p99_ms}
+    (with K, stream i < K watches campaign "campaign-i" and the others every campaign)
 python -m bench.grpc_clients idle TARGET N SECONDS       -> opens N streams, prints "open", holds them
 python -m bench.grpc_clients unary TARGET CONCURRENCY SECONDS TRACKING_ID -> JSON {calls, qps, errors}
 """
@@ -33,11 +34,14 @@ def _percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-async def subscribe(target: str, streams: int, seconds: float) -> dict[str, float]:
+async def subscribe(target: str, streams: int, seconds: float, campaigns: int = 0) -> dict[str, float]:
     channels = _channels(target, streams)
     stubs = [pb2_grpc.MessageStatusServiceStub(channel) for channel in channels]
     calls = [
-        stubs[index % len(stubs)].StreamStatusUpdates(pb2.StreamStatusUpdatesRequest()) for index in range(streams)
+        stubs[index % len(stubs)].StreamStatusUpdates(
+            pb2.StreamStatusUpdatesRequest(campaign_tracking_id=f"campaign-{index}" if index < campaigns else "")
+        )
+        for index in range(streams)
     ]
     await asyncio.gather(*(call.initial_metadata() for call in calls))
     print("subscribed", file=sys.stderr, flush=True)
@@ -108,7 +112,8 @@ async def unary(target: str, concurrency: int, seconds: float, tracking_id: str)
 def main() -> None:
     mode, target, count, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
     if mode == "subscribe":
-        print(json.dumps(asyncio.run(subscribe(target, count, seconds))))
+        campaigns = int(sys.argv[5]) if len(sys.argv) > 5 else 0
+        print(json.dumps(asyncio.run(subscribe(target, count, seconds, campaigns))))
     elif mode == "idle":
         asyncio.run(idle(target, count, seconds))
     elif mode == "unary":

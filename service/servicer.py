@@ -29,7 +29,8 @@ from service.store import Store
 _LOGGER = logging.getLogger(__name__)
 
 SERVICE_NAME = pb2.DESCRIPTOR.services_by_name["MessageStatusService"].full_name
-REPLAY_PAGE = 500
+# A catching-up stream holds one page: this bounds its memory (about 1 KiB an event).
+REPLAY_PAGE = 100
 _T = TypeVar("_T")
 
 _CODES: dict[type[RouteeCallbacksError], grpc.StatusCode] = {
