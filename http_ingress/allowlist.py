@@ -12,6 +12,7 @@ rather than an open door.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import time
@@ -32,6 +33,7 @@ _LOGGER = logging.getLogger(__name__)
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+@functools.lru_cache(maxsize=4096)  # The same few peers post again and again.
 def parse_address(text: str) -> IPAddress:
     """Parse an IP address, the IPv4-mapped IPv6 form (``::ffff:a.b.c.d``) as the IPv4 address it maps."""
     address = ipaddress.ip_address(text.strip().removeprefix("[").removesuffix("]").split("%", 1)[0])

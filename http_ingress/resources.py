@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ _LOGGER = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 1024
 REJECTION_LOG_INTERVAL = 60.0
 JSON = "application/json"
+_DUPLICATE = b'{"status": "duplicate"}'
 
 
 def _is_json(content_type: str | None) -> bool:
@@ -55,6 +55,9 @@ class CallbacksResource:
         self._clock = clock
         self._next_log: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
+        # Bound once: labels() takes a lock and a lookup on every call.
+        self._accepted = metrics.callbacks.labels("accepted", "")
+        self._duplicates = metrics.callbacks.labels("duplicate", "")
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Check the sender, validate, store durably, answer."""
@@ -70,24 +73,24 @@ class CallbacksResource:
         except RouteeCallbacksError as ex:
             self._metrics.callbacks.labels("unavailable", getattr(ex, "reason", "error")).inc()
             raise
-        _LOGGER.debug(
-            "callback kept",
-            extra={
-                "tracking_id": callback.tracking_id,
-                "campaign_tracking_id": callback.campaign_tracking_id,
-                "status_name": callback.status.name,
-                "sequence": None if event is None else event.sequence,
-            },
-        )
+        if _LOGGER.isEnabledFor(logging.DEBUG):
+            _LOGGER.debug(
+                "callback kept",
+                extra={
+                    "tracking_id": callback.tracking_id,
+                    "campaign_tracking_id": callback.campaign_tracking_id,
+                    "status_name": callback.status.name,
+                    "sequence": None if event is None else event.sequence,
+                },
+            )
         if event is None:
-            outcome: dict[str, Any] = {"status": "duplicate"}
-            self._metrics.callbacks.labels("duplicate", "").inc()
+            self._duplicates.inc()
+            resp.data = _DUPLICATE
         else:
-            outcome = {"status": "accepted", "sequence": event.sequence}
-            self._metrics.callbacks.labels("accepted", "").inc()
+            self._accepted.inc()
+            resp.data = b'{"status": "accepted", "sequence": %d}' % event.sequence
         self._metrics.ingest_seconds.observe(time.perf_counter() - started)
         resp.content_type = JSON
-        resp.text = json.dumps(outcome)
 
     def _log_rejection(self, error: RejectedError, peer: str) -> None:
         # One line per reason and minute at most: strangers must not flood the log.
@@ -109,7 +112,8 @@ class CallbacksResource:
         if req.content_length is not None and req.content_length > MAX_BODY_BYTES:
             raise PayloadTooLargeError(f"the body is longer than {MAX_BODY_BYTES} bytes")
         try:
-            body: bytes = await asyncio.wait_for(req.stream.read(MAX_BODY_BYTES + 1), self._body_timeout)
+            async with asyncio.timeout(self._body_timeout):  # Cheaper than wait_for: no task of its own.
+                body: bytes = await req.stream.read(MAX_BODY_BYTES + 1)
         except TimeoutError:
             raise BodyTimeoutError(f"the body did not arrive within {self._body_timeout:g} s") from None
         if len(body) > MAX_BODY_BYTES:
