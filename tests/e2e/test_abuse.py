@@ -1,5 +1,5 @@
 """Clients that misbehave on purpose: idle and trickling HTTP connections, streams opened and dropped by the
-thousand, oversized gRPC requests, streams past the limit."""
+thousand. (Oversized gRPC requests, streams past the limit and malformed filters: tests/component/test_grpc.py.)"""
 
 from __future__ import annotations
 
@@ -71,31 +71,28 @@ class TestSlowHttpClients:
                 assert time.monotonic() - started < 1.0
 
     def test_trickling_body_is_cut_off(self, start_service: StartService) -> None:
-        """A body sent a byte every 0.3 s gets 408 with a problem body after --body-timeout; the connection closes."""
+        """A body that trickles in (a byte every 0.3 s, then nothing) gets 408 with a problem body once
+        --body-timeout has passed since it started, not since its last byte; the connection closes."""
         service = start_service(*OPEN, "--body-timeout", "1.5")
         body = json.dumps({**fixture("01-m1-queued.json"), "trackingId": "trickled"}).encode()
         with socket.create_connection(("127.0.0.1", service.http_port), timeout=10) as sock:
             started = time.monotonic()
             sock.sendall(partial_post(len(body), b""))
-            sock.setblocking(False)
-            answer = b""
-            for byte in body[:20]:
-                with contextlib.suppress(BlockingIOError):
-                    sock.send(bytes([byte]))
+            # Stop before the deadline: bytes still arriving when the server closes would make it reset the
+            # connection, and the reset could discard the answer before it is read.
+            for byte in body[:4]:
+                sock.sendall(bytes([byte]))
                 time.sleep(0.3)
-                with contextlib.suppress(BlockingIOError):
-                    answer += sock.recv(65536)
-                if answer:
-                    break
-            elapsed = time.monotonic() - started
-            sock.setblocking(True)
+            answer = b""
             while chunk := sock.recv(65536):  # The server closes the connection after the answer.
                 answer += chunk
+                elapsed = time.monotonic() - started
         head, _, problem = answer.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 408"), answer
         assert b"content-type: application/problem+json" in head.lower()
         assert json.loads(problem)["reason"] == "body_timeout"
-        assert 1.4 < elapsed < 3.0
+        # From the start of the body: 1.5 s. A timeout reset by every byte would answer after 1.2 + 1.5 s.
+        assert 1.4 < elapsed < 2.4
         with pytest.raises(grpc.RpcError, match="NOT_FOUND"):
             service.get_status("trickled")
 
@@ -129,21 +126,3 @@ class TestGrpcAbuse:
         while subscribers(service) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert subscribers(service) == 0
-
-    def test_limits(self, start_service: StartService) -> None:
-        """Oversized request → RESOURCE_EXHAUSTED; one stream past --max-streams → RESOURCE_EXHAUSTED."""
-        service = start_service(*OPEN, "--max-streams", "2")
-        with grpc.insecure_channel(service.grpc_target) as channel:
-            stub = pb2_grpc.MessageStatusServiceStub(channel)
-            with pytest.raises(grpc.RpcError) as raised:
-                stub.GetMessageStatus(pb2.GetMessageStatusRequest(tracking_id="x" * 100_000), timeout=5)
-            assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            held = [stub.StreamStatusUpdates(pb2.StreamStatusUpdatesRequest()) for _ in range(2)]
-            for call in held:
-                call.initial_metadata()
-            with pytest.raises(grpc.RpcError) as raised:
-                next(stub.StreamStatusUpdates(pb2.StreamStatusUpdatesRequest(), timeout=5))
-            assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "2" in (raised.value.details() or "")
-            for call in held:
-                call.cancel()
