@@ -17,11 +17,9 @@ import pytest
 from conftest import StartService
 from routee.callbacks.v1 import message_status_service_pb2 as pb2
 from routee.callbacks.v1 import message_status_service_pb2_grpc as pb2_grpc
-from support import CALLBACKS_PATH, ServiceProcess, fixture, http_request, post_callback
+from support import CALLBACKS_PATH, OPEN, ServiceProcess, fixture, http_request, post_callback
 
 pytestmark = pytest.mark.e2e
-
-OPEN = ("--allowlist-host", "", "--allow-cidr", "127.0.0.0/8")
 
 
 @contextlib.contextmanager

@@ -11,12 +11,11 @@ import pytest
 
 from conftest import StartService
 from routee.callbacks.v1 import message_status_service_pb2 as pb2
-from support import StreamCollector, executable
+from support import OPEN, StreamCollector, executable
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
-OPEN = ("--allowlist-host", "", "--allow-cidr", "127.0.0.0/8")
 
 
 def simulate(service_port: int, *args: str) -> dict[str, object]:

@@ -22,13 +22,12 @@ import pytest
 from conftest import StartService
 from routee.callbacks.v1 import message_status_service_pb2 as pb2
 from routee.callbacks.v1 import message_status_service_pb2_grpc as pb2_grpc
-from support import CALLBACKS_PATH, fixture
+from support import CALLBACKS_PATH, OPEN, fixture
 
 pytestmark = pytest.mark.e2e
 
 ROUNDS = int(os.environ.get("ROUTEE_CALLBACKS_CRASH_ROUNDS", "3"))
 SENDERS = 8
-OPEN = ("--allowlist-host", "", "--allow-cidr", "127.0.0.0/8")
 STATUSES = ("Queued", "Delivered", "Seen")
 
 

@@ -12,10 +12,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from conftest import StartService
+from support import OPEN
 
 pytestmark = pytest.mark.e2e
 
-OPEN = ("--allowlist-host", "", "--allow-cidr", "127.0.0.0/8")
 SERVICE = "routee.callbacks.v1.MessageStatusService"
 
 

@@ -11,10 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import positive_data_acceptance
 
 from conftest import StartService
+from support import OPEN
 
 pytestmark = pytest.mark.e2e
 
-OPEN = ("--allowlist-host", "", "--allow-cidr", "127.0.0.0/8")
 DATE_FIELDS = ("createdAt", "status.updatedDate")
 EXAMPLES = 100
 

@@ -17,6 +17,7 @@ from routee.callbacks.v1 import callback_pb2 as pb
 from routee.callbacks.v1 import message_status_service_pb2 as pb2
 from support import (
     CALLBACKS_PATH,
+    OPEN,
     StreamCollector,
     executable,
     fixture_bodies,
@@ -29,7 +30,6 @@ pytestmark = pytest.mark.e2e
 
 CAMPAIGN_A = "c0ffee00-0000-4000-8000-0000000000a1"
 CAMPAIGN_B = "c0ffee00-0000-4000-8000-0000000000b2"
-OPEN = ("--allowlist-host", "", "--allow-cidr", "127.0.0.0/8")
 
 
 def message(suffix: int) -> str:

@@ -14,11 +14,9 @@ import grpc
 import pytest
 
 from conftest import StartService
-from support import ServiceProcess, fixture, http_request, post_callback
+from support import OPEN, ServiceProcess, fixture, http_request, post_callback
 
 pytestmark = pytest.mark.e2e
-
-OPEN = ("--allowlist-host", "", "--allow-cidr", "127.0.0.0/8")
 
 
 def callback(tracking_id: str) -> bytes:
