@@ -25,6 +25,7 @@ import platform
 import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -44,8 +45,6 @@ FIXTURE = (ROOT / "tests" / "fixtures" / "viber" / "02-m1-delivered.json").read_
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
@@ -55,8 +54,8 @@ def free_port() -> int:
 def wait_http(port: int, path: str = "/healthz", deadline: float = 20) -> None:
     end = time.monotonic() + deadline
     while time.monotonic() < end:
-        with contextlib.suppress(OSError, http.client.HTTPException):
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+        with contextlib.suppress(OSError, http.client.HTTPException), contextlib.closing(connection):
             connection.request("GET", path)
             if connection.getresponse().status in (200, 405):
                 return
@@ -93,6 +92,17 @@ def service(workdir: Path, *extra: str) -> Iterator[tuple[int, int, subprocess.P
         wait_http(http_port)
         time.sleep(0.3)
         yield http_port, grpc_port, proc
+
+
+@contextlib.contextmanager
+def bare_server(rate: float) -> Iterator[int]:
+    """The bare grpc.aio baseline publishing ``rate`` updates a second (0: none); yields its port once ready."""
+    port = free_port()
+    command = [sys.executable, "-m", "bench.bare_grpc", str(port), str(rate)]
+    with process(command, stdout=subprocess.PIPE, cwd=ROOT) as bare:
+        assert bare.stdout is not None
+        bare.stdout.readline()  # "ready"
+        yield port
 
 
 def worker_rss_mb(master_pid: int) -> float:
@@ -244,11 +254,7 @@ def bench_ingress(workdir: Path, seconds: float, rounds: int) -> dict[str, Any]:
 def fanout_round(workdir: Path, count: int, rate: float, window: float) -> tuple[dict[str, float], dict[str, float]]:
     with service(workdir) as (http_port, grpc_port, _):
         ours = subscribers_against(f"127.0.0.1:{grpc_port}", count, window, (http_port, rate))
-    bare_port = free_port()
-    command = [sys.executable, "-m", "bench.bare_grpc", str(bare_port), str(rate)]
-    with process(command, stdout=subprocess.PIPE, cwd=ROOT) as bare:
-        assert bare.stdout is not None
-        bare.stdout.readline()
+    with bare_server(rate) as bare_port:
         baseline = subscribers_against(f"127.0.0.1:{bare_port}", count, window, None)
     return baseline, ours
 
@@ -286,12 +292,7 @@ def bench_unary(workdir: Path, seconds: float) -> dict[str, Any]:
         tracking_id = json.loads(FIXTURE)["trackingId"]
         proc = clients("unary", f"127.0.0.1:{grpc_port}", 32, seconds, tracking_id)
         ours = json.loads(proc.communicate(timeout=seconds + 60)[0])
-    bare_port = free_port()
-    with process(
-        [sys.executable, "-m", "bench.bare_grpc", str(bare_port), "0"], stdout=subprocess.PIPE, cwd=ROOT
-    ) as bare:
-        assert bare.stdout is not None
-        bare.stdout.readline()
+    with bare_server(0) as bare_port:
         proc = clients("unary", f"127.0.0.1:{bare_port}", 32, seconds, "bench")
         baseline = json.loads(proc.communicate(timeout=seconds + 60)[0])
     return {"ours": ours, "baseline": baseline, "ratio": ours["qps"] / baseline["qps"]}

@@ -16,6 +16,7 @@ import grpc
 from routee.callbacks.v1 import callback_pb2 as pb
 from routee.callbacks.v1 import message_status_service_pb2 as pb2
 from routee.callbacks.v1 import message_status_service_pb2_grpc as pb2_grpc
+from service.servicer import method_handlers
 
 
 class BareServicer(pb2_grpc.MessageStatusServiceServicer):
@@ -65,19 +66,8 @@ async def main(port: int, rate: float) -> None:
         ("grpc.server.max_pending_requests_hard_limit", 43_000),
     ]
     server = grpc.aio.server(options=options)
-    handlers = {
-        "GetMessageStatus": grpc.unary_unary_rpc_method_handler(
-            servicer.GetMessageStatus,
-            request_deserializer=pb2.GetMessageStatusRequest.FromString,
-            response_serializer=pb2.GetMessageStatusResponse.SerializeToString,
-        ),
-        "StreamStatusUpdates": grpc.unary_stream_rpc_method_handler(
-            servicer.StreamStatusUpdates, request_deserializer=pb2.StreamStatusUpdatesRequest.FromString
-        ),
-    }
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("routee.callbacks.v1.MessageStatusService", handlers),)
-    )
+    # The service's own handler table (pre-serialized stream items), so only what sits behind it differs.
+    server.add_generic_rpc_handlers((method_handlers(servicer),))
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     publisher = asyncio.create_task(servicer.publish_forever(rate)) if rate > 0 else None
