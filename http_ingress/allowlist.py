@@ -179,6 +179,10 @@ class DnsAllowlist:
             "last_error": self.last_error,
         }
 
+    def size(self) -> int:
+        """How many addresses the allowlist in use holds."""
+        return len(self._addresses or ())
+
     def age(self) -> float:
         """Seconds since the last good answer (NaN before the first)."""
         return float("nan") if self._resolved_at is None else self._clock() - self._resolved_at

@@ -11,20 +11,20 @@ from http_ingress.allowlist import Allowlist
 from http_ingress.openapi import OpenApiResource
 from http_ingress.resources import CallbacksResource, HealthResource, MetricsResource, ReadyResource
 from service.errors import RouteeCallbacksError
+from service.ingest import Ingest
 from service.metrics import Metrics
-from service.store import Store
 
 CALLBACKS_PATH = "/v1/callbacks/viber"
 
 
 def create_app(
-    store: Store, allowlist: Allowlist, metrics: Metrics, *, body_timeout: float = 10.0, middleware: Any = ()
+    ingest: Ingest, allowlist: Allowlist, metrics: Metrics, *, body_timeout: float = 10.0, middleware: Any = ()
 ) -> falcon.asgi.App[Any, Any]:
     """Build the ingress app; it starts nothing and reads no environment."""
     app = falcon.asgi.App(middleware=list(middleware))
-    app.add_route(CALLBACKS_PATH, CallbacksResource(store, allowlist, metrics, body_timeout=body_timeout))
+    app.add_route(CALLBACKS_PATH, CallbacksResource(ingest, allowlist, metrics, body_timeout=body_timeout))
     app.add_route("/healthz", HealthResource())
-    app.add_route("/readyz", ReadyResource(store, allowlist))
+    app.add_route("/readyz", ReadyResource(ingest, allowlist))
     app.add_route("/metrics", MetricsResource(metrics))
     app.add_route("/openapi.json", OpenApiResource())
     app.add_error_handler(Exception, errors.handle_unexpected)

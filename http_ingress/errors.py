@@ -63,7 +63,7 @@ async def handle_error(
 ) -> None:
     """Answer an error of the tree with its status and a short problem+json body."""
     status = http_status(error)
-    extensions: dict[str, Any] = {"reason": getattr(error, "reason", "error")}
+    extensions: dict[str, Any] = {"reason": error.reason}
     if isinstance(error, InvalidCallbackError) and error.field:
         extensions["field"] = error.field
     if isinstance(error, AllowlistUnavailableError | UnavailableError):

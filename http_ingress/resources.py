@@ -10,10 +10,9 @@ from typing import Any
 
 import falcon
 import falcon.asgi
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from http_ingress.allowlist import Allowlist
-from http_ingress.schemas import parse_callback
 from service.errors import (
     BodyTimeoutError,
     PayloadTooLargeError,
@@ -21,8 +20,8 @@ from service.errors import (
     RouteeCallbacksError,
     UnsupportedMediaError,
 )
+from service.ingest import Ingest
 from service.metrics import Metrics
-from service.store import Store
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -41,14 +40,14 @@ class CallbacksResource:
 
     def __init__(
         self,
-        store: Store,
+        ingest: Ingest,
         allowlist: Allowlist,
         metrics: Metrics,
         *,
         body_timeout: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._store = store
+        self._ingest = ingest
         self._allowlist = allowlist
         self._metrics = metrics
         self._body_timeout = body_timeout
@@ -64,31 +63,22 @@ class CallbacksResource:
         started = time.perf_counter()
         try:
             body = await self._accept(req)
-            callback = parse_callback(body)
-            event = await self._store.append(callback)
+            kept = await self._ingest.status_callback(body)
         except RejectedError as ex:
             self._metrics.callbacks.labels("rejected", ex.reason).inc()
             self._log_rejection(ex, req.remote_addr)
             raise
         except RouteeCallbacksError as ex:
-            self._metrics.callbacks.labels("unavailable", getattr(ex, "reason", "error")).inc()
+            self._metrics.callbacks.labels("unavailable", ex.reason).inc()
             raise
         if _LOGGER.isEnabledFor(logging.DEBUG):
-            _LOGGER.debug(
-                "callback kept",
-                extra={
-                    "tracking_id": callback.tracking_id,
-                    "campaign_tracking_id": callback.campaign_tracking_id,
-                    "status_name": callback.status.name,
-                    "sequence": None if event is None else event.sequence,
-                },
-            )
-        if event is None:
+            _LOGGER.debug("callback kept", extra={"tracking_id": kept.tracking_id, "sequence": kept.sequence})
+        if kept.sequence is None:
             self._duplicates.inc()
             resp.data = _DUPLICATE
         else:
             self._accepted.inc()
-            resp.data = b'{"status": "accepted", "sequence": %d}' % event.sequence
+            resp.data = b'{"status": "accepted", "sequence": %d}' % kept.sequence
         self._metrics.ingest_seconds.observe(time.perf_counter() - started)
         resp.content_type = JSON
 
@@ -132,8 +122,8 @@ class HealthResource:
 class ReadyResource:
     """``GET /readyz``: the store is writable and the DNS allowlist (when on) is fresh."""
 
-    def __init__(self, store: Store, allowlist: Allowlist, *, timeout: float = 2.0) -> None:
-        self._store = store
+    def __init__(self, ingest: Ingest, allowlist: Allowlist, *, timeout: float = 2.0) -> None:
+        self._ingest = ingest
         self._allowlist = allowlist
         self._timeout = timeout
 
@@ -141,7 +131,7 @@ class ReadyResource:
         """Answer 200 when ready, 503 otherwise; the body says which check fails."""
         checks: dict[str, dict[str, Any]] = {}
         try:
-            await asyncio.wait_for(self._store.probe(), self._timeout)
+            await asyncio.wait_for(self._ingest.probe(), self._timeout)
             checks["store"] = {"ready": True}
         except (RouteeCallbacksError, TimeoutError) as ex:
             checks["store"] = {"ready": False, "error": str(ex) or "the store did not answer in time"}
@@ -161,4 +151,4 @@ class MetricsResource:
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Render every metric."""
         resp.content_type = CONTENT_TYPE_LATEST
-        resp.data = generate_latest(self._metrics.registry)
+        resp.data = self._metrics.render()

@@ -23,19 +23,36 @@ _LOGGER = logging.getLogger(__name__)
 
 
 class Update:
-    """A published event, serialized once for every subscriber that receives it."""
+    """One committed entry as the broker fans it out: what routing needs, and its stream item serialized once."""
 
-    __slots__ = ("_payload", "event")
+    __slots__ = ("_event", "_payload", "campaign_tracking_id", "sequence", "status")
 
-    def __init__(self, event: StoredEvent) -> None:
-        self.event = event
-        self._payload: bytes | None = None
+    def __init__(
+        self,
+        sequence: int,
+        campaign_tracking_id: str,
+        status: int,
+        *,
+        event: StoredEvent | None = None,
+        payload: bytes | None = None,
+    ) -> None:
+        self.sequence = sequence
+        self.campaign_tracking_id = campaign_tracking_id
+        self.status = status
+        self._event = event
+        self._payload = payload
+
+    @classmethod
+    def of(cls, event: StoredEvent) -> Update:
+        """The update of a stored event; its stream item is built when first needed."""
+        return cls(event.sequence, event.campaign_tracking_id, event.status, event=event)
 
     @property
     def payload(self) -> bytes:
-        """The event as a serialized StreamStatusUpdatesResponse."""
+        """The entry as a serialized StreamStatusUpdatesResponse."""
         if self._payload is None:
-            self._payload = stream_item(self.event)
+            assert self._event is not None
+            self._payload = stream_item(self._event)
         return self._payload
 
 
@@ -139,15 +156,14 @@ class Broker:
             if not subscribers:
                 del self._by_campaign[campaign]
 
-    def publish(self, events: Sequence[StoredEvent]) -> None:
-        """Offer committed events, in sequence order, to every matching subscription; never blocks."""
-        for event in events:
-            update = Update(event)
-            for subscribers in (self._every_campaign, self._by_campaign.get(event.campaign_tracking_id, ())):
+    def publish(self, updates: Sequence[Update]) -> None:
+        """Offer committed updates, in sequence order, to every matching subscription; never blocks."""
+        for update in updates:
+            for subscribers in (self._every_campaign, self._by_campaign.get(update.campaign_tracking_id, ())):
                 for subscription in subscribers:
-                    if not subscription.event_filter.statuses or event.status in subscription.event_filter.statuses:
+                    if not subscription.event_filter.statuses or update.status in subscription.event_filter.statuses:
                         subscription.offer(update)
-            self.last_sequence = event.sequence
+            self.last_sequence = update.sequence
 
     def close(self) -> None:
         """Close every subscription and refuse new ones."""

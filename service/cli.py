@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import socket
 import sys
@@ -75,22 +76,31 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def serve(settings: Settings) -> None:
     """Check what can fail early, then hand over to gunicorn until it stops."""
-    from service.logs import configure_logging
-    from service.process import ServiceApplication
-    from service.store import SqliteStore
+    from service.process import ServiceApplication, lock_grpc_port, prepare_instance, remove_instance
 
-    configure_logging(settings.log_level, settings.log_format)
-    # Fail in the foreground with one clear line rather than in the worker after the fork.
-    store = SqliteStore(settings.database, synchronous=settings.sqlite_synchronous)
-    store.open()
-    store.close()
-    _check_port("HTTP", settings.http_bind.host, settings.http_bind.port)
-    _check_port("gRPC", settings.grpc_bind.host, settings.grpc_bind.port)
+    instance = prepare_instance()  # First: it decides how every process records metrics.
     try:
-        ServiceApplication(settings).run()
-    except SystemExit as ex:
-        if ex.code not in (0, None):
-            raise StartupError("the service stopped with an error; see the log above") from None
+        from service.logs import configure_logging
+        from service.store import open_store
+
+        configure_logging(settings.log_level, settings.log_format)
+        # Fail in the foreground with one clear line rather than in a child after the fork; create or upgrade
+        # the schema once, before any worker starts.
+        store = open_store(settings.database, synchronous=settings.sqlite_synchronous)
+        store.open()
+        asyncio.run(store.close())
+        port_lock = lock_grpc_port(settings.grpc_bind)
+        _check_port("HTTP", settings.http_bind.host, settings.http_bind.port)
+        _check_port("gRPC", settings.grpc_bind.host, settings.grpc_bind.port)
+        try:
+            ServiceApplication(settings, instance).run()
+        except SystemExit as ex:
+            if ex.code not in (0, None):
+                raise StartupError("the service stopped with an error; see the log above") from None
+        finally:
+            port_lock.close()
+    finally:
+        remove_instance(instance)
 
 
 def _check_port(kind: str, host: str, port: int) -> None:

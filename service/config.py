@@ -6,8 +6,8 @@ import ipaddress
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from service.errors import ConfigError
 
@@ -34,7 +34,7 @@ class Settings:
 
     http_bind: HostPort = HostPort("0.0.0.0", 8080)
     grpc_bind: HostPort = HostPort("0.0.0.0", 50051)
-    database: Path = Path("routee-callbacks.db")
+    database: str = "routee-callbacks.db"
     allowlist_host: str = "callbacksallow.routee.net"
     dns_server: HostPort | None = None
     allow_cidrs: tuple[IPNetwork, ...] = ()
@@ -49,6 +49,7 @@ class Settings:
     progress_interval: float = 15.0
     shutdown_grace: float = 10.0
     body_timeout: float = 10.0
+    workers: int = 1
     log_level: str = "INFO"
     log_format: str = "auto"
 
@@ -101,6 +102,35 @@ def parse_cidr(value: str) -> IPNetwork:
         raise ValueError(f"expected a CIDR such as 10.0.0.0/8, got {value!r}") from None
 
 
+def parse_database(value: str) -> str:
+    """Accept a SQLite file path or a PostgreSQL URI (``postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME``)."""
+    if not value.strip():
+        raise ValueError("expected a file path or a postgresql:// URI, got ''")
+    if value.startswith(("postgresql://", "postgres://")):
+        from psycopg.conninfo import conninfo_to_dict
+
+        try:
+            parts = conninfo_to_dict(value)
+            if not all(port.isdigit() for port in str(parts.get("port", "5432")).split(",")):
+                raise ValueError("the port must be a number")
+        except Exception:  # psycopg's message may quote the URI, password included: say it without it.
+            raise ValueError(
+                f"expected a libpq URI such as postgresql://USER@HOST:5432/DBNAME, got {redact(value)!r}"
+            ) from None
+    return value
+
+
+def redact(database: str) -> str:
+    """The ``--database`` value fit for logs and errors: a URI's password replaced by ``***``."""
+    if not database.startswith(("postgresql://", "postgres://")):
+        return database
+    parts = urlsplit(database)
+    if parts.password is None:
+        return database
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{parts.netloc.rpartition('@')[2]}"))
+
+
 def _positive(kind: type[int] | type[float]) -> Callable[[str], Any]:
     def parse(value: str) -> int | float:
         try:
@@ -143,7 +173,14 @@ class Option:
 OPTIONS: tuple[Option, ...] = (
     Option("--http-bind", "http_bind", parse_host_port, "address the HTTP ingress listens on", "HOST:PORT"),
     Option("--grpc-bind", "grpc_bind", parse_host_port, "address the gRPC server listens on", "HOST:PORT"),
-    Option("--database", "database", Path, "SQLite database file, created if missing", "PATH"),
+    Option(
+        "--database",
+        "database",
+        parse_database,
+        "SQLite database file (created if missing), or a PostgreSQL URI postgresql://USER@HOST:PORT/DBNAME"
+        " (the password preferably from PGPASSWORD or a passfile)",
+        "PATH|URI",
+    ),
     Option(
         "--allowlist-host",
         "allowlist_host",
@@ -238,6 +275,13 @@ OPTIONS: tuple[Option, ...] = (
         "time a callback body may take to arrive, in seconds; a slower one gets 408 and its connection is closed",
         "SECONDS",
     ),
+    Option(
+        "--workers",
+        "workers",
+        _positive(int),
+        "worker processes serving HTTP and gRPC (every stream on any worker sees every event)",
+        "N",
+    ),
     Option("--log-level", "log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "log level", "LEVEL"),
     Option(
         "--log-format",
@@ -271,19 +315,16 @@ def load_settings(flags: Mapping[str, str | Sequence[str] | None], environ: Mapp
         except ValueError as ex:
             raise ConfigError(option.flag, str(ex)) from None
     settings = Settings(**values)
-    _check_combination(settings, environ)
+    _check_combination(settings)
     return settings
 
 
-def _check_combination(settings: Settings, environ: Mapping[str, str]) -> None:
+def _check_combination(settings: Settings) -> None:
     if settings.dns_min_ttl > settings.dns_max_ttl:
         raise ConfigError("--dns-min-ttl", f"must not exceed --dns-max-ttl ({settings.dns_max_ttl:g})")
     if settings.retention_hours < MIN_RETENTION_HOURS:
         raise ConfigError("--retention-hours", f"must be at least {MIN_RETENTION_HOURS:g} (Routee retries for ~40 h)")
     if settings.http_bind.port and settings.http_bind == settings.grpc_bind:
         raise ConfigError("--grpc-bind", f"must differ from --http-bind ({settings.http_bind})")
-    workers = environ.get("WEB_CONCURRENCY", "1").strip()
-    if workers not in ("", "1"):
-        # The broker lives in the worker process: a second worker would have a
-        # broker of its own and its subscribers would miss what the first receives.
-        raise ConfigError("WEB_CONCURRENCY", f"routee-callbacks runs exactly one worker, got {workers!r}")
+    if settings.workers > 1 and settings.grpc_bind.port == 0:
+        raise ConfigError("--grpc-bind", "a fixed port is needed with more than one worker (they share it)")

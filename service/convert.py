@@ -20,19 +20,6 @@ _STATUS_BY_NAME: dict[str, int] = {
     "unsent": pb.MESSAGE_STATUS_UNSENT,
 }
 
-# Lifecycle rank breaks ties between events with the same updatedDate (DESIGN.md,
-# "Decided rules"): UNKNOWN < QUEUED < DELIVERED < the failures < SEEN.
-_RANK: dict[int, int] = {
-    pb.MESSAGE_STATUS_UNKNOWN: 0,
-    pb.MESSAGE_STATUS_QUEUED: 1,
-    pb.MESSAGE_STATUS_DELIVERED: 2,
-    pb.MESSAGE_STATUS_UNDELIVERED: 3,
-    pb.MESSAGE_STATUS_FAILED: 3,
-    pb.MESSAGE_STATUS_UNSENT: 3,
-    pb.MESSAGE_STATUS_EXPIRED: 3,
-    pb.MESSAGE_STATUS_SEEN: 4,
-}
-
 
 def normalise_status_name(name: str) -> str:
     """Return the key under which a status name is compared (case-insensitive)."""
@@ -42,11 +29,6 @@ def normalise_status_name(name: str) -> str:
 def status_from_name(name: str) -> int:
     """Map a Routee status name, in any case, to MessageStatus; unknown names to UNKNOWN."""
     return _STATUS_BY_NAME.get(normalise_status_name(name), pb.MESSAGE_STATUS_UNKNOWN)
-
-
-def lifecycle_rank(status: int) -> int:
-    """Return the rank of a status in the message lifecycle."""
-    return _RANK.get(status, 0)
 
 
 def to_micros(moment: datetime) -> int:

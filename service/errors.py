@@ -31,6 +31,9 @@ from __future__ import annotations
 class RouteeCallbacksError(Exception):
     """Base of every error this service raises on purpose."""
 
+    #: A short, stable name of the problem, used in problem+json bodies, metrics and between processes.
+    reason = "error"
+
 
 class ConfigError(RouteeCallbacksError):
     """An option has a bad value; start-up stops with exit status 2."""
@@ -47,7 +50,6 @@ class StartupError(RouteeCallbacksError):
 class RejectedError(RouteeCallbacksError):
     """The request is wrong and sending it again unchanged cannot succeed."""
 
-    #: A short, stable name of the problem, used in problem+json bodies and metrics.
     reason = "rejected"
 
 
@@ -89,6 +91,7 @@ class InvalidCallbackError(RejectedError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}" if field else message)
         self.field = field
+        self.detail = message
 
 
 class InvalidArgumentError(RejectedError):
@@ -137,3 +140,25 @@ class ResourceExhaustedError(RouteeCallbacksError):
     """A limit of the service is reached (for example the number of open streams)."""
 
     reason = "resource_exhausted"
+
+
+def error_from_reason(reason: str, message: str, field: str = "") -> RouteeCallbacksError:
+    """Rebuild an error of the tree from its ``reason`` (errors cross process boundaries this way).
+
+    An unknown reason becomes a StoreUnavailableError: when in doubt, Routee must retry.
+    """
+    if reason == InvalidCallbackError.reason:
+        return InvalidCallbackError(field, message)
+    for kind in _WIRE_ERRORS:
+        if kind.reason == reason:
+            return kind(message)
+    return StoreUnavailableError(message)
+
+
+_WIRE_ERRORS: tuple[type[RouteeCallbacksError], ...] = (
+    MalformedJsonError,
+    PayloadTooLargeError,
+    UnsupportedMediaError,
+    StoreUnavailableError,
+    ShuttingDownError,
+)

@@ -26,9 +26,3 @@ class EventFilter:
 
     campaign_tracking_id: str | None = None
     statuses: frozenset[int] = frozenset()
-
-    def matches(self, event: StoredEvent) -> bool:
-        """Tell whether an event passes the filter."""
-        return (self.campaign_tracking_id is None or self.campaign_tracking_id == event.campaign_tracking_id) and (
-            not self.statuses or event.status in self.statuses
-        )

@@ -1,17 +1,45 @@
-"""Prometheus metrics of the service, on a registry of their own so tests can build many."""
+"""Prometheus metrics of the service, on a registry of their own so tests can build many.
+
+In a running service every process (workers and the writer process) records
+into files of one directory (prometheus-client's multiprocess mode, switched
+on by the process model before any of them starts); ``render`` then sums
+them, so any worker's ``/metrics`` shows the whole instance. Gauges say how
+they combine across processes.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+_T = TypeVar("_T", bound="_Sequenced")
+
+
+class _Sequenced(Protocol):
+    sequence: int
+
+
+class AllowlistState(Protocol):
+    """What the allowlist gauges read."""
+
+    def age(self) -> float:
+        """Seconds since the last good answer (NaN before the first)."""
+
+    def size(self) -> int:
+        """Addresses in the allowlist in use."""
 
 
 class Metrics:
     """Every metric the service exports; names start with ``routee_callbacks_``."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, multiprocess_dir: Path | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self._multiprocess_dir = multiprocess_dir
+        self._allowlist: AllowlistState | None = None
         self.callbacks = Counter(
             "routee_callbacks_callbacks",
             "Callbacks received, by outcome (accepted, duplicate, rejected, unavailable) and reason.",
@@ -37,7 +65,10 @@ class Metrics:
             registry=self.registry,
         )
         self.subscribers = Gauge(
-            "routee_callbacks_subscribers", "Open StreamStatusUpdates streams.", registry=self.registry
+            "routee_callbacks_subscribers",
+            "Open StreamStatusUpdates streams.",
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.updates_streamed = Counter(
             "routee_callbacks_updates_streamed", "Live updates written to streams.", registry=self.registry
@@ -48,20 +79,54 @@ class Metrics:
             registry=self.registry,
         )
         self.last_sequence = Gauge(
-            "routee_callbacks_last_sequence", "The greatest sequence stored.", registry=self.registry
+            "routee_callbacks_last_sequence",
+            "The greatest sequence published in this instance.",
+            registry=self.registry,
+            multiprocess_mode="livemax",
         )
         self.allowlist_addresses = Gauge(
             "routee_callbacks_allowlist_addresses",
-            "Addresses in the DNS allowlist in use.",
+            "Addresses in the DNS allowlist in use (the fewest of any worker).",
             registry=self.registry,
+            multiprocess_mode="livemin",
         )
         self.allowlist_age_seconds = Gauge(
             "routee_callbacks_allowlist_age_seconds",
-            "Age of the DNS allowlist in use (NaN before the first answer).",
+            "Age of the DNS allowlist in use (the oldest of any worker; NaN before the first answer).",
             registry=self.registry,
+            multiprocess_mode="livemax",
         )
 
     def observe_commit(self, seconds: float, size: int) -> None:
-        """Record one committed batch; called from the store's writer thread."""
+        """Record one committed batch."""
         self.commit_seconds.observe(seconds)
         self.commit_batch_size.observe(size)
+
+    def published(self, publish: Callable[[Sequence[_T]], None]) -> Callable[[Sequence[_T]], None]:
+        """Wrap a publish function so that the last published sequence is exported."""
+
+        def publish_and_count(updates: Sequence[_T]) -> None:
+            publish(updates)
+            if updates:
+                self.last_sequence.set(updates[-1].sequence)
+
+        return publish_and_count
+
+    def watch_allowlist(self, allowlist: AllowlistState) -> None:
+        """Export the allowlist's age and size; they are read at every ``render``, and by ``refresh``."""
+        self._allowlist = allowlist
+
+    def refresh(self) -> None:
+        """Read the values that are sampled rather than counted (each process does this every second)."""
+        if self._allowlist is not None:
+            self.allowlist_age_seconds.set(self._allowlist.age())
+            self.allowlist_addresses.set(self._allowlist.size())
+
+    def render(self) -> bytes:
+        """Every metric in the Prometheus text format: this process's, or the whole instance's."""
+        self.refresh()
+        if self._multiprocess_dir is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=str(self._multiprocess_dir))  # type: ignore[no-untyped-call]
+        return generate_latest(registry)

@@ -1,18 +1,87 @@
-"""The process model: gunicorn's master with exactly one uvicorn worker running the ASGI app and gRPC."""
+"""The process model: gunicorn's master, N uvicorn workers (HTTP and gRPC), and the instance's writer process.
+
+::
+
+    master (gunicorn arbiter; supervises the others, holds the gRPC port lock)
+    ├── writer process   the one writer of this instance: validates, group-commits, feeds the log to workers
+    ├── worker 1         Falcon ASGI + grpc.aio + broker on one event loop; reads the store directly
+    └── worker N         (the kernel spreads HTTP and gRPC connections over the workers)
+
+The master starts the writer before the first worker and restarts it if it
+dies (workers answer 503 meanwhile and reconnect by themselves); on shutdown it
+stops the workers first, then the writer, so in-flight callbacks are kept.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import math
-from typing import Any, ClassVar
+import os
+import signal
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, ClassVar
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
 from uvicorn_worker import UvicornWorker
 
-from service.config import Settings
+from service.config import HostPort, Settings
+from service.errors import StartupError
 from service.logs import logging_config
 
 _LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Instance:
+    """What every process of one running instance shares besides its settings."""
+
+    #: The private directory (mode 0700) holding the writer's socket and the metrics files.
+    runtime_dir: Path
+    master_pid: int
+
+    @property
+    def writer_socket(self) -> Path:
+        """Where the writer process listens for its workers."""
+        return self.runtime_dir / "writer.sock"
+
+    @property
+    def metrics_dir(self) -> Path:
+        """Where every process of the instance records its metrics."""
+        return self.runtime_dir / "metrics"
+
+
+def prepare_instance() -> Instance:
+    """Create the instance's private directory and switch prometheus-client to multiprocess mode.
+
+    Must run before anything imports prometheus_client: it picks its storage when first imported.
+    """
+    runtime_dir = Path(tempfile.mkdtemp(prefix="routee-callbacks-"))
+    instance = Instance(runtime_dir, os.getpid())
+    instance.metrics_dir.mkdir()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(instance.metrics_dir)
+    return instance
+
+
+def lock_grpc_port(bind: HostPort) -> IO[bytes]:
+    """Hold a lock named after the gRPC address for as long as the process lives.
+
+    The workers bind the port with SO_REUSEPORT to share it, and so could a second instance; this lock is what
+    keeps a second instance off. Raises StartupError when another instance holds it.
+    """
+    path = Path(tempfile.gettempdir()) / f"routee-callbacks-grpc-{bind.host}-{bind.port}.lock"
+    handle = path.open("ab")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise StartupError(f"cannot listen for gRPC on {bind}: another routee-callbacks instance serves it") from None
+    return handle
 
 
 class Worker(UvicornWorker):  # type: ignore[misc]
@@ -31,36 +100,133 @@ class Worker(UvicornWorker):  # type: ignore[misc]
     }
 
 
+class ServiceArbiter(Arbiter):  # type: ignore[misc]
+    """gunicorn's arbiter, also supervising the instance's writer process."""
+
+    WRITER_RESTART_DELAY = 1.0
+
+    def __init__(self, app: ServiceApplication) -> None:
+        super().__init__(app)
+        self._service = app
+        self._writer_pid = 0
+        self._writer_started = 0.0
+
+    def manage_workers(self) -> None:
+        """Keep the writer process running, then the workers (the writer first: workers connect to it)."""
+        if not self._writer_pid and time.monotonic() - self._writer_started >= self.WRITER_RESTART_DELAY:
+            self._spawn_writer()
+        super().manage_workers()
+
+    def reap_workers(self) -> None:
+        """Notice the writer's exit first (gunicorn's own reaping would claim it as an unknown child)."""
+        if self._writer_pid:
+            try:
+                pid, status = os.waitpid(self._writer_pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = self._writer_pid, 0
+            if pid:
+                self.log.error("writer process (pid:%s) exited with status %s; restarting it", pid, status)
+                self._forget(pid)
+                self._writer_pid = 0
+        super().reap_workers()
+
+    def stop(self, graceful: bool = True) -> None:
+        """Stop the workers, then the writer (in-flight callbacks still need it)."""
+        super().stop(graceful)
+        if self._writer_pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._writer_pid, signal.SIGTERM)
+            deadline = time.monotonic() + self.cfg.graceful_timeout
+            while time.monotonic() < deadline:
+                with contextlib.suppress(ChildProcessError):
+                    if os.waitpid(self._writer_pid, os.WNOHANG)[0]:
+                        break
+                    time.sleep(0.05)
+                    continue
+                break
+            else:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self._writer_pid, signal.SIGKILL)
+            self._writer_pid = 0
+
+    def _spawn_writer(self) -> None:
+        self._writer_started = time.monotonic()
+        pid = os.fork()
+        if pid:
+            self._writer_pid = pid
+            self.log.info("spawned the writer process (pid: %s)", pid)
+            return
+        status = 0
+        try:
+            for listener in self.LISTENERS:  # The writer serves no HTTP: the port must close with the workers.
+                listener.close()
+            for signum in self.SIGNALS:
+                signal.signal(signum, signal.SIG_DFL)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            from service.wiring import run_writer
+
+            run_writer(self._service.settings, self._service.instance)
+        except BaseException:
+            self.log.exception("the writer process failed")
+            status = 1
+        finally:
+            os._exit(status)
+
+    def _forget(self, pid: int) -> None:
+        """Drop a dead process's live gauges from the instance's metrics."""
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, str(self._service.instance.metrics_dir))  # type: ignore[no-untyped-call]
+
+
 class ServiceApplication(BaseApplication):  # type: ignore[misc]
     """gunicorn configured from Settings only; its own config files and variables are ignored."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
+    def __init__(self, settings: Settings, instance: Instance) -> None:
+        self.settings = settings
+        self.instance = instance
         super().__init__()
 
     def load_config(self) -> None:
-        """Set gunicorn's configuration: one worker, always (the broker lives in it)."""
+        """Set gunicorn's configuration."""
         config = {
-            "bind": [str(self._settings.http_bind)],
-            "workers": 1,
+            "bind": [str(self.settings.http_bind)],
+            "workers": self.settings.workers,
             "worker_class": f"{Worker.__module__}.{Worker.__qualname__}",
-            "graceful_timeout": math.ceil(self._settings.shutdown_grace) + 5,
+            "graceful_timeout": math.ceil(self.settings.shutdown_grace) + 5,
             "timeout": 30,
             "keepalive": 75,
             "accesslog": None,
             "errorlog": "-",
-            "loglevel": self._settings.log_level.lower(),
-            "logconfig_dict": logging_config(self._settings.log_level, self._settings.log_format),
+            "loglevel": self.settings.log_level.lower(),
+            "logconfig_dict": logging_config(self.settings.log_level, self.settings.log_format),
             "proc_name": "routee-callbacks",
             "preload_app": False,
             "reuse_port": False,
             "control_socket_disable": True,  # two instances on one host must not fight over it
+            "child_exit": lambda arbiter, worker: arbiter._forget(worker.pid),
         }
         for key, value in config.items():
             self.cfg.set(key, value)
 
     def load(self) -> Any:
-        """Build the app in the worker, after the fork: SQLite and gRPC must not cross a fork."""
-        from service.runtime import build_app
+        """Build the app in the worker, after the fork: database connections and gRPC must not cross a fork."""
+        from service.wiring import build_worker_app
 
-        return build_app(self._settings)
+        return build_worker_app(self.settings, self.instance)
+
+    def run(self) -> None:
+        """Run the master until it stops."""
+        try:
+            ServiceArbiter(self).run()
+        except RuntimeError as ex:
+            raise StartupError(str(ex)) from None
+
+
+def remove_instance(instance: Instance) -> None:
+    """Delete the instance's private directory."""
+    for path in sorted(instance.runtime_dir.rglob("*"), reverse=True):
+        with contextlib.suppress(OSError):
+            path.rmdir() if path.is_dir() else path.unlink()
+    with contextlib.suppress(OSError):
+        instance.runtime_dir.rmdir()

@@ -16,8 +16,6 @@ MAX_REQUEST_BYTES = 16 * 1024
 
 # Chosen, not inherited: see the README's "Keepalive" section.
 SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
-    # One broker per process: a second process must fail to bind, not share the port.
-    ("grpc.so_reuseport", 0),
     ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
     # The server pings idle connections so dead peers and silent proxies are noticed.
     ("grpc.keepalive_time_ms", 30_000),
@@ -30,16 +28,25 @@ SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
 
 
 def create_server(
-    bind: HostPort, servicer: MessageStatusServicer, health_servicer: Any, *, max_streams: int
+    bind: HostPort,
+    servicer: MessageStatusServicer,
+    health_servicer: Any,
+    *,
+    max_streams: int,
+    reuse_port: bool = False,
 ) -> tuple[grpc.aio.Server, int]:
-    """Build the gRPC server and bind it (port 0 picks a free port); return it with its port. It is not started."""
+    """Build the gRPC server and bind it (port 0 picks a free port); return it with its port. It is not started.
+
+    ``reuse_port`` lets the workers of one instance share the port (the kernel spreads connections over them);
+    the process model holds a lock that keeps a second instance off it. Without it, a second bind fails.
+    """
     # gRPC core cancels calls that wait to be picked up when more than 1 000 (soft) / 3 000 (hard) are pending:
     # after a restart, thousands of subscribers reconnecting at once would get CANCELLED. Allow a full reconnect.
     pending = (
         ("grpc.server.max_pending_requests", max_streams + 1000),
         ("grpc.server.max_pending_requests_hard_limit", 2 * max_streams + 3000),
     )
-    server = grpc.aio.server(options=SERVER_OPTIONS + pending)
+    server = grpc.aio.server(options=(*SERVER_OPTIONS, *pending, ("grpc.so_reuseport", int(reuse_port))))
     server.add_generic_rpc_handlers((method_handlers(servicer),))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -24,7 +24,7 @@ from service.errors import (
 )
 from service.events import EventFilter
 from service.metrics import Metrics
-from service.store import Store
+from service.store import LogReader
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class MessageStatusServicer:
     """Serves message status from the store and live updates from the broker."""
 
     def __init__(
-        self, store: Store, broker: Broker, metrics: Metrics, *, max_streams: int, progress_interval: float
+        self, store: LogReader, broker: Broker, metrics: Metrics, *, max_streams: int, progress_interval: float
     ) -> None:
         self._store = store
         self._broker = broker
@@ -117,7 +117,7 @@ class MessageStatusServicer:
             elif request.include_snapshot:
                 events, position = await self._store.snapshot(event_filter)
                 for event in events:
-                    yield Update(event).payload
+                    yield Update.of(event).payload
                 yield pb2.StreamStatusUpdatesResponse(
                     snapshot_end=pb2.SnapshotEnd(sequence=position)
                 ).SerializeToString()
@@ -125,7 +125,7 @@ class MessageStatusServicer:
                 if catch_up:
                     async for item in self._replay(event_filter, position):
                         yield item.payload
-                        position = item.event.sequence
+                        position = item.sequence
                 batch = await subscription.next_batch(self._progress_interval)
                 if batch is None:  # Lagged: subscribe again first, so the replay leaves no gap.
                     self._broker.unsubscribe(subscription)
@@ -139,9 +139,9 @@ class MessageStatusServicer:
                     yield pb2.StreamStatusUpdatesResponse(progress=pb2.Progress(sequence=position)).SerializeToString()
                     continue
                 for update in batch:
-                    if update.event.sequence > position:
+                    if update.sequence > position:
                         yield update.payload
-                        position = update.event.sequence
+                        position = update.sequence
                 self._metrics.updates_streamed.inc(len(batch))
         except ShuttingDownError:
             await context.abort(
@@ -159,7 +159,7 @@ class MessageStatusServicer:
         while True:
             events = await self._store.events_after(after_sequence, event_filter, REPLAY_PAGE)
             for event in events:
-                yield Update(event)
+                yield Update.of(event)
             if len(events) < REPLAY_PAGE:
                 return
             after_sequence = events[-1].sequence

@@ -8,9 +8,33 @@ from pathlib import Path
 
 import pytest
 
+from postgres import PostgresServer, postgres_server
 from support import ServiceProcess, Zone, dns_server, free_port
 
 StartService = Callable[..., ServiceProcess]
+ENGINES = ("sqlite", "postgres")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the whole run."""
+    with postgres_server(free_port()) as server:
+        yield server
+
+
+@pytest.fixture
+def pg_database(postgres: PostgresServer) -> str:
+    """The URI of a new, empty PostgreSQL database."""
+    return postgres.create_database()
+
+
+@pytest.fixture(params=ENGINES)
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A ``--database`` value for each engine in turn: a new SQLite file, then a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "routee-callbacks.db")
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.create_database()
 
 
 @pytest.fixture
@@ -20,7 +44,7 @@ def start_service(tmp_path: Path) -> Iterator[StartService]:
 
     def start(
         *args: str,
-        database: Path | None = None,
+        database: str | Path | None = None,
         http_host: str = "127.0.0.1",
         ready_path: str = "/healthz",
         wait: bool = True,

@@ -11,30 +11,26 @@ from typing import Any
 import falcon.testing
 import pytest
 
+from embedded import Embedded
 from http_ingress.allowlist import Allowlist
-from http_ingress.app import CALLBACKS_PATH, create_app
-from service.broker import Broker
+from http_ingress.app import CALLBACKS_PATH
 from service.events import EventFilter
-from service.metrics import Metrics
-from service.store import SqliteStore
 from support import fixture, fixture_bodies
 
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 JSON_HEADERS = {"Content-Type": "application/json"}
 
 
-class Harness:
+class Harness(Embedded):
     """The app with its real collaborators, and a subscription to see what was published."""
 
     def __init__(self, tmp_path: Path, allowlist: Allowlist) -> None:
-        self.broker = Broker()
-        self.store = SqliteStore(tmp_path / "app.db", on_commit=self.broker.publish)
-        self.metrics = Metrics()
-        self.app = create_app(self.store, allowlist, self.metrics)
+        super().__init__(str(tmp_path / "app.db"), allowlist=allowlist)
         self.subscription = self.broker.subscribe(EventFilter())
 
     async def published(self) -> list[int]:
-        return [update.event.sequence for update in await self.subscription.next_batch(0.01) or []]
+        await self.settle()
+        return [update.sequence for update in await self.subscription.next_batch(0.01) or []]
 
     async def stored(self) -> int:
         return len(await self.store.events_after(0, EventFilter(), 10_000))
@@ -43,9 +39,9 @@ class Harness:
 @pytest.fixture
 async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     harness = Harness(tmp_path, Allowlist(allow_cidrs=[LOOPBACK]))
-    harness.store.open()
+    await harness.start()
     yield harness
-    harness.store.close()
+    await harness.stop()
 
 
 async def post(harness: Harness, body: bytes, headers: dict[str, str] | None = None, **kwargs: Any) -> Any:
@@ -123,18 +119,18 @@ class TestCallbacks:
     async def test_source_not_allowed(self, tmp_path: Path) -> None:
         """A sender outside the allowlist gets 403 and nothing is stored."""
         harness = Harness(tmp_path, Allowlist(allow_cidrs=[ipaddress.ip_network("10.0.0.0/8")]))
-        harness.store.open()
+        await harness.start()
         try:
             response = await post(harness, fixture_bodies()["01-m1-queued.json"], remote_addr="192.0.2.1")
             assert response.status_code == 403
             assert response.json["reason"] == "source_not_allowed"
             assert await harness.stored() == 0
         finally:
-            harness.store.close()
+            await harness.stop()
 
     async def test_store_failure_is_503(self, harness: Harness) -> None:
         """When the store cannot write, the callback gets 503, never 200."""
-        harness.store.close()  # The writer is gone: the store cannot keep anything.
+        await harness.log.writer.stop()  # The writer is gone: the store cannot keep anything.
         response = await post(harness, fixture_bodies()["01-m1-queued.json"])
         assert response.status_code == 503
         assert response.json["reason"] == "store_unavailable"
@@ -154,7 +150,7 @@ class TestOtherRoutes:
 
     async def test_readyz_fails_with_store_down(self, harness: Harness) -> None:
         """/readyz says which check fails."""
-        harness.store.close()
+        await harness.log.writer.stop()
         async with falcon.testing.ASGIConductor(harness.app) as conductor:
             ready = await conductor.simulate_get("/readyz")
         assert ready.status_code == 503

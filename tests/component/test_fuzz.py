@@ -4,9 +4,7 @@ JSON body, and a 4xx stores nothing. The store is healthy here, so a 503 would b
 from __future__ import annotations
 
 import copy
-import ipaddress
 import json
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,10 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from http_ingress.allowlist import Allowlist
-from http_ingress.app import CALLBACKS_PATH, create_app
-from service.metrics import Metrics
-from service.store import SqliteStore
+from embedded import EmbeddedThread
+from http_ingress.app import CALLBACKS_PATH
+from service.events import EventFilter
 from support import fixture_bodies
 
 EXAMPLES = 300
@@ -107,22 +104,16 @@ class Ingress:
     """The real app and store on a temporary file, driven through Falcon's test client."""
 
     def __init__(self, tmp_path: Path) -> None:
-        self.path = tmp_path / "fuzz.db"
-        self.store = SqliteStore(self.path)
-        self.client = falcon.testing.TestClient(
-            create_app(self.store, Allowlist(allow_cidrs=[ipaddress.ip_network("127.0.0.0/8")]), Metrics())
-        )
+        self.service = EmbeddedThread(str(tmp_path / "fuzz.db"))
         self.cases = 0
 
     def stored(self) -> int:
-        with sqlite3.connect(self.path) as connection:
-            count: int = connection.execute("SELECT count(*) FROM events").fetchone()[0]
-            return count
+        return len(self.service.call(self.service.embedded.store.events_after(0, EventFilter(), 100_000)))
 
     def check(self, body: bytes, content_type: str = "application/json") -> None:
         self.cases += 1
         before = self.stored()
-        result = self.client.simulate_post(CALLBACKS_PATH, body=body, headers={"Content-Type": content_type})
+        result = self.service.call(self._post(body, content_type))
         assert result.status_code == 200 or 400 <= result.status_code < 500, (result.status_code, result.text)
         answer = json.loads(result.text)
         assert isinstance(answer, dict)
@@ -135,13 +126,16 @@ class Ingress:
             assert answer["reason"]
             assert self.stored() == before
 
+    async def _post(self, body: bytes, content_type: str) -> falcon.testing.Result:
+        async with falcon.testing.ASGIConductor(self.service.embedded.app) as conductor:
+            return await conductor.simulate_post(CALLBACKS_PATH, body=body, headers={"Content-Type": content_type})
+
 
 @pytest.fixture
 def ingress(tmp_path: Path) -> Iterator[Ingress]:
     ingress = Ingress(tmp_path)
-    ingress.store.open()
     yield ingress
-    ingress.store.close()
+    ingress.service.close()
     print(f"\nfuzz: {ingress.cases} cases")
 
 

@@ -6,23 +6,20 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health
 
+from embedded import Embedded
 from http_ingress.schemas import parse_callback
 from routee.callbacks.v1 import callback_pb2 as pb
 from routee.callbacks.v1 import message_status_service_pb2 as pb2
 from routee.callbacks.v1 import message_status_service_pb2_grpc as pb2_grpc
-from service.broker import Broker
 from service.config import HostPort
-from service.metrics import Metrics
 from service.server import create_server
 from service.servicer import MessageStatusServicer
-from service.store import SqliteStore
 from support import fixture_bodies
 
 CAMPAIGN_A = "c0ffee00-0000-4000-8000-0000000000a1"
@@ -36,36 +33,40 @@ def callback(index: int, campaign: str = "load", name: str = "Queued") -> pb.Vib
     )
 
 
-@dataclass
-class Server:
-    store: SqliteStore
-    broker: Broker
-    stub: pb2_grpc.MessageStatusServiceStub
-    server: grpc.aio.Server
-    metrics: Metrics
+class Server(Embedded):
+    """The embedded service with its gRPC server on a free port and a stub on a real channel."""
+
+    def __init__(self, database: str, *, queue_size: int, progress: float, max_streams: int) -> None:
+        super().__init__(database, queue_size=queue_size)
+        servicer = MessageStatusServicer(
+            self.store, self.broker, self.metrics, max_streams=max_streams, progress_interval=progress
+        )
+        self.server, port = create_server(
+            HostPort("127.0.0.1", 0), servicer, health.aio.HealthServicer(), max_streams=max_streams
+        )
+        self.stub = pb2_grpc.MessageStatusServiceStub(grpc.aio.insecure_channel(f"127.0.0.1:{port}"))
+
+    async def start(self) -> None:
+        await super().start()
+        await self.server.start()
+
+    async def stop(self) -> None:
+        self.broker.close()
+        await self.server.stop(None)
+        await super().stop()
 
 
 async def start(tmp_path: Path, *, queue_size: int = 1024, progress: float = 30.0, max_streams: int = 100) -> Server:
-    broker = Broker(queue_size)
-    store = SqliteStore(tmp_path / "grpc.db", on_commit=broker.publish)
-    store.open()
-    metrics = Metrics()
-    servicer = MessageStatusServicer(store, broker, metrics, max_streams=max_streams, progress_interval=progress)
-    server, port = create_server(
-        HostPort("127.0.0.1", 0), servicer, health.aio.HealthServicer(), max_streams=max_streams
-    )
+    server = Server(str(tmp_path / "grpc.db"), queue_size=queue_size, progress=progress, max_streams=max_streams)
     await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    return Server(store, broker, pb2_grpc.MessageStatusServiceStub(channel), server, metrics)
+    return server
 
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[Server]:
     running = await start(tmp_path)
     yield running
-    running.broker.close()
-    await running.server.stop(None)
-    running.store.close()
+    await running.stop()
 
 
 async def read_updates(call: grpc.aio.UnaryStreamCall, count: int, seconds: float = 10) -> list[pb2.StatusUpdate]:
@@ -88,7 +89,7 @@ class TestGetMessageStatus:
         bodies = list(fixture_bodies().values()) * 2
         random.Random(7).shuffle(bodies)
         for body in bodies:
-            await server.store.append(parse_callback(body))
+            await server.append(parse_callback(body))
         expected = {
             "1": (pb.MESSAGE_STATUS_SEEN, "Seen", ["Queued", "Delivered", "Seen"]),
             "2": (pb.MESSAGE_STATUS_FAILED, "Failed", ["QUEUED", "Failed"]),
@@ -131,7 +132,7 @@ class TestStream:
         call = server.stub.StreamStatusUpdates(pb2.StreamStatusUpdatesRequest(campaign_tracking_id=CAMPAIGN_B))
         await call.initial_metadata()
         for body in list(fixture_bodies().values()) * 2:
-            await server.store.append(parse_callback(body))
+            await server.append(parse_callback(body))
         updates = await read_updates(call, 2)
         assert [u.tracking_id[-1] for u in updates] == ["4", "5"]
         assert updates[0].sequence < updates[1].sequence
@@ -142,10 +143,10 @@ class TestStream:
     async def test_resume_replays_then_goes_live(self, server: Server) -> None:
         """after_sequence replays what follows it, then continues live, with no gap and no duplicate."""
         for index in range(1, 101):
-            await server.store.append(callback(index))
+            await server.append(callback(index))
         call = server.stub.StreamStatusUpdates(pb2.StreamStatusUpdatesRequest(after_sequence=40))
         await call.initial_metadata()
-        writer = asyncio.gather(*(server.store.append(callback(index)) for index in range(101, 1101)))
+        writer = asyncio.gather(*(server.append(callback(index)) for index in range(101, 1101)))
         updates = await read_updates(call, 1060)
         await writer
         assert [u.sequence for u in updates] == list(range(41, 1101))
@@ -154,7 +155,7 @@ class TestStream:
     async def test_resume_from_zero_is_everything(self, server: Server) -> None:
         """after_sequence=0 is "from the beginning"."""
         for index in range(1, 4):
-            await server.store.append(callback(index))
+            await server.append(callback(index))
         call = server.stub.StreamStatusUpdates(pb2.StreamStatusUpdatesRequest(after_sequence=0))
         assert [u.sequence for u in await read_updates(call, 3)] == [1, 2, 3]
         call.cancel()
@@ -162,7 +163,7 @@ class TestStream:
     async def test_snapshot_then_marker_then_live(self, server: Server) -> None:
         """include_snapshot sends every current status of the filter, the marker, then live updates."""
         for body in fixture_bodies().values():
-            await server.store.append(parse_callback(body))
+            await server.append(parse_callback(body))
         call = server.stub.StreamStatusUpdates(
             pb2.StreamStatusUpdatesRequest(campaign_tracking_id=CAMPAIGN_A, include_snapshot=True)
         )
@@ -175,7 +176,7 @@ class TestStream:
         }
         assert items[3].HasField("snapshot_end")
         assert items[3].snapshot_end.sequence == 9
-        await server.store.append(callback(1, CAMPAIGN_A))
+        await server.append(callback(1, CAMPAIGN_A))
         [live] = await read_updates(call, 1)
         assert live.sequence == 10
         call.cancel()
@@ -199,14 +200,14 @@ class TestStream:
     async def test_resume_before_retention_is_out_of_range(self, server: Server) -> None:
         """A resume point older than what is kept is OUT_OF_RANGE, naming the oldest resume point."""
         for index in range(1, 4):
-            await server.store.append(callback(index))
-        assert await server.store.prune(time.time() + 1) == 3
+            await server.append(callback(index))
+        assert await server.log.prune(time.time() + 1) == 3
         call = server.stub.StreamStatusUpdates(pb2.StreamStatusUpdatesRequest(after_sequence=1))
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await call.read()
         assert caught.value.code() == grpc.StatusCode.OUT_OF_RANGE
         assert "after_sequence=3" in (caught.value.details() or "")
-        await server.store.append(callback(4))
+        await server.append(callback(4))
         resumed = server.stub.StreamStatusUpdates(pb2.StreamStatusUpdatesRequest(after_sequence=3))
         assert [u.sequence for u in await read_updates(resumed, 1)] == [4]
         resumed.cancel()
@@ -215,8 +216,8 @@ class TestStream:
         """statuses limits the stream to those statuses."""
         call = server.stub.StreamStatusUpdates(pb2.StreamStatusUpdatesRequest(statuses=[pb.MESSAGE_STATUS_FAILED]))
         await call.initial_metadata()
-        await server.store.append(callback(1, name="Queued"))
-        await server.store.append(callback(1, name="Failed"))
+        await server.append(callback(1, name="Queued"))
+        await server.append(callback(1, name="Failed"))
         [update] = await read_updates(call, 1)
         assert update.status == pb.MESSAGE_STATUS_FAILED
         call.cancel()
@@ -225,7 +226,7 @@ class TestStream:
         """Closing the broker ends open streams with UNAVAILABLE and the resume point."""
         call = server.stub.StreamStatusUpdates(pb2.StreamStatusUpdatesRequest())
         await call.initial_metadata()
-        await server.store.append(callback(1))
+        await server.append(callback(1))
         await read_updates(call, 1)
         server.broker.close()
         with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -245,35 +246,33 @@ class TestSlowAndMany:
             fast = running.stub.StreamStatusUpdates(pb2.StreamStatusUpdatesRequest())
             await slow.initial_metadata()
             await fast.initial_metadata()
-            writer = asyncio.gather(*(running.store.append(callback(index)) for index in range(1, 3001)))
+            writer = asyncio.gather(*(running.append(callback(index)) for index in range(1, 3001)))
             fast_updates = await read_updates(fast, 3000)
             await writer
             await asyncio.sleep(0.5)  # The slow one has read nothing so far.
             slow_updates = await read_updates(slow, 3000)
             assert [u.sequence for u in fast_updates] == list(range(1, 3001))
             assert [u.sequence for u in slow_updates] == list(range(1, 3001))
-            assert running.metrics.catch_ups._value.get() >= 1  # It really fell behind.
+            assert (
+                running.metrics.registry.get_sample_value("routee_callbacks_stream_catch_ups_total") >= 1
+            )  # It really fell behind.
             slow.cancel()
             fast.cancel()
         finally:
-            running.broker.close()
-            await running.server.stop(None)
-            running.store.close()
+            await running.stop()
 
     async def test_progress_when_idle(self, tmp_path: Path) -> None:
         """An idle stream gets progress items with the sequence it has covered."""
         running = await start(tmp_path, progress=0.1)
         try:
-            await running.store.append(callback(1, campaign="other"))
+            await running.append(callback(1, campaign="other"))
             call = running.stub.StreamStatusUpdates(pb2.StreamStatusUpdatesRequest(campaign_tracking_id="mine"))
             item = await asyncio.wait_for(call.read(), 5)
             assert item.HasField("progress")
             assert item.progress.sequence == 1
             call.cancel()
         finally:
-            running.broker.close()
-            await running.server.stop(None)
-            running.store.close()
+            await running.stop()
 
     async def test_stream_limit(self, tmp_path: Path) -> None:
         """Past the stream limit a new stream gets RESOURCE_EXHAUSTED; closed streams free their place."""
@@ -294,9 +293,7 @@ class TestSlowAndMany:
             again.cancel()
             calls[1].cancel()
         finally:
-            running.broker.close()
-            await running.server.stop(None)
-            running.store.close()
+            await running.stop()
 
     async def test_many_subscribers_each_get_everything(self, tmp_path: Path) -> None:
         """1 000 concurrent subscribers each receive every update."""
@@ -306,12 +303,10 @@ class TestSlowAndMany:
             await asyncio.gather(*(call.initial_metadata() for call in calls))
             assert running.broker.subscriber_count == 1000
             for index in range(1, 21):
-                await running.store.append(callback(index))
+                await running.append(callback(index))
             results = await asyncio.gather(*(read_updates(call, 20, seconds=60) for call in calls))
             assert all([u.sequence for u in updates] == list(range(1, 21)) for updates in results)
             for call in calls:
                 call.cancel()
         finally:
-            running.broker.close()
-            await running.server.stop(None)
-            running.store.close()
+            await running.stop()

@@ -6,15 +6,15 @@ import pytest
 
 from routee.callbacks.v1 import callback_pb2 as pb
 from routee.callbacks.v1 import message_status_service_pb2 as pb2
-from service.broker import Broker
+from service.broker import Broker, Update
 from service.errors import ShuttingDownError
 from service.events import EventFilter, StoredEvent
 
 
-def event(sequence: int, campaign: str = "c1", status: int = pb.MESSAGE_STATUS_QUEUED) -> StoredEvent:
-    """A stored event with a tiny callback."""
+def event(sequence: int, campaign: str = "c1", status: int = pb.MESSAGE_STATUS_QUEUED) -> Update:
+    """The update of a stored event with a tiny callback."""
     payload = pb.ViberCallback(tracking_id=f"m{sequence}", campaign_tracking_id=campaign).SerializeToString()
-    return StoredEvent(sequence, f"m{sequence}", campaign, status, "Queued", 1, 2, True, payload)
+    return Update.of(StoredEvent(sequence, f"m{sequence}", campaign, status, "Queued", 1, 2, True, payload))
 
 
 class TestBroker:
@@ -27,9 +27,9 @@ class TestBroker:
         campaign = broker.subscribe(EventFilter("c1"))
         failed = broker.subscribe(EventFilter(statuses=frozenset({pb.MESSAGE_STATUS_FAILED})))
         broker.publish([event(1, "c1"), event(2, "c2"), event(3, "", pb.MESSAGE_STATUS_FAILED)])
-        assert [u.event.sequence for u in await every.next_batch(0.1) or []] == [1, 2, 3]
-        assert [u.event.sequence for u in await campaign.next_batch(0.1) or []] == [1]
-        assert [u.event.sequence for u in await failed.next_batch(0.1) or []] == [3]
+        assert [u.sequence for u in await every.next_batch(0.1) or []] == [1, 2, 3]
+        assert [u.sequence for u in await campaign.next_batch(0.1) or []] == [1]
+        assert [u.sequence for u in await failed.next_batch(0.1) or []] == [3]
         assert broker.last_sequence == 3
 
     async def test_idle_wait_returns_empty(self) -> None:
@@ -58,7 +58,7 @@ class TestBroker:
             assert len(await fast.next_batch(0.1) or []) == 1
         broker.publish([event(4)])
         assert await slow.next_batch(0.1) is None
-        assert [u.event.sequence for u in await fast.next_batch(0.1) or []] == [4]
+        assert [u.sequence for u in await fast.next_batch(0.1) or []] == [4]
 
     async def test_unsubscribed_receive_nothing(self) -> None:
         """Removing a subscription stops delivery and empties the index."""
@@ -85,3 +85,17 @@ class TestBroker:
             await subscription.next_batch(5)
         with pytest.raises(ShuttingDownError):
             broker.subscribe(EventFilter())
+
+
+class TestUpdate:
+    """What the broker fans out."""
+
+    def test_an_update_built_from_bytes_carries_them_unchanged(self) -> None:
+        """A feed entry arrives serialized already: its payload is used as it is."""
+        update = Update(9, "c1", pb.MESSAGE_STATUS_SEEN, payload=b"ready-made")
+        assert (update.sequence, update.campaign_tracking_id, update.status, update.payload) == (
+            9,
+            "c1",
+            pb.MESSAGE_STATUS_SEEN,
+            b"ready-made",
+        )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-from pathlib import Path
 
 import pytest
 
@@ -20,7 +19,8 @@ class TestLoadSettings:
         assert settings == Settings()
         assert settings.http_bind == HostPort("0.0.0.0", 8080)
         assert settings.grpc_bind == HostPort("0.0.0.0", 50051)
-        assert settings.database == Path("routee-callbacks.db")
+        assert settings.database == "routee-callbacks.db"
+        assert settings.workers == 1
         assert settings.allowlist_host == "callbacksallow.routee.net"
 
     def test_environment_and_flag_precedence(self) -> None:
@@ -61,10 +61,29 @@ class TestLoadSettings:
         with pytest.raises(ConfigError, match=r"^--http-bind"):
             load_settings({}, {"ROUTEE_CALLBACKS_HTTP_BIND": "x"})
 
-    def test_more_than_one_worker_is_refused(self) -> None:
-        """WEB_CONCURRENCY other than 1 would split the broker; it is refused."""
-        with pytest.raises(ConfigError, match="WEB_CONCURRENCY"):
-            load_settings({}, {"WEB_CONCURRENCY": "4"})
+    def test_several_workers_need_a_fixed_grpc_port(self) -> None:
+        """Workers share the gRPC port, so port 0 (a different free port each) is refused with them."""
+        with pytest.raises(ConfigError, match=r"^--grpc-bind: a fixed port"):
+            load_settings({"workers": "2", "grpc_bind": "127.0.0.1:0"}, {})
+        assert load_settings({"workers": "2"}, {}).workers == 2
+
+    @pytest.mark.parametrize(
+        "value", ["routee.db", "/var/lib/routee/x.db", "postgresql://routee@db:5432/routee", "postgres:///routee"]
+    )
+    def test_database_is_a_path_or_a_postgresql_uri(self, value: str) -> None:
+        """Both engines' values are accepted as given."""
+        assert load_settings({"database": value}, {}).database == value
+
+    @pytest.mark.parametrize(
+        "value", ["postgresql://routee:s3cret@db:notaport/routee", "postgresql://routee:s3cret@db/routee?nope=1"]
+    )
+    def test_a_bad_uri_is_refused_without_its_password(self, value: str) -> None:
+        """A URI libpq cannot use is a configuration error, and the message hides the password."""
+        with pytest.raises(ConfigError) as caught:
+            load_settings({"database": value}, {})
+        assert str(caught.value).startswith("--database: expected a libpq URI")
+        assert "s3cret" not in str(caught.value)
+        assert "routee:***@db" in str(caught.value)
 
 
 class TestHostPort:

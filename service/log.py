@@ -1,0 +1,99 @@
+"""The log as one process runs it: the batch writer, the follower that publishes in order, and retention.
+
+``LocalLog`` is what writes: the writer process of a running service, or a
+single process (tests, the command line). Commits of this process reach the
+tailer directly; commits of others (another instance, a command-line backfill)
+are noticed by watching the store and read from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from service.batch_writer import BatchWriter
+from service.broker import Update
+from service.errors import RouteeCallbacksError
+from service.store import PruneChunk, Store
+from service.tail import Tailer
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def _ignore_observation(seconds: float, size: int) -> None:
+    pass
+
+
+class LocalLog:
+    """Writes to a store with group commit and publishes every committed entry, in order, to ``publish``."""
+
+    def __init__(
+        self,
+        store: Store,
+        publish: Callable[[Sequence[Update]], None],
+        *,
+        observe_commit: Callable[[float, int], None] = _ignore_observation,
+        clock: Callable[[], float] = time.time,
+        watch_interval: float = 1.0,
+    ) -> None:
+        self.store = store
+        self._clock = clock
+        self._watch_interval = watch_interval
+        self.tailer = Tailer(self._read_after, publish, position=0)
+        self.writer = BatchWriter(
+            store,
+            on_commit=lambda events: self.tailer.committed([Update.of(event) for event in events]),
+            observe_commit=observe_commit,
+            clock=clock,
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self, *, retention_seconds: float | None = None) -> None:
+        """Start writing and following from the store's head; prune what is older than the retention, if given."""
+        self.tailer.position = self.store.head()
+        self.tailer.start()
+        self.writer.start()
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._watch(), name="log-watch"))
+        if retention_seconds is not None:
+            self._tasks.append(loop.create_task(self._prune_forever(retention_seconds), name="retention"))
+
+    async def stop(self) -> None:
+        """Finish what was submitted, then stop."""
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await self.writer.stop()
+        await self.tailer.stop()
+
+    async def _read_after(self, position: int, limit: int) -> list[Update]:
+        return [Update.of(event) for event in self.store.entries_after(position, limit)]
+
+    async def _watch(self) -> None:
+        while True:
+            await self.store.wait_for_commits(self._watch_interval)
+            self.tailer.changed()
+
+    async def prune(self, received_before: float, *, chunk: int = 5000) -> int:
+        """Delete events received before ``received_before`` (seconds since the epoch), a chunk per transaction."""
+        cutoff_us = int(received_before * 1_000_000)
+        total = 0
+        while deleted := await self.writer.submit(PruneChunk(cutoff_us, chunk)):
+            total += deleted
+        return total
+
+    async def _prune_forever(self, retention: float) -> None:
+        while True:
+            try:
+                deleted = await self.prune(self._clock() - retention)
+            except RouteeCallbacksError as ex:
+                _LOGGER.warning("pruning old events failed: %s", ex)
+            else:
+                if deleted:
+                    _LOGGER.info("pruned old events", extra={"deleted": deleted})
+            await asyncio.sleep(min(retention / 24, 600.0))

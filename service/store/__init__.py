@@ -1,0 +1,130 @@
+"""The store is the log: the contract every engine (``sqlite``, ``postgres``) keeps.
+
+Every distinct status event gets a sequence. **Sequences become visible in
+commit order**: when a reader can see sequence ``n``, every sequence below
+``n`` that will ever exist is already visible (or was pruned). Each engine
+serialises the assignment of sequences inside its write transaction to keep
+this, so a process that follows the log from its last seen sequence never
+skips an event, and a stream resumed on any process or instance misses
+nothing and repeats nothing.
+
+A store has two faces:
+
+- ``LogWriter`` — synchronous, used by exactly one writer per process (the
+  ``BatchWriter``): ``write`` runs a batch of jobs in one transaction and
+  returns each job's result and the entries it committed, in sequence order.
+- ``LogReader`` — asynchronous reads for everyone else (the gRPC servicer,
+  probes, the tailer filling a gap).
+
+Nothing outside the composition root (``service.wiring``) names an engine's
+class; ``open_store`` picks one from the ``--database`` value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from routee.callbacks.v1 import callback_pb2 as pb
+from service.events import EventFilter, StoredEvent
+
+
+@dataclass(frozen=True, slots=True)
+class AppendStatus:
+    """Store one validated status callback; the result is its StoredEvent, or None for a duplicate."""
+
+    callback: pb.ViberCallback
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """Write a heartbeat row; proves the store takes writes. The result is None."""
+
+
+@dataclass(frozen=True, slots=True)
+class PruneChunk:
+    """Delete up to ``limit`` of the oldest events received before ``cutoff_us``; the result is how many."""
+
+    cutoff_us: int
+    limit: int = 5000
+
+
+Job = AppendStatus | Probe | PruneChunk
+
+
+@dataclass(slots=True)
+class WriteResult:
+    """What one committed transaction did: a result per job, in job order, and the new entries in sequence order."""
+
+    results: list[Any] = field(default_factory=list)
+    entries: list[StoredEvent] = field(default_factory=list)
+
+
+class LogWriter(Protocol):
+    """The writing face of a store; one caller at a time."""
+
+    def write(self, jobs: Sequence[Job], now_us: int) -> WriteResult:
+        """Run the jobs in one transaction and commit it durably; raise on any failure (nothing is kept then).
+
+        Raises StoreUnavailableError when the database cannot be reached or written now (any job would fail the
+        same way); any other exception may be the fault of one job.
+        """
+
+    def head(self) -> int:
+        """Return the greatest sequence committed by anyone (0 when none)."""
+
+    def entries_after(self, after_sequence: int, limit: int) -> list[StoredEvent]:
+        """Return up to ``limit`` committed entries with a greater sequence, in order."""
+
+    async def wait_for_commits(self, within: float) -> None:
+        """Return when another process may have committed, or after ``within`` seconds."""
+
+    def close_writer(self) -> None:
+        """Close the writing connection; the next write opens a new one."""
+
+
+class LogReader(Protocol):
+    """The reading face of a store."""
+
+    async def history(self, tracking_id: str) -> list[StoredEvent]:
+        """Return every event of a message, in precedence order (its current status last)."""
+
+    async def events_after(self, after_sequence: int, event_filter: EventFilter, limit: int) -> list[StoredEvent]:
+        """Return up to ``limit`` events of the filter with a greater sequence, in order."""
+
+    async def snapshot(self, event_filter: EventFilter) -> tuple[list[StoredEvent], int]:
+        """Return the current-status event of every message of the filter and the sequence it is consistent with."""
+
+    async def last_sequence(self) -> int:
+        """Return the greatest sequence committed (0 when none)."""
+
+    async def pruned_through(self) -> int:
+        """Return the greatest sequence ever pruned (0 when none): resuming after less would miss events."""
+
+
+class Store(LogWriter, LogReader, Protocol):
+    """Both faces, with a life cycle."""
+
+    def open(self) -> None:
+        """Create or upgrade the schema (idempotent, safe when several processes start at once)."""
+
+    async def close(self) -> None:
+        """Close every connection."""
+
+
+def is_postgres(database: str) -> bool:
+    """Tell whether a ``--database`` value names a PostgreSQL server rather than a SQLite file."""
+    return database.startswith(("postgresql://", "postgres://"))
+
+
+def open_store(database: str, *, synchronous: str = "FULL") -> Store:
+    """The engine a ``--database`` value names (it is not opened yet): a PostgreSQL URI or a SQLite file path."""
+    if is_postgres(database):
+        from service.store.postgres import PostgresStore
+
+        return PostgresStore(database)
+    from service.store.sqlite import SqliteStore
+
+    return SqliteStore(Path(database), synchronous=synchronous)

@@ -1,0 +1,117 @@
+"""Plans a batch of status callbacks without a database: which are duplicates, which sequence each new event
+gets, and which becomes its message's current status. Engines read what the plan needs, then write what it says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from routee.callbacks.v1 import callback_pb2 as pb
+from service.convert import normalise_status_name
+from service.events import StoredEvent
+from service.order import lifecycle_rank, precedence
+
+#: A distinct event: tracking id, case-folded status name, ``updatedDate`` in microseconds.
+EventKey = tuple[str, str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Current:
+    """A message's current status as stored: what a new event must beat to replace it."""
+
+    campaign_tracking_id: str
+    status: int
+    update_us: int
+    rank: int
+    sequence: int
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event to insert: the stored event and the two columns only the store needs."""
+
+    event: StoredEvent
+    status_key: str
+    rank: int
+
+
+@dataclass(slots=True)
+class StatusPlan:
+    """What to write for a batch of callbacks."""
+
+    #: Per callback, in batch order: its new event, or None for a duplicate.
+    results: list[StoredEvent | None] = field(default_factory=list)
+    #: New events, in sequence order.
+    events: list[NewEvent] = field(default_factory=list)
+    #: The messages whose current status changes, with their new current status.
+    messages: dict[str, Current] = field(default_factory=dict)
+    #: The messages' current statuses before the batch (for those that change).
+    replaced: dict[str, Current] = field(default_factory=dict)
+    #: The greatest sequence after the batch.
+    last_sequence: int = 0
+
+
+def event_key(callback: pb.ViberCallback) -> EventKey:
+    """The key under which a callback is one distinct event (DESIGN.md, "Decided rules")."""
+    return (
+        callback.tracking_id,
+        normalise_status_name(callback.status.name),
+        callback.status.update_time.ToMicroseconds(),
+    )
+
+
+def tracking_ids(callbacks: Iterable[pb.ViberCallback]) -> list[str]:
+    """The distinct tracking ids of a batch, sorted (engines look their current status up)."""
+    return sorted({callback.tracking_id for callback in callbacks})
+
+
+def plan_status(
+    callbacks: Sequence[pb.ViberCallback],
+    *,
+    existing: set[EventKey],
+    current: Mapping[str, Current],
+    last_sequence: int,
+    receive_us: int,
+) -> StatusPlan:
+    """Plan a batch: sequences follow ``last_sequence`` in batch order; duplicates (already stored, or earlier in
+    the batch) get none. A new event becomes current when its precedence beats the message's current event; being
+    stored later, it wins every tie."""
+    plan = StatusPlan(last_sequence=last_sequence)
+    seen = set(existing)
+    state = dict(current)
+    for callback in callbacks:
+        key = event_key(callback)
+        if key in seen:
+            plan.results.append(None)
+            continue
+        seen.add(key)
+        tracking_id, status_key, update_us = key
+        status = callback.status.status
+        rank = lifecycle_rank(status)
+        plan.last_sequence += 1
+        sequence = plan.last_sequence
+        before = state.get(tracking_id)
+        is_current = before is None or precedence(update_us, rank, sequence) > precedence(
+            before.update_us, before.rank, before.sequence
+        )
+        event = StoredEvent(
+            sequence,
+            tracking_id,
+            callback.campaign_tracking_id,
+            status,
+            callback.status.name,
+            update_us,
+            receive_us,
+            is_current,
+            callback.SerializeToString(),
+        )
+        plan.events.append(NewEvent(event, status_key, rank))
+        plan.results.append(event)
+        if is_current:
+            if before is not None and tracking_id not in plan.replaced:
+                plan.replaced[tracking_id] = before
+            state[tracking_id] = plan.messages[tracking_id] = Current(
+                callback.campaign_tracking_id, status, update_us, rank, sequence
+            )
+    return plan

@@ -1,0 +1,439 @@
+"""The PostgreSQL engine: one database shared by every instance.
+
+Commit order: a transaction that appends to the log first locks the one
+``last_sequence`` row (``SELECT ... FOR UPDATE``), takes its sequences after
+it, and holds the lock until it commits. PostgreSQL makes a transaction
+visible before it releases its locks, so when the next writer gets the row,
+every smaller sequence is already visible: readers never see a hole that fills
+later. (A plain SEQUENCE hands out numbers in call order, not commit order; a
+follower would skip events.) The lock is short — one batch of one instance —
+and each instance commits whole batches under it.
+
+``NOTIFY`` after each append only wakes the other instances' followers; the
+tables are the truth, and followers also look every second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from service.errors import StartupError, StoreUnavailableError
+from service.events import EventFilter, StoredEvent
+from service.order import order_by
+from service.store import AppendStatus, Job, Probe, PruneChunk, WriteResult
+from service.store.plan import Current, StatusPlan, event_key, plan_status, tracking_ids
+
+_LOGGER = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+#: The channel followers LISTEN on; the payload is the new head, informative only.
+CHANNEL = "routee_callbacks_log"
+# Advisory lock keys (any constants unlikely to collide with another application's).
+_MIGRATION_LOCK = 0x52435F4D  # "RC_M"
+_PRUNE_LOCK = 0x52435F50  # "RC_P"
+
+# Every connection: bounded waits, so a dead server or a stuck peer turns into 503s, not hangs.
+_CONNECTION: dict[str, Any] = {
+    "connect_timeout": 2,
+    "application_name": "routee-callbacks",
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 2,
+    "tcp_user_timeout": 5000,
+}
+_WRITER_OPTIONS = "-c lock_timeout=1500 -c statement_timeout=5000 -c idle_in_transaction_session_timeout=10000"
+
+_MIGRATIONS = (
+    """
+    CREATE TABLE IF NOT EXISTS events (
+        sequence BIGINT PRIMARY KEY,
+        tracking_id TEXT NOT NULL,
+        campaign_tracking_id TEXT NOT NULL,
+        status_key TEXT NOT NULL,
+        status SMALLINT NOT NULL,
+        status_name TEXT NOT NULL,
+        rank SMALLINT NOT NULL,
+        update_us BIGINT NOT NULL,
+        receive_us BIGINT NOT NULL,
+        was_current BOOLEAN NOT NULL,
+        callback BYTEA NOT NULL,
+        UNIQUE (tracking_id, status_key, update_us)
+    );
+    CREATE INDEX IF NOT EXISTS events_by_campaign ON events (campaign_tracking_id, sequence);
+    CREATE TABLE IF NOT EXISTS messages (
+        tracking_id TEXT PRIMARY KEY,
+        campaign_tracking_id TEXT NOT NULL,
+        current_sequence BIGINT NOT NULL,
+        update_us BIGINT NOT NULL,
+        rank SMALLINT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS messages_by_campaign ON messages (campaign_tracking_id);
+    CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL);
+    INSERT INTO meta (key, value) VALUES ('last_sequence', 0) ON CONFLICT (key) DO NOTHING;
+    """,
+)
+
+_EVENT_COLUMNS = (
+    "sequence, tracking_id, campaign_tracking_id, status, status_name, update_us, receive_us, was_current, callback"
+)
+
+
+class PostgresStore:
+    """A PostgreSQL database as the log; see ``service.store`` for the contract."""
+
+    def __init__(self, conninfo: str, *, pool_size: int = 4, read_timeout: float = 2.0) -> None:
+        self._conninfo = conninfo
+        self._pool_size = pool_size
+        self._read_timeout = read_timeout
+        self._writer: psycopg.Connection[Any] | None = None
+        self._listener: psycopg.AsyncConnection[Any] | None = None
+        self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
+
+    def __str__(self) -> str:
+        return "PostgreSQL"
+
+    # -- life cycle -------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Create or upgrade the schema, one instance at a time; raise StartupError when the server is unusable."""
+        try:
+            with psycopg.connect(self._conninfo, autocommit=True, **_CONNECTION) as connection:
+                connection.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
+                try:
+                    _migrate(connection)
+                finally:
+                    connection.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
+        except psycopg.Error as ex:
+            raise StartupError(f"cannot open the PostgreSQL database: {_describe(ex)}") from None
+
+    async def close(self) -> None:
+        """Close every connection."""
+        self.close_writer()
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    def close_writer(self) -> None:
+        """Close the writing connection; the next write opens a new one."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def _writer_connection(self) -> psycopg.Connection[Any]:
+        if self._writer is None or self._writer.closed:
+            self._writer = psycopg.connect(self._conninfo, autocommit=True, options=_WRITER_OPTIONS, **_CONNECTION)
+        return self._writer
+
+    # -- the writing face ---------------------------------------------------------------
+
+    def write(self, jobs: Sequence[Job], now_us: int) -> WriteResult:
+        """Run the jobs in one transaction and commit; roll back and re-raise on any failure."""
+        try:
+            connection = self._writer_connection()
+            with connection.transaction():
+                return self._run(connection, jobs, now_us)
+        except psycopg.OperationalError as ex:  # Unreachable, restarting, lock timeout: nothing can be written now.
+            self.close_writer()
+            raise StoreUnavailableError(f"the store cannot write: {_describe(ex)}") from None
+        except BaseException:
+            self.close_writer()
+            raise
+
+    def _run(self, connection: psycopg.Connection[Any], jobs: Sequence[Job], now_us: int) -> WriteResult:
+        callbacks = [job.callback for job in jobs if isinstance(job, AppendStatus)]
+        result = WriteResult()
+        plan = StatusPlan()
+        if callbacks:
+            # The log's lock: held until commit, so sequences become visible in commit order.
+            row = connection.execute("SELECT value FROM meta WHERE key = 'last_sequence' FOR UPDATE").fetchone()
+            plan = _plan(connection, callbacks, int(row[0]) if row else 0, now_us)
+            if plan.events:
+                _apply(connection, plan)
+                result.entries = [new.event for new in plan.events]
+        planned = iter(plan.results)
+        for job in jobs:
+            if isinstance(job, AppendStatus):
+                result.results.append(next(planned))
+            elif isinstance(job, Probe):
+                _set_meta(connection, "probed_at_us", now_us)
+                result.results.append(None)
+            elif isinstance(job, PruneChunk):
+                result.results.append(_prune_chunk(connection, job.cutoff_us, job.limit))
+            else:
+                raise TypeError(f"no such job: {job!r}")
+        return result
+
+    def head(self) -> int:
+        """Return the greatest sequence committed by any instance."""
+        try:
+            return _meta(self._writer_connection(), "last_sequence")
+        except psycopg.OperationalError as ex:
+            self.close_writer()
+            raise StoreUnavailableError(f"the store cannot read: {_describe(ex)}") from None
+
+    def entries_after(self, after_sequence: int, limit: int) -> list[StoredEvent]:
+        """Return up to ``limit`` committed entries after ``after_sequence``, on the writing connection."""
+        try:
+            return _events(
+                self._writer_connection().execute(
+                    f"SELECT {_EVENT_COLUMNS} FROM events WHERE sequence > %s ORDER BY sequence LIMIT %s",
+                    (after_sequence, limit),
+                )
+            )
+        except psycopg.OperationalError as ex:
+            self.close_writer()
+            raise StoreUnavailableError(f"the store cannot read: {_describe(ex)}") from None
+
+    async def wait_for_commits(self, within: float) -> None:
+        """Wait for another process's NOTIFY, or ``within`` seconds; while the server is away, just wait."""
+        try:
+            listener = await self._listening()
+            own = self._writer.info.backend_pid if self._writer is not None and not self._writer.closed else None
+            async for notification in listener.notifies(timeout=within):
+                if notification.pid != own:
+                    return
+        except psycopg.Error:
+            if self._listener is not None:
+                with contextlib.suppress(psycopg.Error):
+                    await self._listener.close()
+                self._listener = None
+            await asyncio.sleep(within)
+
+    async def _listening(self) -> psycopg.AsyncConnection[Any]:
+        if self._listener is None or self._listener.closed:
+            self._listener = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True, **_CONNECTION)
+            await self._listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+        return self._listener
+
+    # -- the reading face ---------------------------------------------------------------
+
+    async def _read(self, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[_T]]) -> _T:
+        """Run ``work`` in one REPEATABLE READ transaction (one snapshot for everything it reads)."""
+        if self._pool is None:
+            self._pool = AsyncConnectionPool(
+                self._conninfo,
+                min_size=1,
+                max_size=self._pool_size,
+                kwargs={"autocommit": True, **_CONNECTION},
+                timeout=self._read_timeout,
+                open=False,
+                name="routee-callbacks-reads",
+            )
+            await self._pool.open(wait=False)
+        try:
+            async with self._pool.connection() as connection, connection.transaction():
+                await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                return await work(connection)
+        except PoolTimeout:
+            raise StoreUnavailableError("the store cannot read: no connection to PostgreSQL") from None
+        except psycopg.OperationalError as ex:
+            raise StoreUnavailableError(f"the store cannot read: {_describe(ex)}") from None
+
+    async def history(self, tracking_id: str) -> list[StoredEvent]:
+        """Return every event of a message, in precedence order (its current status last)."""
+
+        async def read(connection: psycopg.AsyncConnection[Any]) -> list[StoredEvent]:
+            cursor = await connection.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE tracking_id = %s ORDER BY {order_by()}", (tracking_id,)
+            )
+            return _events(await cursor.fetchall())
+
+        return await self._read(read)
+
+    async def events_after(self, after_sequence: int, event_filter: EventFilter, limit: int) -> list[StoredEvent]:
+        """Return up to ``limit`` events of the filter with a sequence greater than ``after_sequence``, in order."""
+        where, params = _where(event_filter, "")
+
+        async def read(connection: psycopg.AsyncConnection[Any]) -> list[StoredEvent]:
+            cursor = await connection.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE sequence > %s{where} ORDER BY sequence LIMIT %s",
+                (after_sequence, *params, limit),
+            )
+            return _events(await cursor.fetchall())
+
+        return await self._read(read)
+
+    async def snapshot(self, event_filter: EventFilter) -> tuple[list[StoredEvent], int]:
+        """Return the current-status event of every message of the filter, and the last sequence it includes."""
+        where, params = _where(event_filter, "e.")
+        columns = ", ".join(f"e.{column.strip()}" for column in _EVENT_COLUMNS.split(","))
+
+        async def read(connection: psycopg.AsyncConnection[Any]) -> tuple[list[StoredEvent], int]:
+            cursor = await connection.execute(
+                f"SELECT {columns} FROM messages m JOIN events e ON e.sequence = m.current_sequence"
+                f" WHERE TRUE{where} ORDER BY e.sequence",
+                params,
+            )
+            events = _events(await cursor.fetchall())
+            return events, await _ameta(connection, "last_sequence")
+
+        return await self._read(read)
+
+    async def last_sequence(self) -> int:
+        """Return the greatest sequence committed (0 when none)."""
+        return await self._read(lambda connection: _ameta(connection, "last_sequence"))
+
+    async def pruned_through(self) -> int:
+        """Return the greatest sequence ever pruned (0 when none)."""
+        return await self._read(lambda connection: _ameta(connection, "pruned_through"))
+
+
+def _describe(error: psycopg.Error) -> str:
+    """The first line of a driver error: it names the server, never the password."""
+    return str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
+
+
+def _migrate(connection: psycopg.Connection[Any]) -> None:
+    connection.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = connection.execute("SELECT max(version) FROM schema_version").fetchone()
+    version = int(row[0]) if row and row[0] is not None else 0
+    for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+        with connection.transaction():
+            connection.execute(script)
+            connection.execute("INSERT INTO schema_version (version) VALUES (%s)", (number,))
+
+
+def _plan(connection: psycopg.Connection[Any], callbacks: Sequence[Any], last: int, receive_us: int) -> StatusPlan:
+    keys = [event_key(callback) for callback in callbacks]
+    existing = {
+        (row[0], row[1], row[2])
+        for row in connection.execute(
+            "SELECT e.tracking_id, e.status_key, e.update_us FROM events e"
+            " JOIN unnest(%s::text[], %s::text[], %s::bigint[]) AS batch (tracking_id, status_key, update_us)"
+            " USING (tracking_id, status_key, update_us)",
+            ([key[0] for key in keys], [key[1] for key in keys], [key[2] for key in keys]),
+        )
+    }
+    current = {
+        row[0]: Current(row[1], row[2], row[3], row[4], row[5])
+        for row in connection.execute(
+            "SELECT m.tracking_id, m.campaign_tracking_id, e.status, m.update_us, m.rank, m.current_sequence"
+            " FROM messages m JOIN events e ON e.sequence = m.current_sequence WHERE m.tracking_id = ANY(%s)",
+            (tracking_ids(callbacks),),
+        )
+    }
+    return plan_status(callbacks, existing=existing, current=current, last_sequence=last, receive_us=receive_us)
+
+
+def _apply(connection: psycopg.Connection[Any], plan: StatusPlan) -> None:
+    events = [new.event for new in plan.events]
+    connection.execute(
+        "INSERT INTO events (sequence, tracking_id, campaign_tracking_id, status_key, status, status_name, rank,"
+        " update_us, receive_us, was_current, callback)"
+        " SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::smallint[], %s::text[],"
+        " %s::smallint[], %s::bigint[], %s::bigint[], %s::boolean[], %s::bytea[])",
+        (
+            [event.sequence for event in events],
+            [event.tracking_id for event in events],
+            [event.campaign_tracking_id for event in events],
+            [new.status_key for new in plan.events],
+            [event.status for event in events],
+            [event.status_name for event in events],
+            [new.rank for new in plan.events],
+            [event.update_us for event in events],
+            [event.receive_us for event in events],
+            [event.is_current for event in events],
+            [event.callback for event in events],
+        ),
+    )
+    messages = list(plan.messages.items())
+    connection.execute(
+        "INSERT INTO messages (tracking_id, campaign_tracking_id, current_sequence, update_us, rank)"
+        " SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::smallint[])"
+        " ON CONFLICT (tracking_id) DO UPDATE SET campaign_tracking_id = excluded.campaign_tracking_id,"
+        " current_sequence = excluded.current_sequence, update_us = excluded.update_us, rank = excluded.rank",
+        (
+            [tracking_id for tracking_id, _ in messages],
+            [now.campaign_tracking_id for _, now in messages],
+            [now.sequence for _, now in messages],
+            [now.update_us for _, now in messages],
+            [now.rank for _, now in messages],
+        ),
+    )
+    _set_meta(connection, "last_sequence", plan.last_sequence)
+    connection.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(plan.last_sequence)))
+
+
+def _where(event_filter: EventFilter, prefix: str) -> tuple[str, tuple[object, ...]]:
+    clauses = ""
+    params: tuple[object, ...] = ()
+    if event_filter.campaign_tracking_id is not None:
+        clauses += f" AND {prefix}campaign_tracking_id = %s"
+        params += (event_filter.campaign_tracking_id,)
+    if event_filter.statuses:
+        clauses += f" AND {prefix}status = ANY(%s)"
+        params += (sorted(event_filter.statuses),)
+    return clauses, params
+
+
+def _events(rows: Any) -> list[StoredEvent]:
+    return [
+        StoredEvent(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]), bytes(row[8])) for row in rows
+    ]
+
+
+def _meta(connection: psycopg.Connection[Any], key: str) -> int:
+    row = connection.execute("SELECT value FROM meta WHERE key = %s", (key,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+async def _ameta(connection: psycopg.AsyncConnection[Any], key: str) -> int:
+    cursor = await connection.execute("SELECT value FROM meta WHERE key = %s", (key,))
+    row = await cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
+def _set_meta(connection: psycopg.Connection[Any], key: str, value: int) -> None:
+    connection.execute(
+        "INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
+
+
+def _prune_chunk(connection: psycopg.Connection[Any], cutoff_us: int, chunk: int) -> int:
+    """Delete up to ``chunk`` of the oldest events received before the cutoff; one instance at a time."""
+    row = connection.execute("SELECT pg_try_advisory_xact_lock(%s)", (_PRUNE_LOCK,)).fetchone()
+    if not row or not row[0]:
+        return 0  # Another instance is pruning now.
+    deleted = connection.execute(
+        "DELETE FROM events WHERE sequence IN"
+        " (SELECT sequence FROM events WHERE receive_us < %s ORDER BY sequence LIMIT %s)"
+        " RETURNING sequence, tracking_id",
+        (cutoff_us, chunk),
+    ).fetchall()
+    if not deleted:
+        return 0
+    connection.execute(
+        "INSERT INTO meta (key, value) VALUES ('pruned_through', %s)"
+        " ON CONFLICT (key) DO UPDATE SET value = GREATEST(meta.value, excluded.value)",
+        (max(sequence for sequence, _ in deleted),),
+    )
+    # A message whose current event was pruned takes its best remaining event as current, or is forgotten.
+    orphaned = [
+        row[0]
+        for row in connection.execute(
+            "DELETE FROM messages m WHERE m.tracking_id = ANY(%s)"
+            " AND NOT EXISTS (SELECT 1 FROM events e WHERE e.sequence = m.current_sequence) RETURNING tracking_id",
+            (sorted({tracking_id for _, tracking_id in deleted}),),
+        )
+    ]
+    if orphaned:
+        connection.execute(
+            "INSERT INTO messages (tracking_id, campaign_tracking_id, current_sequence, update_us, rank)"
+            " SELECT DISTINCT ON (tracking_id) tracking_id, campaign_tracking_id, sequence, update_us, rank"
+            f" FROM events WHERE tracking_id = ANY(%s) ORDER BY tracking_id, {order_by(descending=True)}",
+            (orphaned,),
+        )
+    return len(deleted)

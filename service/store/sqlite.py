@@ -1,0 +1,412 @@
+"""The embedded engine: one SQLite file in WAL mode.
+
+Writes run in ``BEGIN IMMEDIATE`` transactions, so one writer at a time holds
+the database; sequences are taken from the ``last_sequence`` row inside that
+transaction, which keeps them in commit order across processes. Reads run on
+their own connections (WAL lets them proceed while a write is under way).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from service.errors import StartupError, StoreUnavailableError
+from service.events import EventFilter, StoredEvent
+from service.order import order_by
+from service.store import AppendStatus, Job, Probe, PruneChunk, WriteResult
+from service.store.plan import Current, EventKey, StatusPlan, event_key, plan_status, tracking_ids
+
+_LOGGER = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+# Each entry upgrades the schema by one version (PRAGMA user_version); never edit one that has shipped.
+_MIGRATIONS = (
+    """
+    CREATE TABLE IF NOT EXISTS events (
+        sequence INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, even after pruning
+        tracking_id TEXT NOT NULL,
+        campaign_tracking_id TEXT NOT NULL,          -- '' when the callback has none
+        status_key TEXT NOT NULL,                    -- the status name, case-folded
+        status INTEGER NOT NULL,                     -- MessageStatus
+        status_name TEXT NOT NULL,                   -- as Routee sent it
+        rank INTEGER NOT NULL,                       -- lifecycle rank, breaks ties of update_us
+        update_us INTEGER NOT NULL,                  -- status.updatedDate, microseconds since the epoch
+        receive_us INTEGER NOT NULL,
+        was_current INTEGER NOT NULL,                -- 1 when it became the current status as stored
+        callback BLOB NOT NULL,                      -- ViberCallback, serialized protobuf
+        UNIQUE (tracking_id, status_key, update_us)
+    );
+    CREATE INDEX IF NOT EXISTS events_by_campaign ON events (campaign_tracking_id, sequence);
+    CREATE TABLE IF NOT EXISTS messages (
+        tracking_id TEXT PRIMARY KEY,
+        campaign_tracking_id TEXT NOT NULL,
+        current_sequence INTEGER NOT NULL,
+        update_us INTEGER NOT NULL,
+        rank INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS messages_by_campaign ON messages (campaign_tracking_id);
+    CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+    """,
+    # The log's head is a row of its own, the one counter every writer takes its sequences from.
+    """
+    INSERT OR IGNORE INTO meta (key, value)
+    SELECT 'last_sequence', coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0);
+    """,
+)
+
+_EVENT_COLUMNS = (
+    "sequence, tracking_id, campaign_tracking_id, status, status_name, update_us, receive_us, was_current, callback"
+)
+
+
+class SqliteStore:
+    """A SQLite database file as the log; see ``service.store`` for the contract."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        synchronous: str = "FULL",
+        busy_timeout_ms: int = 1000,
+        poll_interval: float = 0.05,
+    ) -> None:
+        self._path = path
+        self._synchronous = synchronous
+        self._busy_timeout_ms = busy_timeout_ms
+        self._poll_interval = poll_interval
+        self._writer: sqlite3.Connection | None = None
+        self._data_version: int | None = None
+        self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="store-reader")
+        self._local = threading.local()
+        self._reader_connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def __str__(self) -> str:
+        return str(self._path)
+
+    # -- life cycle -------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Create or upgrade the schema; raise StartupError when the file cannot be used."""
+        try:
+            connection = self._connect()
+            try:
+                _migrate(connection)
+            finally:
+                connection.close()
+        except sqlite3.Error as ex:
+            raise StartupError(f"cannot open database {self._path}: {ex}") from None
+
+    async def close(self) -> None:
+        """Close every connection."""
+        self.close_writer()
+        await asyncio.get_running_loop().run_in_executor(None, self._readers.shutdown)
+        with self._lock:
+            for connection in self._reader_connections:
+                connection.close()
+            self._reader_connections.clear()
+
+    def close_writer(self) -> None:
+        """Close the writing connection; the next write opens a new one."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def _connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        connection.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute(f"PRAGMA synchronous = {self._synchronous}")
+        return connection
+
+    def _writer_connection(self) -> sqlite3.Connection:
+        if self._writer is None:
+            self._writer = self._connect()
+        return self._writer
+
+    # -- the writing face ---------------------------------------------------------------
+
+    def write(self, jobs: Sequence[Job], now_us: int) -> WriteResult:
+        """Run the jobs in one ``BEGIN IMMEDIATE`` transaction and commit; roll back and re-raise on any failure."""
+        try:
+            connection = self._writer_connection()
+            connection.execute("BEGIN IMMEDIATE")
+            result = self._run(connection, jobs, now_us)
+            connection.execute("COMMIT")
+        except sqlite3.OperationalError as ex:  # Locked, read-only, disk full, I/O error: nothing can be written now.
+            self.close_writer()
+            raise StoreUnavailableError(f"the store cannot write: {ex}") from None
+        except BaseException:
+            # Whatever else failed, start over on a fresh connection next time.
+            self.close_writer()
+            raise
+        return result
+
+    def _run(self, connection: sqlite3.Connection, jobs: Sequence[Job], now_us: int) -> WriteResult:
+        last = _meta(connection, "last_sequence")
+        callbacks = [job.callback for job in jobs if isinstance(job, AppendStatus)]
+        plan = _plan(connection, callbacks, last, now_us) if callbacks else StatusPlan(last_sequence=last)
+        if plan.events:
+            _apply(connection, plan)
+        planned = iter(plan.results)
+        result = WriteResult(entries=[new.event for new in plan.events])
+        for job in jobs:
+            if isinstance(job, AppendStatus):
+                result.results.append(next(planned))
+            elif isinstance(job, Probe):
+                _set_meta(connection, "probed_at_us", now_us)
+                result.results.append(None)
+            elif isinstance(job, PruneChunk):
+                result.results.append(_prune_chunk(connection, job.cutoff_us, job.limit))
+            else:
+                raise TypeError(f"no such job: {job!r}")
+        return result
+
+    def head(self) -> int:
+        """Return the greatest sequence committed by anyone."""
+        return _meta(self._writer_connection(), "last_sequence")
+
+    def entries_after(self, after_sequence: int, limit: int) -> list[StoredEvent]:
+        """Return up to ``limit`` committed entries after ``after_sequence``, on the writing connection."""
+        return _events(
+            self._writer_connection(),
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE sequence > ? ORDER BY sequence LIMIT ?",
+            (after_sequence, limit),
+        )
+
+    async def wait_for_commits(self, within: float) -> None:
+        """Poll ``PRAGMA data_version`` (it changes when another connection commits) until it changes or time is up."""
+        deadline = time.monotonic() + within
+        while True:
+            try:
+                version = self._writer_connection().execute("PRAGMA data_version").fetchone()[0]
+            except sqlite3.Error:
+                self.close_writer()
+                version = None
+            if version != self._data_version:
+                self._data_version = version
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            await asyncio.sleep(min(self._poll_interval, remaining))
+
+    # -- the reading face ---------------------------------------------------------------
+
+    async def _read(self, work: Callable[[sqlite3.Connection], _T], *, inline: bool = False) -> _T:
+        """Run ``work`` in one read transaction on a reader thread, or on the caller's thread when ``inline``."""
+
+        def run() -> _T:
+            connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+            if connection is None:
+                connection = self._connect()
+                connection.execute("PRAGMA query_only = 1")
+                self._local.connection = connection
+                with self._lock:
+                    self._reader_connections.append(connection)
+            connection.execute("BEGIN")  # One consistent snapshot for everything `work` reads.
+            try:
+                return work(connection)
+            finally:
+                connection.execute("COMMIT")
+
+        try:
+            if inline:
+                return run()
+            return await asyncio.get_running_loop().run_in_executor(self._readers, run)
+        except sqlite3.Error as ex:
+            raise StoreUnavailableError(f"the store cannot read: {ex}") from None
+
+    async def history(self, tracking_id: str) -> list[StoredEvent]:
+        """Return every event of a message, in precedence order (its current status last)."""
+        # A few rows through an index: cheaper on the event loop than a hop to a reader thread and back.
+        return await self._read(
+            lambda connection: _events(
+                connection,
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE tracking_id = ? ORDER BY {order_by()}",
+                (tracking_id,),
+            ),
+            inline=True,
+        )
+
+    async def events_after(self, after_sequence: int, event_filter: EventFilter, limit: int) -> list[StoredEvent]:
+        """Return up to ``limit`` events of the filter with a sequence greater than ``after_sequence``, in order."""
+        where, params = _where(event_filter, "")
+        return await self._read(
+            lambda connection: _events(
+                connection,
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE sequence > ?{where} ORDER BY sequence LIMIT ?",
+                (after_sequence, *params, limit),
+            )
+        )
+
+    async def snapshot(self, event_filter: EventFilter) -> tuple[list[StoredEvent], int]:
+        """Return the current-status event of every message of the filter, and the last sequence it includes."""
+        where, params = _where(event_filter, "e.")
+        columns = ", ".join(f"e.{column.strip()}" for column in _EVENT_COLUMNS.split(","))
+
+        def read(connection: sqlite3.Connection) -> tuple[list[StoredEvent], int]:
+            events = _events(
+                connection,
+                f"SELECT {columns} FROM messages m JOIN events e ON e.sequence = m.current_sequence"
+                f" WHERE 1 = 1{where} ORDER BY e.sequence",
+                params,
+            )
+            return events, _meta(connection, "last_sequence")
+
+        return await self._read(read)
+
+    async def last_sequence(self) -> int:
+        """Return the greatest sequence committed (0 when none)."""
+        return await self._read(lambda connection: _meta(connection, "last_sequence"), inline=True)
+
+    async def pruned_through(self) -> int:
+        """Return the greatest sequence ever pruned (0 when none)."""
+        return await self._read(lambda connection: _meta(connection, "pruned_through"), inline=True)
+
+
+def _migrate(connection: sqlite3.Connection) -> None:
+    if connection.execute("PRAGMA user_version").fetchone()[0] >= len(_MIGRATIONS):
+        return
+    connection.execute("BEGIN IMMEDIATE")  # Several processes may start at once: one upgrades, the rest wait.
+    try:
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+            for statement in script.split(";"):
+                if statement.strip():
+                    connection.execute(statement)
+            connection.execute(f"PRAGMA user_version = {number}")
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+
+
+def _plan(connection: sqlite3.Connection, callbacks: Sequence[Any], last: int, receive_us: int) -> StatusPlan:
+    keys = [event_key(callback) for callback in callbacks]
+    existing: set[EventKey] = set(
+        connection.execute(
+            # A join from the keys drives lookups through the unique index.
+            f"WITH batch (tracking_id, status_key, update_us) AS (VALUES {', '.join(['(?, ?, ?)'] * len(keys))})"
+            " SELECT e.tracking_id, e.status_key, e.update_us FROM batch"
+            " JOIN events e USING (tracking_id, status_key, update_us)",
+            [part for key in keys for part in key],
+        ).fetchall()
+    )
+    ids = tracking_ids(callbacks)
+    current = {
+        row[0]: Current(row[1], row[2], row[3], row[4], row[5])
+        for row in connection.execute(
+            "SELECT m.tracking_id, m.campaign_tracking_id, e.status, m.update_us, m.rank, m.current_sequence"
+            " FROM messages m JOIN events e ON e.sequence = m.current_sequence"
+            f" WHERE m.tracking_id IN ({', '.join('?' * len(ids))})",
+            ids,
+        )
+    }
+    return plan_status(callbacks, existing=existing, current=current, last_sequence=last, receive_us=receive_us)
+
+
+def _apply(connection: sqlite3.Connection, plan: StatusPlan) -> None:
+    connection.executemany(
+        "INSERT INTO events (sequence, tracking_id, campaign_tracking_id, status_key, status, status_name, rank,"
+        " update_us, receive_us, was_current, callback) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                new.event.sequence,
+                new.event.tracking_id,
+                new.event.campaign_tracking_id,
+                new.status_key,
+                new.event.status,
+                new.event.status_name,
+                new.rank,
+                new.event.update_us,
+                new.event.receive_us,
+                new.event.is_current,
+                new.event.callback,
+            )
+            for new in plan.events
+        ],
+    )
+    connection.executemany(
+        "INSERT INTO messages (tracking_id, campaign_tracking_id, current_sequence, update_us, rank)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (tracking_id) DO UPDATE SET"
+        " campaign_tracking_id = excluded.campaign_tracking_id, current_sequence = excluded.current_sequence,"
+        " update_us = excluded.update_us, rank = excluded.rank",
+        [
+            (tracking_id, now.campaign_tracking_id, now.sequence, now.update_us, now.rank)
+            for tracking_id, now in plan.messages.items()
+        ],
+    )
+    _set_meta(connection, "last_sequence", plan.last_sequence)
+
+
+def _where(event_filter: EventFilter, prefix: str) -> tuple[str, tuple[object, ...]]:
+    clauses = ""
+    params: tuple[object, ...] = ()
+    if event_filter.campaign_tracking_id is not None:
+        clauses += f" AND {prefix}campaign_tracking_id = ?"
+        params += (event_filter.campaign_tracking_id,)
+    if event_filter.statuses:
+        statuses = sorted(event_filter.statuses)
+        clauses += f" AND {prefix}status IN ({', '.join('?' * len(statuses))})"
+        params += tuple(statuses)
+    return clauses, params
+
+
+def _events(connection: sqlite3.Connection, sql: str, params: Sequence[object]) -> list[StoredEvent]:
+    return [
+        StoredEvent(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]), row[8])
+        for row in connection.execute(sql, params)
+    ]
+
+
+def _meta(connection: sqlite3.Connection, key: str) -> int:
+    row = connection.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _set_meta(connection: sqlite3.Connection, key: str, value: int) -> None:
+    connection.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
+
+
+def _prune_chunk(connection: sqlite3.Connection, cutoff_us: int, chunk: int) -> int:
+    """Delete up to ``chunk`` of the oldest events received before the cutoff, and repair what pointed at them."""
+    deleted = connection.execute(
+        "DELETE FROM events WHERE sequence IN"
+        " (SELECT sequence FROM events WHERE receive_us < ? ORDER BY sequence LIMIT ?)"
+        " RETURNING sequence, tracking_id",
+        (cutoff_us, chunk),
+    ).fetchall()
+    if not deleted:
+        return 0
+    connection.execute(
+        "INSERT INTO meta (key, value) VALUES ('pruned_through', ?)"
+        " ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
+        (max(sequence for sequence, _ in deleted),),
+    )
+    # A message whose current event was pruned takes its best remaining event as current, or is forgotten.
+    for (tracking_id,) in connection.execute(
+        "SELECT tracking_id FROM messages m WHERE tracking_id IN (SELECT value FROM json_each(?))"
+        " AND NOT EXISTS (SELECT 1 FROM events e WHERE e.sequence = m.current_sequence)",
+        (json.dumps(sorted({tracking_id for _, tracking_id in deleted})),),
+    ).fetchall():
+        connection.execute("DELETE FROM messages WHERE tracking_id = ?", (tracking_id,))
+        connection.execute(
+            "INSERT INTO messages (tracking_id, campaign_tracking_id, current_sequence, update_us, rank)"
+            " SELECT tracking_id, campaign_tracking_id, sequence, update_us, rank FROM events"
+            f" WHERE tracking_id = ? ORDER BY {order_by(descending=True)} LIMIT 1",
+            (tracking_id,),
+        )
+    return len(deleted)

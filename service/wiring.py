@@ -1,0 +1,179 @@
+"""The composition root: the one module that builds the service from its parts.
+
+It is the only module that imports both the core (``service``) and the HTTP
+adapter (``http_ingress``); nothing imports it but the process model. It builds
+two kinds of process:
+
+- a **worker** (``build_worker_app``): the Falcon ASGI app, the gRPC server and
+  the broker on one event loop; reads from the store, writes through the
+  writer process, follows the log it feeds;
+- the **writer process** (``run_writer``): the instance's one writer — it
+  validates what workers send, group-commits it, prunes, and feeds the log
+  back to every worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import os
+import signal
+from typing import Any
+
+import falcon.asgi
+import grpc
+import uvloop
+from grpc_health.v1 import health, health_pb2
+
+from http_ingress.allowlist import Allowlist, DnsAllowlist, DnspythonResolver
+from http_ingress.app import create_app
+from http_ingress.schemas import parse_callback
+from service.broker import Broker
+from service.config import Settings, redact
+from service.log import LocalLog
+from service.metrics import Metrics
+from service.process import Instance
+from service.server import create_server
+from service.servicer import SERVICE_NAME, MessageStatusServicer
+from service.store import Store, open_store
+from service.writer_client import RemoteIngest, RemoteLog
+from service.writer_server import Feed, WriterServer
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class WorkerRuntime:
+    """Starts a worker's log, gRPC server and allowlist refresher on the ASGI server's loop, and stops them.
+
+    Falcon calls ``process_startup`` and ``process_shutdown`` on ASGI lifespan events, so gRPC, the broker and
+    the HTTP app share one event loop in the worker process.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: Store,
+        log: RemoteLog,
+        broker: Broker,
+        servicer: MessageStatusServicer,
+        allowlist: Allowlist,
+        metrics: Metrics,
+    ) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._store = store
+        self._log = log
+        self._broker = broker
+        self._servicer = servicer
+        self._allowlist = allowlist
+        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # grpc-stubs predates aio
+        self._server: grpc.aio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.grpc_port: int | None = None
+
+    async def process_startup(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
+        """Follow the log, start gRPC and the allowlist refresher."""
+        await self._log.start()
+        # Live-only streams start after what is already stored, also after a restart.
+        self._broker.last_sequence = self._log.tailer.position
+        self._server, self.grpc_port = create_server(
+            self._settings.grpc_bind,
+            self._servicer,
+            self._health,
+            max_streams=self._settings.max_streams,
+            reuse_port=self._settings.workers > 1,
+        )
+        await self._server.start()
+        if self._allowlist.dns is not None:
+            self._tasks.append(asyncio.create_task(self._allowlist.dns.run(), name="allowlist-refresh"))
+        self._tasks.append(asyncio.create_task(self._refresh_metrics(), name="metrics-refresh"))
+        await self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        # Everything built so far lives as long as the process: keep the cyclic GC from scanning it again on
+        # every full collection (50-90 ms pauses with 1 000 streams open, measured; see docs/benchmarks.md).
+        gc.freeze()
+        _LOGGER.info("worker started", extra={"grpc_port": self.grpc_port, "pid": os.getpid()})
+
+    async def _refresh_metrics(self) -> None:
+        # Other workers' /metrics read this process's sampled values from its files: keep them current.
+        while True:
+            self._metrics.refresh()
+            await asyncio.sleep(1.0)
+
+    async def process_shutdown(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
+        """Stop in order: health NOT_SERVING, end streams (UNAVAILABLE), drain gRPC, stop DNS and the log."""
+        await self._health.enter_graceful_shutdown()
+        self._broker.close()
+        if self._server is not None:
+            await self._server.stop(self._settings.shutdown_grace)
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._log.stop()
+        await self._store.close()
+        _LOGGER.info("worker stopped", extra={"pid": os.getpid()})
+
+
+def build_allowlist(settings: Settings, metrics: Metrics) -> Allowlist:
+    """The static networks and, when a name is configured, the DNS allowlist refreshed in the background."""
+    dns_allowlist = None
+    if settings.allowlist_host:
+        dns_allowlist = DnsAllowlist(
+            settings.allowlist_host,
+            DnspythonResolver(settings.dns_server),
+            min_ttl=settings.dns_min_ttl,
+            max_ttl=settings.dns_max_ttl,
+            max_stale=settings.dns_max_stale,
+        )
+        metrics.watch_allowlist(dns_allowlist)
+    return Allowlist(
+        allow_cidrs=settings.allow_cidrs, trusted_proxies=settings.trusted_proxies, dns_allowlist=dns_allowlist
+    )
+
+
+def build_worker_app(settings: Settings, instance: Instance) -> falcon.asgi.App[Any, Any]:
+    """Wire one worker; call it in the worker, after the fork."""
+    metrics = Metrics(multiprocess_dir=instance.metrics_dir)
+    broker = Broker(settings.subscriber_queue_size)
+    store = open_store(settings.database, synchronous=settings.sqlite_synchronous)
+    log = RemoteLog(instance.writer_socket, store, metrics.published(broker.publish))
+    servicer = MessageStatusServicer(
+        store, broker, metrics, max_streams=settings.max_streams, progress_interval=settings.progress_interval
+    )
+    allowlist = build_allowlist(settings, metrics)
+    runtime = WorkerRuntime(
+        settings, store=store, log=log, broker=broker, servicer=servicer, allowlist=allowlist, metrics=metrics
+    )
+    return create_app(
+        RemoteIngest(log.client), allowlist, metrics, body_timeout=settings.body_timeout, middleware=[runtime]
+    )
+
+
+def run_writer(settings: Settings, instance: Instance) -> None:
+    """The writer process: serve the workers until SIGTERM (or until the master is gone)."""
+    uvloop.run(_writer_main(settings, instance))
+
+
+async def _writer_main(settings: Settings, instance: Instance) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    metrics = Metrics(multiprocess_dir=instance.metrics_dir)
+    store = open_store(settings.database, synchronous=settings.sqlite_synchronous)
+    feed = Feed()
+    log = LocalLog(store, metrics.published(feed.broadcast), observe_commit=metrics.observe_commit)
+    server = WriterServer(log.writer, parse_callback, instance.writer_socket, feed)
+    await log.start(retention_seconds=settings.retention_hours * 3600)
+    await server.start()
+    _LOGGER.info("writer started", extra={"pid": os.getpid(), "database": redact(settings.database)})
+    while not stop.is_set() and os.getppid() == instance.master_pid:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+    await server.stop()
+    await log.stop()
+    await store.close()
+    _LOGGER.info("writer stopped", extra={"pid": os.getpid()})

@@ -1,0 +1,233 @@
+"""A worker's side of the private socket: its writes go to the writer process, the log comes back as a feed.
+
+While the writer process is unreachable (restarting after a crash), a write
+fails at once with ``StoreUnavailableError`` (HTTP 503: Routee retries) and
+the client reconnects by itself. An answer that does not come within
+``timeout`` is a 503 too: the write may still commit, and Routee's retry is
+then recognised as a duplicate. After every (re)connection the worker's
+tailer reads whatever it missed from the store, so its streams stay complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import cast
+
+from service import ipc
+from service.broker import Update
+from service.errors import StoreUnavailableError
+from service.events import EventFilter
+from service.ingest import Kept
+from service.store import LogReader
+from service.tail import Tailer
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class WriterClient:
+    """One connection to the writer process, shared by every request of this worker."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        on_feed: Callable[[list[Update]], None],
+        on_connect: Callable[[], None],
+        timeout: float = 1.5,
+        backoff: tuple[float, float] = (0.05, 1.0),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._path = path
+        self._on_feed = on_feed
+        self._on_connect = on_connect
+        self._timeout = timeout
+        self._backoff = backoff
+        self._clock = clock
+        self._ids = itertools.count(1)
+        self._pending: dict[int, tuple[asyncio.Future[tuple[int | None, str]], float]] = {}
+        self._protocol: _ClientProtocol | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def connected(self) -> bool:
+        """Whether the writer process is connected now."""
+        return self._protocol is not None
+
+    def start(self) -> None:
+        """Connect (and keep reconnecting) in the background."""
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._connect_forever(), name="writer-connection"),
+            loop.create_task(self._expire_forever(), name="writer-timeouts"),
+        ]
+
+    async def stop(self) -> None:
+        """Disconnect and fail what still waits."""
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._protocol is not None:
+            self._protocol.close()
+        self._fail_all("the worker is shutting down")
+
+    async def request(self, kind: int, body: bytes = b"") -> tuple[int | None, str]:
+        """Send a request and return the writer's answer: (sequence or None, tracking id).
+
+        Raises the error the writer answered, or StoreUnavailableError when it cannot be reached or is too slow.
+        """
+        protocol = self._protocol
+        if protocol is None:
+            raise StoreUnavailableError("the writer process is not reachable")
+        request_id = next(self._ids) & 0xFFFFFFFF
+        future: asyncio.Future[tuple[int | None, str]] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = (future, self._clock() + self._timeout)
+        protocol.send(ipc.request(kind, request_id, body))
+        return await future
+
+    def answer(self, kind: int, payload: memoryview) -> None:
+        """Act on one frame from the writer process."""
+        if kind == ipc.FEED:
+            self._on_feed(ipc.parse_feed(payload))
+            return
+        if kind == ipc.KEPT:
+            request_id, sequence, tracking_id = ipc.parse_kept(payload)
+            waiting = self._pending.pop(request_id, None)
+            if waiting is not None and not waiting[0].done():
+                waiting[0].set_result((sequence, tracking_id))
+        elif kind == ipc.FAILED:
+            request_id, error = ipc.parse_failed(payload)
+            waiting = self._pending.pop(request_id, None)
+            if waiting is not None and not waiting[0].done():
+                waiting[0].set_exception(error)
+        else:
+            raise ipc.FrameError(f"unknown frame kind {kind}")
+
+    async def _connect_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        delay = self._backoff[0]
+        reported = False
+        while True:
+            try:
+                _, protocol = await loop.create_unix_connection(lambda: _ClientProtocol(self), str(self._path))
+            except OSError as ex:
+                if not reported:
+                    _LOGGER.warning("cannot reach the writer process; retrying", extra={"error": str(ex)})
+                    reported = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._backoff[1])
+                continue
+            if reported:
+                _LOGGER.info("connected to the writer process")
+            reported, delay = False, self._backoff[0]
+            self._protocol = protocol
+            self._on_connect()
+            await protocol.lost
+            self._protocol = None
+            self._fail_all("lost the connection to the writer process")
+            _LOGGER.warning("lost the connection to the writer process; reconnecting")
+
+    async def _expire_forever(self) -> None:
+        # One sweep for every request instead of a timer each: cheaper at thousands of requests a second.
+        while True:
+            await asyncio.sleep(min(0.1, self._timeout / 4))
+            now = self._clock()
+            expired = [request_id for request_id, (_, deadline) in self._pending.items() if deadline <= now]
+            for request_id in expired:
+                future, _ = self._pending.pop(request_id)
+                if not future.done():
+                    future.set_exception(
+                        StoreUnavailableError(f"the writer process did not answer within {self._timeout:g} s")
+                    )
+
+    def _fail_all(self, message: str) -> None:
+        pending, self._pending = self._pending, {}
+        for future, _ in pending.values():
+            if not future.done():
+                future.set_exception(StoreUnavailableError(message))
+
+
+class _ClientProtocol(asyncio.Protocol):
+    def __init__(self, client: WriterClient) -> None:
+        self._client = client
+        self._buffer = bytearray()
+        self._unsent: list[bytes] = []
+        self._transport: asyncio.Transport | None = None
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's transports are not its subclasses
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        try:
+            for kind, payload in ipc.frames(self._buffer):
+                self._client.answer(kind, payload)
+        except ipc.FrameError as ex:
+            _LOGGER.error("the writer process sent an unreadable frame; reconnecting: %s", ex)
+            self.close()
+
+    def send(self, data: bytes) -> None:
+        # Requests of one loop iteration leave in one socket write.
+        if not self._unsent:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._unsent.append(data)
+
+    def _flush(self) -> None:
+        if self._transport is not None:
+            self._transport.write(b"".join(self._unsent))
+        self._unsent.clear()
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+
+class RemoteIngest:
+    """An Ingest that asks the writer process to validate and keep."""
+
+    def __init__(self, client: WriterClient) -> None:
+        self._client = client
+
+    async def status_callback(self, body: bytes) -> Kept:
+        """Send the body; the writer process validates and stores it."""
+        sequence, tracking_id = await self._client.request(ipc.SUBMIT_STATUS, body)
+        return Kept(sequence, tracking_id)
+
+    async def probe(self) -> None:
+        """Ask the writer process to write a heartbeat."""
+        await self._client.request(ipc.PROBE)
+
+
+class RemoteLog:
+    """The log as a worker follows it: the writer process's feed, gaps filled from the store."""
+
+    def __init__(self, path: Path, reader: LogReader, publish: Callable[[Sequence[Update]], None]) -> None:
+        self._reader = reader
+        self.tailer = Tailer(self._read_after, publish, position=0)
+        self.client = WriterClient(path, on_feed=self.tailer.committed, on_connect=self.tailer.changed)
+
+    async def start(self) -> None:
+        """Follow from the store's head, and connect to the writer process."""
+        self.tailer.position = await self._reader.last_sequence()
+        self.tailer.start()
+        self.client.start()
+
+    async def stop(self) -> None:
+        """Disconnect and stop following."""
+        await self.client.stop()
+        await self.tailer.stop()
+
+    async def _read_after(self, position: int, limit: int) -> list[Update]:
+        return [Update.of(event) for event in await self._reader.events_after(position, EventFilter(), limit)]

@@ -1,0 +1,144 @@
+"""The writer process's side of the private socket: keeps what workers send, and feeds them the log.
+
+Each body is validated as it arrives and joins the next group commit; its
+answer goes back once the transaction is durable. Every committed entry is
+pushed to every connected worker, in sequence order. A worker that does not
+read its feed is disconnected rather than allowed to grow this process's
+memory: it reconnects and reads what it missed from the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, cast
+
+from service import ipc
+from service.batch_writer import BatchWriter
+from service.broker import Update
+from service.errors import RejectedError, RouteeCallbacksError, StoreUnavailableError
+from service.ingest import ParseCallback
+from service.store import AppendStatus, Probe
+
+_LOGGER = logging.getLogger(__name__)
+
+#: A worker whose unread feed grows past this is cut off (it catches up from the store when it reconnects).
+MAX_UNSENT_BYTES = 64 * 1024 * 1024
+
+
+class Feed:
+    """The workers connected now, to whom every committed entry is pushed."""
+
+    def __init__(self) -> None:
+        self.connections: set[_WorkerConnection] = set()
+
+    def broadcast(self, updates: Sequence[Update]) -> None:
+        """Push committed entries to every worker."""
+        if self.connections:
+            data = ipc.feed(updates)
+            for connection in list(self.connections):
+                connection.send(data)
+
+
+class WriterServer:
+    """Serves the workers of one instance on a Unix socket."""
+
+    def __init__(self, writer: BatchWriter, parse: ParseCallback, path: Path, feed: Feed) -> None:
+        self._writer = writer
+        self._parse = parse
+        self._path = path
+        self._server: asyncio.AbstractServer | None = None
+        self.feed = feed
+
+    async def start(self) -> None:
+        """Listen on the socket path (replacing a stale socket file)."""
+        with contextlib.suppress(FileNotFoundError):
+            self._path.unlink()
+        self._server = await asyncio.get_running_loop().create_unix_server(
+            lambda: _WorkerConnection(self), str(self._path)
+        )
+
+    async def stop(self) -> None:
+        """Stop accepting and close every worker connection."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for connection in list(self.feed.connections):
+            connection.close()
+
+    def handle(self, connection: _WorkerConnection, kind: int, payload: memoryview) -> None:
+        """Act on one frame from a worker."""
+        request_id, body = ipc.parse_request(payload)
+        if kind == ipc.SUBMIT_STATUS:
+            try:
+                callback = self._parse(body)
+            except RejectedError as ex:
+                connection.send(ipc.failed(request_id, ex))
+                return
+            future = self._writer.enqueue(AppendStatus(callback))
+            future.add_done_callback(lambda done: _answer(connection, request_id, callback.tracking_id, done))
+        elif kind == ipc.PROBE:
+            self._writer.enqueue(Probe()).add_done_callback(lambda done: _answer(connection, request_id, "", done))
+        else:
+            raise ipc.FrameError(f"unknown frame kind {kind}")
+
+
+def _answer(connection: _WorkerConnection, request_id: int, tracking_id: str, done: asyncio.Future[Any]) -> None:
+    error = done.exception()
+    if error is None:
+        event = done.result()
+        connection.send(ipc.kept(request_id, getattr(event, "sequence", None), tracking_id))
+    elif isinstance(error, RouteeCallbacksError):
+        connection.send(ipc.failed(request_id, error))
+    else:
+        connection.send(ipc.failed(request_id, StoreUnavailableError(f"the store cannot write: {error}")))
+
+
+class _WorkerConnection(asyncio.Protocol):
+    """One worker's connection: frames in, answers and feed out (one socket write per loop iteration)."""
+
+    def __init__(self, server: WriterServer) -> None:
+        self._server = server
+        self._buffer = bytearray()
+        self._unsent: list[bytes] = []
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's transports are not its subclasses
+        self._server.feed.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server.feed.connections.discard(self)
+        self._transport = None
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        try:
+            for kind, payload in ipc.frames(self._buffer):
+                self._server.handle(self, kind, payload)
+        except ipc.FrameError as ex:
+            _LOGGER.error("a worker sent an unreadable frame; disconnecting it: %s", ex)
+            self.close()
+
+    def send(self, data: bytes) -> None:
+        if self._transport is None:
+            return
+        if not self._unsent:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._unsent.append(data)
+
+    def _flush(self) -> None:
+        if self._transport is None:
+            return
+        self._transport.write(b"".join(self._unsent))
+        self._unsent.clear()
+        if self._transport.get_write_buffer_size() > MAX_UNSENT_BYTES:
+            _LOGGER.warning("a worker does not read its feed; disconnecting it")
+            self._transport.abort()
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
