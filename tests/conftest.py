@@ -23,6 +23,13 @@ def postgres() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of this test's own, for tests that stop it."""
+    with postgres_server(free_port()) as server:
+        yield server
+
+
+@pytest.fixture
 def pg_database(postgres: PostgresServer) -> str:
     """The URI of a new, empty PostgreSQL database."""
     return postgres.create_database()

@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 from dnslib import AAAA, QTYPE, RCODE, RR, A, DNSRecord
 from dnslib.server import DNSError, DNSLogger, DNSServer
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from routee.callbacks.v1 import message_status_service_pb2 as pb2
 from routee.callbacks.v1 import message_status_service_pb2_grpc as pb2_grpc
@@ -249,8 +250,10 @@ class ServiceProcess:
 class StreamCollector:
     """Reads a StreamStatusUpdates stream on a thread and keeps every item."""
 
-    def __init__(self, target: str, request: pb2.StreamStatusUpdatesRequest) -> None:
-        self._channel = grpc.insecure_channel(target)
+    def __init__(self, target: str, request: pb2.StreamStatusUpdatesRequest, *, own_connection: bool = False) -> None:
+        # Channels of one process share their TCP connections unless told not to (gRPC's global subchannel pool).
+        options = [("grpc.use_local_subchannel_pool", 1)] if own_connection else []
+        self._channel = grpc.insecure_channel(target, options=options)
         self._call = pb2_grpc.MessageStatusServiceStub(self._channel).StreamStatusUpdates(request)
         self.items: list[pb2.StreamStatusUpdatesResponse] = []
         self.error: grpc.RpcError | None = None
@@ -283,3 +286,88 @@ class StreamCollector:
         self._call.cancel()
         self._thread.join(5)
         self._channel.close()
+
+
+# -- processes, connections and a real load balancer ------------------------------------------------------
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of a process (for the service: its writer process and workers)."""
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def writer_process(service: ServiceProcess) -> int:
+    """The pid of a service's writer process (it names itself ``routee-writer``)."""
+    return next(
+        pid for pid in children(service.process.pid) if Path(f"/proc/{pid}/comm").read_text().strip() == "routee-writer"
+    )
+
+
+def stored_head(target: str) -> int:
+    """The last sequence a service has stored (from the end of a snapshot)."""
+    with grpc.insecure_channel(target) as channel:
+        call = pb2_grpc.MessageStatusServiceStub(channel).StreamStatusUpdates(
+            pb2.StreamStatusUpdatesRequest(include_snapshot=True), timeout=20
+        )
+        head: int = next(item.snapshot_end.sequence for item in call if item.HasField("snapshot_end"))
+        call.cancel()
+        return head
+
+
+def connection_owners(port: int, pids: list[int]) -> dict[int, int]:
+    """How many established TCP connections to the local ``port`` each of ``pids`` holds (read from /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":  # 01: ESTABLISHED
+                inodes.add(fields[9])
+    owners = {}
+    for pid in pids:
+        count = 0
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                count += target.startswith("socket:[") and target[8:-1] in inodes
+        owners[pid] = count
+    return owners
+
+
+def _balancing(http_port: int, grpc_port: int) -> bool:
+    with contextlib.suppress(OSError, http.client.HTTPException):
+        if http_request(http_port, "GET", "/readyz", timeout=1).status != 200:
+            return False
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+            return bool(check.status == health_pb2.HealthCheckResponse.SERVING)
+    return False
+
+
+HAPROXY_CONFIG = Path(__file__).resolve().parents[1] / "docs" / "deploy" / "haproxy.cfg"
+
+
+@contextlib.contextmanager
+def haproxy(instances: list[ServiceProcess], log_path: Path) -> Iterator[tuple[int, int]]:
+    """Run haproxy with the repository's own configuration in front of two instances; yield (http, grpc) ports."""
+    http_port, grpc_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "HTTP_BIND": f"127.0.0.1:{http_port}",
+        "GRPC_BIND": f"127.0.0.1:{grpc_port}",
+    }
+    for number, instance in enumerate(instances, start=1):
+        env[f"INSTANCE_{number}_HTTP"] = f"127.0.0.1:{instance.http_port}"
+        env[f"INSTANCE_{number}_GRPC"] = f"127.0.0.1:{instance.grpc_port}"
+        env[f"INSTANCE_{number}_CHECK_PORT"] = str(instance.http_port)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(["haproxy", "-db", "-f", str(HAPROXY_CONFIG)], env=env, stdout=log, stderr=log)
+    try:
+        end = time.monotonic() + 10
+        while not _balancing(http_port, grpc_port):  # Both frontends pass a request to a backend.
+            assert process.poll() is None, log_path.read_text()
+            assert time.monotonic() < end, f"haproxy did not come up:\n{log_path.read_text()}"
+            time.sleep(0.1)
+        yield http_port, grpc_port
+    finally:
+        process.terminate()
+        process.wait(10)

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from service.errors import StartupError, StoreUnavailableError
@@ -92,6 +93,7 @@ class PostgresStore:
 
     def __init__(self, conninfo: str, *, pool_size: int = 4, read_timeout: float = 2.0) -> None:
         self._conninfo = conninfo
+        self._name = _name(conninfo)
         self._pool_size = pool_size
         self._read_timeout = read_timeout
         self._writer: psycopg.Connection[Any] | None = None
@@ -99,7 +101,7 @@ class PostgresStore:
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
 
     def __str__(self) -> str:
-        return "PostgreSQL"
+        return self._name
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -113,7 +115,7 @@ class PostgresStore:
                 finally:
                     connection.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
         except psycopg.Error as ex:
-            raise StartupError(f"cannot open the PostgreSQL database: {_describe(ex)}") from None
+            raise StartupError(f"cannot open {self._name}: {_describe(ex)}") from None
 
     async def close(self) -> None:
         """Close every connection."""
@@ -146,7 +148,7 @@ class PostgresStore:
                 return self._run(connection, jobs, now_us)
         except psycopg.OperationalError as ex:  # Unreachable, restarting, lock timeout: nothing can be written now.
             self.close_writer()
-            raise StoreUnavailableError(f"the store cannot write: {_describe(ex)}") from None
+            raise StoreUnavailableError(f"{self._name} cannot be written: {_describe(ex)}") from None
         except BaseException:
             self.close_writer()
             raise
@@ -181,7 +183,7 @@ class PostgresStore:
             return _meta(self._writer_connection(), "last_sequence")
         except psycopg.OperationalError as ex:
             self.close_writer()
-            raise StoreUnavailableError(f"the store cannot read: {_describe(ex)}") from None
+            raise StoreUnavailableError(f"{self._name} cannot be read: {_describe(ex)}") from None
 
     def entries_after(self, after_sequence: int, limit: int) -> list[StoredEvent]:
         """Return up to ``limit`` committed entries after ``after_sequence``, on the writing connection."""
@@ -194,7 +196,7 @@ class PostgresStore:
             )
         except psycopg.OperationalError as ex:
             self.close_writer()
-            raise StoreUnavailableError(f"the store cannot read: {_describe(ex)}") from None
+            raise StoreUnavailableError(f"{self._name} cannot be read: {_describe(ex)}") from None
 
     async def wait_for_commits(self, within: float) -> None:
         """Wait for another process's NOTIFY, or ``within`` seconds; while the server is away, just wait."""
@@ -232,14 +234,18 @@ class PostgresStore:
                 name="routee-callbacks-reads",
             )
             await self._pool.open(wait=False)
-        try:
-            async with self._pool.connection() as connection, connection.transaction():
-                await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                return await work(connection)
-        except PoolTimeout:
-            raise StoreUnavailableError("the store cannot read: no connection to PostgreSQL") from None
-        except psycopg.OperationalError as ex:
-            raise StoreUnavailableError(f"the store cannot read: {_describe(ex)}") from None
+        for attempt in (1, 2):
+            try:
+                async with self._pool.connection() as connection, connection.transaction():
+                    await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    return await work(connection)
+            except PoolTimeout:
+                raise StoreUnavailableError(f"{self._name} cannot be read: no connection") from None
+            except psycopg.OperationalError as ex:
+                # A pooled connection the server dropped (a restart) fails once; the pool discards it.
+                if attempt == 2:
+                    raise StoreUnavailableError(f"{self._name} cannot be read: {_describe(ex)}") from None
+        raise AssertionError("unreachable")
 
     async def history(self, tracking_id: str) -> list[StoredEvent]:
         """Return every event of a message, in precedence order (its current status last)."""
@@ -288,6 +294,12 @@ class PostgresStore:
     async def pruned_through(self) -> int:
         """Return the greatest sequence ever pruned (0 when none)."""
         return await self._read(lambda connection: _ameta(connection, "pruned_through"))
+
+
+def _name(conninfo: str) -> str:
+    """How logs and errors call the database: server and name, never the password."""
+    parts = conninfo_to_dict(conninfo)
+    return f"PostgreSQL {parts.get('host', 'localhost')}:{parts.get('port', 5432)}/{parts.get('dbname', '')}"
 
 
 def _describe(error: psycopg.Error) -> str:

@@ -144,7 +144,7 @@ class SqliteStore:
             connection.execute("COMMIT")
         except sqlite3.OperationalError as ex:  # Locked, read-only, disk full, I/O error: nothing can be written now.
             self.close_writer()
-            raise StoreUnavailableError(f"the store cannot write: {ex}") from None
+            raise StoreUnavailableError(f"SQLite database {self._path} cannot be written: {ex}") from None
         except BaseException:
             # Whatever else failed, start over on a fresh connection next time.
             self.close_writer()
@@ -224,7 +224,7 @@ class SqliteStore:
                 return run()
             return await asyncio.get_running_loop().run_in_executor(self._readers, run)
         except sqlite3.Error as ex:
-            raise StoreUnavailableError(f"the store cannot read: {ex}") from None
+            raise StoreUnavailableError(f"SQLite database {self._path} cannot be read: {ex}") from None
 
     async def history(self, tracking_id: str) -> list[StoredEvent]:
         """Return every event of a message, in precedence order (its current status last)."""
