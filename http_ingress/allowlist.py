@@ -228,10 +228,34 @@ class Allowlist:
         allow_cidrs: Iterable[IPNetwork] = (),
         trusted_proxies: Iterable[IPNetwork] = (),
         dns_allowlist: DnsAllowlist | None = None,
+        monitor_cidrs: Iterable[IPNetwork] = (),
     ) -> None:
         self._allow_cidrs = tuple(allow_cidrs)
         self._trusted_proxies = tuple(trusted_proxies)
+        self._monitor_cidrs = tuple(monitor_cidrs)
         self.dns = dns_allowlist
+
+    def admits(self, peer: str) -> bool:
+        """Whether a peer may open a connection at all (decided before any request is read).
+
+        Trusted proxies speak for others and are admitted; so are monitoring networks (probes and scrapes; their
+        callbacks still get 403), every allowed address, and everybody while the DNS allowlist has no usable
+        answer (they get 503 then, not a closed door: Routee retries a 503).
+        """
+        try:
+            address = parse_address(peer)
+        except ValueError:
+            return False
+        if any(
+            _within(address, networks) for networks in (self._trusted_proxies, self._allow_cidrs, self._monitor_cidrs)
+        ):
+            return True
+        if self.dns is None:
+            return False
+        try:
+            return address in self.dns.addresses()
+        except AllowlistUnavailableError:
+            return True
 
     def check(self, peer: str, forwarded_for: str | None) -> IPAddress:
         """Return the client address when it is allowed.

@@ -18,11 +18,11 @@ CALLBACKS_PATH = "/v1/callbacks/viber"
 
 
 def create_app(
-    ingest: Ingest, allowlist: Allowlist, metrics: Metrics, *, body_timeout: float = 10.0, middleware: Any = ()
+    ingest: Ingest, allowlist: Allowlist, metrics: Metrics, *, middleware: Any = ()
 ) -> falcon.asgi.App[Any, Any]:
     """Build the ingress app; it starts nothing and reads no environment."""
     app = falcon.asgi.App(middleware=list(middleware))
-    app.add_route(CALLBACKS_PATH, CallbacksResource(ingest, allowlist, metrics, body_timeout=body_timeout))
+    app.add_route(CALLBACKS_PATH, CallbacksResource(ingest, allowlist, metrics))
     app.add_route("/healthz", HealthResource())
     app.add_route("/readyz", ReadyResource(ingest, allowlist))
     app.add_route("/metrics", MetricsResource(metrics))

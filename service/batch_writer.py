@@ -34,6 +34,14 @@ def _ignore_observation(seconds: float, size: int) -> None:
     pass
 
 
+def _nothing() -> None:
+    pass
+
+
+#: Told a job's outcome right after its transaction: (result, None), or (None, StoreUnavailableError).
+Done = Callable[[Any, StoreUnavailableError | None], None]
+
+
 class BatchWriter:
     """Runs submitted jobs in group-committed transactions on one store."""
 
@@ -43,15 +51,17 @@ class BatchWriter:
         *,
         on_commit: Callable[[Sequence[StoredEvent]], None] = _ignore_commit,
         observe_commit: Callable[[float, int], None] = _ignore_observation,
+        after_batch: Callable[[], None] = _nothing,
         clock: Callable[[], float] = time.time,
         max_batch: int = 512,
     ) -> None:
         self._store = store
         self._on_commit = on_commit
         self._observe_commit = observe_commit
+        self._after_batch = after_batch
         self._clock = clock
         self._max_batch = max_batch
-        self._pending: list[tuple[Job, asyncio.Future[Any]]] = []
+        self._pending: list[tuple[Job, Done]] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -87,12 +97,20 @@ class BatchWriter:
     def enqueue(self, job: Job) -> asyncio.Future[Any]:
         """Queue a job; the future gets its result once committed, or StoreUnavailableError."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if not self.running:
-            future.set_exception(StoreUnavailableError("the store's writer is not running"))
-            return future
-        self._pending.append((job, future))
-        self._wakeup.set()
+        self.enqueue_with(job, lambda result, error: _settle(future, result, error))
         return future
+
+    def enqueue_with(self, job: Job, done: Done) -> None:
+        """Queue a job; ``done`` is called right after its transaction, in the same loop iteration as the commit.
+
+        The writer process answers workers this way: a future's callback would cost another loop iteration
+        between the commit and the answer, and every request would wait for it.
+        """
+        if not self.running:
+            done(None, StoreUnavailableError("the store's writer is not running"))
+            return
+        self._pending.append((job, done))
+        self._wakeup.set()
 
     async def _run(self) -> None:
         while True:
@@ -104,7 +122,7 @@ class BatchWriter:
             if self._stopping:
                 return
 
-    def _write(self, batch: list[tuple[Job, asyncio.Future[Any]]]) -> None:
+    def _write(self, batch: list[tuple[Job, Done]]) -> None:
         started = time.perf_counter()
         try:
             result = self._store.write([job for job, _ in batch], int(self._clock() * 1_000_000))
@@ -129,13 +147,22 @@ class BatchWriter:
                 self._on_commit(result.entries)
         except Exception:  # The tailer reads what it missed from the store on its next hint.
             _LOGGER.exception("handing committed entries on failed")
-        for (_, future), value in zip(batch, result.results, strict=True):
-            if not future.done():
-                future.set_result(value)
+        for (_, done), value in zip(batch, result.results, strict=True):
+            done(value, None)
+        self._after_batch()
 
-    def _fail(self, batch: list[tuple[Job, asyncio.Future[Any]]], error: StoreUnavailableError) -> None:
+    def _fail(self, batch: list[tuple[Job, Done]], error: StoreUnavailableError) -> None:
         _LOGGER.warning("store write failed: %s", error, extra={"batch_size": len(batch)})
         self.last_error = str(error)
-        for _, future in batch:
-            if not future.done():
-                future.set_exception(error)
+        for _, done in batch:
+            done(None, error)
+        self._after_batch()
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():  # The caller stopped waiting; the job was written all the same.
+        return
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)

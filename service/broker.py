@@ -23,36 +23,23 @@ _LOGGER = logging.getLogger(__name__)
 
 
 class Update:
-    """One committed entry as the broker fans it out: what routing needs, and its stream item serialized once."""
+    """One committed event as the broker fans it out; its stream item is serialized once, when first needed."""
 
-    __slots__ = ("_event", "_payload", "campaign_tracking_id", "sequence", "status")
+    __slots__ = ("_payload", "campaign_tracking_id", "event", "sequence", "status")
 
-    def __init__(
-        self,
-        sequence: int,
-        campaign_tracking_id: str,
-        status: int,
-        *,
-        event: StoredEvent | None = None,
-        payload: bytes | None = None,
-    ) -> None:
-        self.sequence = sequence
-        self.campaign_tracking_id = campaign_tracking_id
-        self.status = status
-        self._event = event
-        self._payload = payload
-
-    @classmethod
-    def of(cls, event: StoredEvent) -> Update:
-        """The update of a stored event; its stream item is built when first needed."""
-        return cls(event.sequence, event.campaign_tracking_id, event.status, event=event)
+    def __init__(self, event: StoredEvent) -> None:
+        self.event = event
+        # Copied for the fan-out loop, which reads them for every subscription.
+        self.sequence = event.sequence
+        self.campaign_tracking_id = event.campaign_tracking_id
+        self.status = event.status
+        self._payload: bytes | None = None
 
     @property
     def payload(self) -> bytes:
-        """The entry as a serialized StreamStatusUpdatesResponse."""
+        """The event as a serialized StreamStatusUpdatesResponse."""
         if self._payload is None:
-            assert self._event is not None
-            self._payload = stream_item(self._event)
+            self._payload = stream_item(self.event)
         return self._payload
 
 
@@ -164,6 +151,10 @@ class Broker:
                     if not subscription.event_filter.statuses or update.status in subscription.event_filter.statuses:
                         subscription.offer(update)
             self.last_sequence = update.sequence
+
+    def advance(self, sequence: int) -> None:
+        """Note that everything up to ``sequence`` was committed with nobody to offer it to."""
+        self.last_sequence = max(self.last_sequence, sequence)
 
     def close(self) -> None:
         """Close every subscription and refuse new ones."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import socket
 import sys
@@ -76,7 +77,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def serve(settings: Settings) -> None:
     """Check what can fail early, then hand over to gunicorn until it stops."""
-    from service.process import ServiceApplication, lock_grpc_port, prepare_instance, remove_instance
+    from service.process import (
+        ServiceApplication,
+        lock_grpc_port,
+        prepare_instance,
+        raise_open_files_limit,
+        remove_instance,
+    )
 
     instance = prepare_instance()  # First: it decides how every process records metrics.
     try:
@@ -92,6 +99,8 @@ def serve(settings: Settings) -> None:
         port_lock = lock_grpc_port(settings.grpc_bind)
         _check_port("HTTP", settings.http_bind.host, settings.http_bind.port)
         _check_port("gRPC", settings.grpc_bind.host, settings.grpc_bind.port)
+        before, after = raise_open_files_limit()
+        logging.getLogger(__name__).info("open files limit raised", extra={"soft_before": before, "soft": after})
         try:
             ServiceApplication(settings, instance).run()
         except SystemExit as ex:

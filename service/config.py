@@ -39,6 +39,10 @@ class Settings:
     dns_server: HostPort | None = None
     allow_cidrs: tuple[IPNetwork, ...] = ()
     trusted_proxies: tuple[IPNetwork, ...] = ()
+    monitor_cidrs: tuple[IPNetwork, ...] = (
+        ipaddress.ip_network("127.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )
     dns_min_ttl: float = 5.0
     dns_max_ttl: float = 300.0
     dns_max_stale: float = 24 * 3600.0
@@ -49,6 +53,7 @@ class Settings:
     progress_interval: float = 15.0
     shutdown_grace: float = 10.0
     body_timeout: float = 10.0
+    header_timeout: float = 10.0
     workers: int = 1
     log_level: str = "INFO"
     log_format: str = "auto"
@@ -212,6 +217,15 @@ OPTIONS: tuple[Option, ...] = (
         repeatable=True,
     ),
     Option(
+        "--monitor-cidr",
+        "monitor_cidrs",
+        parse_cidr,
+        "network allowed to connect for probes, /metrics and /openapi.json but not to post callbacks (repeatable);"
+        " any other stranger is turned away before its request is read",
+        "CIDR",
+        repeatable=True,
+    ),
+    Option(
         "--dns-min-ttl",
         "dns_min_ttl",
         _positive(float),
@@ -281,6 +295,13 @@ OPTIONS: tuple[Option, ...] = (
         _positive(int),
         "worker processes serving HTTP and gRPC (every stream on any worker sees every event)",
         "N",
+    ),
+    Option(
+        "--header-timeout",
+        "header_timeout",
+        _positive(float),
+        "time a request's headers may take to arrive, in seconds; a slower one gets 408 and its connection is closed",
+        "SECONDS",
     ),
     Option("--log-level", "log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "log level", "LEVEL"),
     Option(

@@ -3,8 +3,8 @@
 A frame is a 4-byte big-endian length, a 1-byte kind and the payload. Workers
 send bodies to keep and probes; the writer answers each with a result carrying
 the same request id, and pushes the log as it is committed (``FEED``): every
-entry with the fields the broker routes by and its stream item, serialized
-once for every worker.
+stored event, field by field. A worker builds an event's stream item only
+when one of its streams receives it.
 
 Only processes of one service instance speak this, through a socket in a
 directory only its user can enter; still, nothing here is ``pickle``.
@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 
 from service.broker import Update
 from service.errors import RouteeCallbacksError, error_from_reason
+from service.events import StoredEvent
 
 # Worker to writer.
 SUBMIT_STATUS = 1
@@ -30,7 +31,8 @@ FEED = 12
 _HEADER = struct.Struct("!IB")
 _REQUEST = struct.Struct("!I")
 _KEPT = struct.Struct("!IQ")
-_ENTRY = struct.Struct("!QBHI")
+_EVENT = struct.Struct("!QBBqqHHHI")
+_RANGE = struct.Struct("!QQ")
 #: The largest frame either side accepts: a 64 KiB body, or a feed page.
 MAX_FRAME = 64 * 1024 * 1024
 
@@ -104,28 +106,68 @@ def parse_failed(payload: memoryview) -> tuple[int, RouteeCallbacksError]:
     return _REQUEST.unpack_from(payload)[0], error_from_reason(wire["reason"], wire["message"], wire["field"])
 
 
-def feed(updates: Sequence[Update]) -> bytes:
-    """Committed entries, in sequence order, for every worker."""
-    parts: list[bytes] = []
-    for update in updates:
-        campaign = update.campaign_tracking_id.encode()
-        payload = update.payload
-        parts.append(_ENTRY.pack(update.sequence, update.status, len(campaign), len(payload)))
-        parts.append(campaign)
-        parts.append(payload)
+class FeedFrame:
+    """A received FEED frame: the range of sequences it covers, its events decoded only when asked for."""
+
+    __slots__ = ("_payload", "first", "last")
+
+    def __init__(self, payload: memoryview) -> None:
+        self.first, self.last = _RANGE.unpack_from(payload)
+        self._payload = payload
+
+    def updates(self) -> list[Update]:
+        """The frame's events, as updates."""
+        return parse_feed(self._payload)
+
+
+def feed(events: Sequence[StoredEvent]) -> bytes:
+    """Committed events, in sequence order, for every worker; the range first, so a worker may skip the rest."""
+    parts: list[bytes] = [_RANGE.pack(events[0].sequence, events[-1].sequence)]
+    for event in events:
+        campaign, tracking_id, name = (
+            event.campaign_tracking_id.encode(),
+            event.tracking_id.encode(),
+            event.status_name.encode(),
+        )
+        parts.append(
+            _EVENT.pack(
+                event.sequence,
+                event.status,
+                event.is_current,
+                event.update_us,
+                event.receive_us,
+                len(campaign),
+                len(tracking_id),
+                len(name),
+                len(event.callback),
+            )
+        )
+        parts += (campaign, tracking_id, name, event.callback)
     return frame(FEED, b"".join(parts))
 
 
 def parse_feed(payload: memoryview) -> list[Update]:
-    """Read a FEED frame back into updates (their stream items already serialized)."""
+    """Read a FEED frame back into updates of stored events (stream items built when first needed)."""
     updates = []
-    offset = 0
+    offset = _RANGE.size
     while offset < len(payload):
-        sequence, status, campaign_length, payload_length = _ENTRY.unpack_from(payload, offset)
-        offset += _ENTRY.size
-        campaign = bytes(payload[offset : offset + campaign_length]).decode()
-        offset += campaign_length
-        item = bytes(payload[offset : offset + payload_length])
-        offset += payload_length
-        updates.append(Update(sequence, campaign, status, payload=item))
+        sequence, status, is_current, update_us, receive_us, *lengths = _EVENT.unpack_from(payload, offset)
+        offset += _EVENT.size
+        fields = []
+        for length in lengths:
+            fields.append(bytes(payload[offset : offset + length]))
+            offset += length
+        campaign, tracking_id, name, callback = fields
+        event = StoredEvent(
+            sequence,
+            tracking_id.decode(),
+            campaign.decode(),
+            status,
+            name.decode(),
+            update_us,
+            receive_us,
+            bool(is_current),
+            callback,
+        )
+        updates.append(Update(event))
     return updates

@@ -36,6 +36,7 @@ class LocalLog:
         publish: Callable[[Sequence[Update]], None],
         *,
         observe_commit: Callable[[float, int], None] = _ignore_observation,
+        after_batch: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
         watch_interval: float = 1.0,
     ) -> None:
@@ -45,8 +46,9 @@ class LocalLog:
         self.tailer = Tailer(self._read_after, publish, position=0)
         self.writer = BatchWriter(
             store,
-            on_commit=lambda events: self.tailer.committed([Update.of(event) for event in events]),
+            on_commit=lambda events: self.tailer.committed([Update(event) for event in events]),
             observe_commit=observe_commit,
+            after_batch=after_batch,
             clock=clock,
         )
         self._tasks: list[asyncio.Task[None]] = []
@@ -72,7 +74,7 @@ class LocalLog:
         await self.tailer.stop()
 
     async def _read_after(self, position: int, limit: int) -> list[Update]:
-        return [Update.of(event) for event in self.store.entries_after(position, limit)]
+        return [Update(event) for event in self.store.entries_after(position, limit)]
 
     async def _watch(self) -> None:
         while True:

@@ -20,6 +20,7 @@ import fcntl
 import logging
 import math
 import os
+import resource
 import signal
 import tempfile
 import time
@@ -76,6 +77,19 @@ def name_process(name: str) -> None:
         libc.prctl(15, name.encode()[:15], 0, 0, 0)  # 15: PR_SET_NAME
 
 
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise the soft limit on open files to the hard limit (every process inherits it); return (before, after).
+
+    Each HTTP connection, gRPC connection and database file takes a descriptor: the common default of 1 024 is
+    too few for a service that strangers can knock at.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return soft, resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 def lock_grpc_port(bind: HostPort) -> IO[bytes]:
     """Hold a lock named after the gRPC address for as long as the process lives.
 
@@ -93,7 +107,7 @@ def lock_grpc_port(bind: HostPort) -> IO[bytes]:
 
 
 class Worker(UvicornWorker):  # type: ignore[misc]
-    """uvicorn's gunicorn worker on uvloop and httptools, without proxy-header rewriting.
+    """uvicorn's gunicorn worker on uvloop, its HTTP connections built by the composition root.
 
     The allowlist decides itself which X-Forwarded-For to believe (``--trusted-proxy``);
     uvicorn must not rewrite the client address before it.
@@ -106,6 +120,11 @@ class Worker(UvicornWorker):  # type: ignore[misc]
         "proxy_headers": False,
         "server_header": False,
     }
+
+    async def _serve(self) -> None:
+        # `load` has run (gunicorn loads the app before it runs the worker): serve with its connection class.
+        self.config.http = self.app.connection_class
+        await super()._serve()
 
 
 class ServiceArbiter(Arbiter):  # type: ignore[misc]
@@ -194,6 +213,7 @@ class ServiceApplication(BaseApplication):  # type: ignore[misc]
     def __init__(self, settings: Settings, instance: Instance) -> None:
         self.settings = settings
         self.instance = instance
+        self.connection_class: type | None = None
         super().__init__()
 
     def load_config(self) -> None:
@@ -220,9 +240,11 @@ class ServiceApplication(BaseApplication):  # type: ignore[misc]
 
     def load(self) -> Any:
         """Build the app in the worker, after the fork: database connections and gRPC must not cross a fork."""
-        from service.wiring import build_worker_app
+        from service.wiring import build_worker
 
-        return build_worker_app(self.settings, self.instance)
+        parts = build_worker(self.settings, self.instance)
+        self.connection_class = parts.connection_class
+        return parts.app
 
     def run(self) -> None:
         """Run the master until it stops."""

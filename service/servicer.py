@@ -117,7 +117,7 @@ class MessageStatusServicer:
             elif request.include_snapshot:
                 events, position = await self._store.snapshot(event_filter)
                 for event in events:
-                    yield Update.of(event).payload
+                    yield Update(event).payload
                 yield pb2.StreamStatusUpdatesResponse(
                     snapshot_end=pb2.SnapshotEnd(sequence=position)
                 ).SerializeToString()
@@ -159,7 +159,7 @@ class MessageStatusServicer:
         while True:
             events = await self._store.events_after(after_sequence, event_filter, REPLAY_PAGE)
             for event in events:
-                yield Update.of(event)
+                yield Update(event)
             if len(events) < REPLAY_PAGE:
                 return
             after_sequence = events[-1].sequence

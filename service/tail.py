@@ -26,21 +26,41 @@ class Tailer:
     """Publishes the log from ``position`` on, in order, exactly once."""
 
     def __init__(
-        self, read_after: ReadAfter, publish: Callable[[Sequence[Update]], None], *, position: int, page: int = 500
+        self,
+        read_after: ReadAfter,
+        publish: Callable[[Sequence[Update]], None],
+        *,
+        position: int,
+        page: int = 500,
+        skipped: Callable[[int], None] = lambda sequence: None,
     ) -> None:
         self._read_after = read_after
         self._publish = publish
+        self._skipped = skipped
         self._page = page
         self._hints: asyncio.Queue[Sequence[Update] | None] = asyncio.Queue()
         self._change_queued = False
+        self._busy = False
         self._task: asyncio.Task[None] | None = None
         #: Every entry up to this sequence has been published.
         self.position = position
 
     def committed(self, updates: Sequence[Update]) -> None:
         """Hand over entries known to be committed (in sequence order); earlier ones are read from the store."""
-        if updates:
+        if not updates:
+            return
+        if not self._busy and self._hints.empty() and updates[0].sequence == self.position + 1:
+            self._emit(updates)  # They continue the log: publish now rather than a loop iteration later.
+        else:
             self._hints.put_nowait(updates)
+
+    def skip(self, first: int, last: int) -> bool:
+        """Move past committed entries ``first``..``last`` nobody needs, if they continue the log; say whether."""
+        if self._busy or not self._hints.empty() or first != self.position + 1:
+            return False
+        self.position = last
+        self._skipped(last)
+        return True
 
     def changed(self) -> None:
         """Say that the store may hold entries after ``position``."""
@@ -63,6 +83,7 @@ class Tailer:
     async def _run(self) -> None:
         while True:
             hint = await self._hints.get()
+            self._busy = True
             try:
                 if hint is None:
                     self._change_queued = False
@@ -77,6 +98,8 @@ class Tailer:
                 _LOGGER.exception("following the log failed at sequence %d", self.position)
                 await asyncio.sleep(0.1)
                 self.changed()
+            finally:
+                self._busy = False
 
     async def _catch_up(self, through: int | None) -> None:
         """Read and publish from the store until ``through`` (or until it has nothing more)."""

@@ -19,7 +19,9 @@ import contextlib
 import gc
 import logging
 import os
+import resource
 import signal
+from dataclasses import dataclass
 from typing import Any
 
 import falcon.asgi
@@ -29,6 +31,7 @@ from grpc_health.v1 import health, health_pb2
 
 from http_ingress.allowlist import Allowlist, DnsAllowlist, DnspythonResolver
 from http_ingress.app import create_app
+from http_ingress.connections import Connection, ConnectionPolicy, connection_class
 from http_ingress.schemas import parse_callback
 from service.broker import Broker
 from service.config import Settings, redact
@@ -130,16 +133,38 @@ def build_allowlist(settings: Settings, metrics: Metrics) -> Allowlist:
         )
         metrics.watch_allowlist(dns_allowlist)
     return Allowlist(
-        allow_cidrs=settings.allow_cidrs, trusted_proxies=settings.trusted_proxies, dns_allowlist=dns_allowlist
+        allow_cidrs=settings.allow_cidrs,
+        trusted_proxies=settings.trusted_proxies,
+        dns_allowlist=dns_allowlist,
+        monitor_cidrs=settings.monitor_cidrs,
     )
 
 
-def build_worker_app(settings: Settings, instance: Instance) -> falcon.asgi.App[Any, Any]:
+@dataclass(frozen=True)
+class WorkerParts:
+    """What a worker serves: the ASGI app, and the protocol class its HTTP connections are held to."""
+
+    app: falcon.asgi.App[Any, Any]
+    connection_class: type[Connection]
+
+
+def build_worker(settings: Settings, instance: Instance) -> WorkerParts:
     """Wire one worker; call it in the worker, after the fork."""
     metrics = Metrics(multiprocess_dir=instance.metrics_dir)
     broker = Broker(settings.subscriber_queue_size)
     store = open_store(settings.database, synchronous=settings.sqlite_synchronous)
-    log = RemoteLog(instance.writer_socket, store, metrics.published(broker.publish))
+
+    def skipped(sequence: int) -> None:
+        broker.advance(sequence)
+        metrics.last_sequence.set(sequence)
+
+    log = RemoteLog(
+        instance.writer_socket,
+        store,
+        metrics.published(broker.publish),
+        skipped=skipped,
+        wanted=lambda: broker.subscriber_count > 0,
+    )
     servicer = MessageStatusServicer(
         store, broker, metrics, max_streams=settings.max_streams, progress_interval=settings.progress_interval
     )
@@ -147,9 +172,21 @@ def build_worker_app(settings: Settings, instance: Instance) -> falcon.asgi.App[
     runtime = WorkerRuntime(
         settings, store=store, log=log, broker=broker, servicer=servicer, allowlist=allowlist, metrics=metrics
     )
-    return create_app(
-        RemoteIngest(log.client), allowlist, metrics, body_timeout=settings.body_timeout, middleware=[runtime]
+    policy = ConnectionPolicy(
+        header_timeout=settings.header_timeout,
+        body_timeout=settings.body_timeout,
+        max_connections=connection_capacity(),
+        admit=allowlist.admits,
+        refused=lambda reason: metrics.connections_refused.labels(reason).inc(),
     )
+    app = create_app(RemoteIngest(log.client), allowlist, metrics, middleware=[runtime])
+    return WorkerParts(app, connection_class(policy))
+
+
+def connection_capacity(reserve: int = 512) -> int:
+    """How many HTTP connections a worker takes: its open-files limit, less a reserve for gRPC and the store."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(64, soft - reserve) if soft != resource.RLIM_INFINITY else 1_000_000
 
 
 def run_writer(settings: Settings, instance: Instance) -> None:
@@ -165,7 +202,10 @@ async def _writer_main(settings: Settings, instance: Instance) -> None:
     metrics = Metrics(multiprocess_dir=instance.metrics_dir)
     store = open_store(settings.database, synchronous=settings.sqlite_synchronous)
     feed = Feed()
-    log = LocalLog(store, metrics.published(feed.broadcast), observe_commit=metrics.observe_commit)
+    # Answers and the feed leave right after each commit, not a loop iteration later.
+    log = LocalLog(
+        store, metrics.published(feed.broadcast), observe_commit=metrics.observe_commit, after_batch=feed.flush
+    )
     server = WriterServer(log.writer, parse_callback, instance.writer_socket, feed)
     await log.start(retention_seconds=settings.retention_hours * 3600)
     await server.start()

@@ -37,7 +37,7 @@ class WriterClient:
         self,
         path: Path,
         *,
-        on_feed: Callable[[list[Update]], None],
+        on_feed: Callable[[ipc.FeedFrame], None],
         on_connect: Callable[[], None],
         timeout: float = 1.5,
         backoff: tuple[float, float] = (0.05, 1.0),
@@ -94,7 +94,7 @@ class WriterClient:
     def answer(self, kind: int, payload: memoryview) -> None:
         """Act on one frame from the writer process."""
         if kind == ipc.FEED:
-            self._on_feed(ipc.parse_feed(payload))
+            self._on_feed(ipc.FeedFrame(payload))
             return
         if kind == ipc.KEPT:
             request_id, sequence, tracking_id = ipc.parse_kept(payload)
@@ -157,7 +157,6 @@ class _ClientProtocol(asyncio.Protocol):
     def __init__(self, client: WriterClient) -> None:
         self._client = client
         self._buffer = bytearray()
-        self._unsent: list[bytes] = []
         self._transport: asyncio.Transport | None = None
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -179,15 +178,9 @@ class _ClientProtocol(asyncio.Protocol):
             self.close()
 
     def send(self, data: bytes) -> None:
-        # Requests of one loop iteration leave in one socket write.
-        if not self._unsent:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._unsent.append(data)
-
-    def _flush(self) -> None:
+        # At once: gathering a loop iteration's requests into one write saved less than the iteration it cost.
         if self._transport is not None:
-            self._transport.write(b"".join(self._unsent))
-        self._unsent.clear()
+            self._transport.write(data)
 
     def close(self) -> None:
         if self._transport is not None:
@@ -211,12 +204,29 @@ class RemoteIngest:
 
 
 class RemoteLog:
-    """The log as a worker follows it: the writer process's feed, gaps filled from the store."""
+    """The log as a worker follows it: the writer process's feed, gaps filled from the store.
 
-    def __init__(self, path: Path, reader: LogReader, publish: Callable[[Sequence[Update]], None]) -> None:
+    While the worker has no stream open (``wanted`` says so), a frame that continues the log is not decoded:
+    the position just moves past it.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        reader: LogReader,
+        publish: Callable[[Sequence[Update]], None],
+        *,
+        skipped: Callable[[int], None],
+        wanted: Callable[[], bool],
+    ) -> None:
         self._reader = reader
-        self.tailer = Tailer(self._read_after, publish, position=0)
-        self.client = WriterClient(path, on_feed=self.tailer.committed, on_connect=self.tailer.changed)
+        self._wanted = wanted
+        self.tailer = Tailer(self._read_after, publish, position=0, skipped=skipped)
+        self.client = WriterClient(path, on_feed=self._on_feed, on_connect=self.tailer.changed)
+
+    def _on_feed(self, frame: ipc.FeedFrame) -> None:
+        if self._wanted() or not self.tailer.skip(frame.first, frame.last):
+            self.tailer.committed(frame.updates())
 
     async def start(self) -> None:
         """Follow from the store's head, and connect to the writer process."""
@@ -230,4 +240,4 @@ class RemoteLog:
         await self.tailer.stop()
 
     async def _read_after(self, position: int, limit: int) -> list[Update]:
-        return [Update.of(event) for event in await self._reader.events_after(position, EventFilter(), limit)]
+        return [Update(event) for event in await self._reader.events_after(position, EventFilter(), limit)]

@@ -19,7 +19,7 @@ from typing import Any, cast
 from service import ipc
 from service.batch_writer import BatchWriter
 from service.broker import Update
-from service.errors import RejectedError, RouteeCallbacksError, StoreUnavailableError
+from service.errors import RejectedError, RouteeCallbacksError
 from service.ingest import ParseCallback
 from service.store import AppendStatus, Probe
 
@@ -38,9 +38,14 @@ class Feed:
     def broadcast(self, updates: Sequence[Update]) -> None:
         """Push committed entries to every worker."""
         if self.connections:
-            data = ipc.feed(updates)
+            data = ipc.feed([update.event for update in updates])
             for connection in list(self.connections):
                 connection.send(data)
+
+    def flush(self) -> None:
+        """Write out what every connection has to send, now."""
+        for connection in list(self.connections):
+            connection.flush()
 
 
 class WriterServer:
@@ -78,23 +83,23 @@ class WriterServer:
             except RejectedError as ex:
                 connection.send(ipc.failed(request_id, ex))
                 return
-            future = self._writer.enqueue(AppendStatus(callback))
-            future.add_done_callback(lambda done: _answer(connection, request_id, callback.tracking_id, done))
+            self._writer.enqueue_with(
+                AppendStatus(callback),
+                lambda event, error: _answer(connection, request_id, callback.tracking_id, event, error),
+            )
         elif kind == ipc.PROBE:
-            self._writer.enqueue(Probe()).add_done_callback(lambda done: _answer(connection, request_id, "", done))
+            self._writer.enqueue_with(Probe(), lambda result, error: _answer(connection, request_id, "", None, error))
         else:
             raise ipc.FrameError(f"unknown frame kind {kind}")
 
 
-def _answer(connection: _WorkerConnection, request_id: int, tracking_id: str, done: asyncio.Future[Any]) -> None:
-    error = done.exception()
+def _answer(
+    connection: _WorkerConnection, request_id: int, tracking_id: str, event: Any, error: RouteeCallbacksError | None
+) -> None:
     if error is None:
-        event = done.result()
         connection.send(ipc.kept(request_id, getattr(event, "sequence", None), tracking_id))
-    elif isinstance(error, RouteeCallbacksError):
-        connection.send(ipc.failed(request_id, error))
     else:
-        connection.send(ipc.failed(request_id, StoreUnavailableError(f"the store cannot write: {error}")))
+        connection.send(ipc.failed(request_id, error))
 
 
 class _WorkerConnection(asyncio.Protocol):
@@ -124,14 +129,15 @@ class _WorkerConnection(asyncio.Protocol):
             self.close()
 
     def send(self, data: bytes) -> None:
+        # Written at the end of the current batch, or of this loop iteration: one socket write for many frames.
         if self._transport is None:
             return
         if not self._unsent:
-            asyncio.get_running_loop().call_soon(self._flush)
+            asyncio.get_running_loop().call_soon(self.flush)
         self._unsent.append(data)
 
-    def _flush(self) -> None:
-        if self._transport is None:
+    def flush(self) -> None:
+        if self._transport is None or not self._unsent:
             return
         self._transport.write(b"".join(self._unsent))
         self._unsent.clear()

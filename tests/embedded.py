@@ -29,9 +29,7 @@ LOOPBACK = Allowlist(allow_cidrs=[ipaddress.ip_network("127.0.0.0/8")])
 class Embedded:
     """One process doing what a whole instance does."""
 
-    def __init__(
-        self, database: str, *, allowlist: Allowlist = LOOPBACK, queue_size: int = 1024, body_timeout: float = 10.0
-    ) -> None:
+    def __init__(self, database: str, *, allowlist: Allowlist = LOOPBACK, queue_size: int = 1024) -> None:
         self.store: Store = open_store(database)
         self.broker = Broker(queue_size)
         self.metrics = Metrics()
@@ -39,7 +37,7 @@ class Embedded:
             self.store, self.metrics.published(self.broker.publish), observe_commit=self.metrics.observe_commit
         )
         self.ingest = LocalIngest(self.log.writer, parse_callback)
-        self.app: falcon.asgi.App = create_app(self.ingest, allowlist, self.metrics, body_timeout=body_timeout)
+        self.app: falcon.asgi.App = create_app(self.ingest, allowlist, self.metrics)
 
     async def start(self) -> None:
         """Open the store and start the log."""

@@ -54,10 +54,12 @@ class StatusPlan:
 
 def event_key(callback: pb.ViberCallback) -> EventKey:
     """The key under which a callback is one distinct event (DESIGN.md, "Decided rules")."""
+    status = callback.status
+    update_time = status.update_time  # Its fields directly: Timestamp.ToMicroseconds is slow, and this is hot.
     return (
         callback.tracking_id,
-        normalise_status_name(callback.status.name),
-        callback.status.update_time.ToMicroseconds(),
+        normalise_status_name(status.name),
+        update_time.seconds * 1_000_000 + update_time.nanos // 1000,
     )
 
 
@@ -68,20 +70,23 @@ def tracking_ids(callbacks: Iterable[pb.ViberCallback]) -> list[str]:
 
 def plan_status(
     callbacks: Sequence[pb.ViberCallback],
+    keys: Sequence[EventKey],
     *,
     existing: set[EventKey],
     current: Mapping[str, Current],
     last_sequence: int,
     receive_us: int,
 ) -> StatusPlan:
-    """Plan a batch: sequences follow ``last_sequence`` in batch order; duplicates (already stored, or earlier in
-    the batch) get none. A new event becomes current when its precedence beats the message's current event; being
-    stored later, it wins every tie."""
+    """Plan a batch; ``keys`` are the callbacks' event keys.
+
+    Sequences follow ``last_sequence`` in batch order; duplicates (already stored, or earlier in the batch) get
+    none. A new event becomes current when its precedence beats the message's current event; being stored later,
+    it wins every tie.
+    """
     plan = StatusPlan(last_sequence=last_sequence)
     seen = set(existing)
     state = dict(current)
-    for callback in callbacks:
-        key = event_key(callback)
+    for callback, key in zip(callbacks, keys, strict=True):
         if key in seen:
             plan.results.append(None)
             continue

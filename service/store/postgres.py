@@ -336,7 +336,7 @@ def _plan(connection: psycopg.Connection[Any], callbacks: Sequence[Any], last: i
             (tracking_ids(callbacks),),
         )
     }
-    return plan_status(callbacks, existing=existing, current=current, last_sequence=last, receive_us=receive_us)
+    return plan_status(callbacks, keys, existing=existing, current=current, last_sequence=last, receive_us=receive_us)
 
 
 def _apply(connection: psycopg.Connection[Any], plan: StatusPlan) -> None:

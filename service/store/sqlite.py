@@ -312,7 +312,7 @@ def _plan(connection: sqlite3.Connection, callbacks: Sequence[Any], last: int, r
             ids,
         )
     }
-    return plan_status(callbacks, existing=existing, current=current, last_sequence=last, receive_us=receive_us)
+    return plan_status(callbacks, keys, existing=existing, current=current, last_sequence=last, receive_us=receive_us)
 
 
 def _apply(connection: sqlite3.Connection, plan: StatusPlan) -> None:

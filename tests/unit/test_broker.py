@@ -14,7 +14,7 @@ from service.events import EventFilter, StoredEvent
 def event(sequence: int, campaign: str = "c1", status: int = pb.MESSAGE_STATUS_QUEUED) -> Update:
     """The update of a stored event with a tiny callback."""
     payload = pb.ViberCallback(tracking_id=f"m{sequence}", campaign_tracking_id=campaign).SerializeToString()
-    return Update.of(StoredEvent(sequence, f"m{sequence}", campaign, status, "Queued", 1, 2, True, payload))
+    return Update(StoredEvent(sequence, f"m{sequence}", campaign, status, "Queued", 1, 2, True, payload))
 
 
 class TestBroker:
@@ -90,12 +90,9 @@ class TestBroker:
 class TestUpdate:
     """What the broker fans out."""
 
-    def test_an_update_built_from_bytes_carries_them_unchanged(self) -> None:
-        """A feed entry arrives serialized already: its payload is used as it is."""
-        update = Update(9, "c1", pb.MESSAGE_STATUS_SEEN, payload=b"ready-made")
-        assert (update.sequence, update.campaign_tracking_id, update.status, update.payload) == (
-            9,
-            "c1",
-            pb.MESSAGE_STATUS_SEEN,
-            b"ready-made",
-        )
+    def test_the_stream_item_is_built_once_and_only_when_needed(self) -> None:
+        """Routing needs no serialization; the first reader of the payload builds it, later readers share it."""
+        update = event(9, "c9", pb.MESSAGE_STATUS_SEEN)
+        assert (update.sequence, update.campaign_tracking_id, update.status) == (9, "c9", pb.MESSAGE_STATUS_SEEN)
+        assert update._payload is None
+        assert update.payload is update.payload

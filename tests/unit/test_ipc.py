@@ -6,8 +6,8 @@ import pytest
 
 from routee.callbacks.v1 import callback_pb2 as pb
 from service import ipc
-from service.broker import Update
 from service.errors import InvalidCallbackError, MalformedJsonError, StoreUnavailableError
+from service.events import StoredEvent
 
 
 class TestFrames:
@@ -61,16 +61,17 @@ class TestAnswers:
 class TestFeed:
     """The log as pushed to workers."""
 
-    def test_updates_round_trip_with_their_stream_items(self) -> None:
-        """Routing fields and the serialized item survive, in order."""
-        updates = [
-            Update(1, "c1", pb.MESSAGE_STATUS_QUEUED, payload=b"first"),
-            Update(2, "", pb.MESSAGE_STATUS_SEEN, payload=b"\x00second\xff"),
-            Update(3, "kampanja-\u00e9", pb.MESSAGE_STATUS_UNKNOWN, payload=b""),
+    def test_stored_events_round_trip_field_by_field(self) -> None:
+        """Every field survives, in order, whatever the text and bytes hold."""
+        events = [
+            StoredEvent(
+                1, "m-1", "c1", pb.MESSAGE_STATUS_QUEUED, "Queued", 1_714_557_600_000_000, 5, True, b"\x08\x01"
+            ),
+            StoredEvent(2, "m-\u00e9", "", pb.MESSAGE_STATUS_SEEN, "seen", -1, 0, False, b"\x00\xff"),
+            StoredEvent(3, "m-3", "kampanja", pb.MESSAGE_STATUS_UNKNOWN, "Whatever", 0, 0, True, b""),
         ]
-        [(kind, payload)] = ipc.frames(bytearray(ipc.feed(updates)))
+        [(kind, payload)] = ipc.frames(bytearray(ipc.feed(events)))
         assert kind == ipc.FEED
-        back = ipc.parse_feed(payload)
-        assert [(u.sequence, u.campaign_tracking_id, u.status, u.payload) for u in back] == [
-            (u.sequence, u.campaign_tracking_id, u.status, u.payload) for u in updates
-        ]
+        frame = ipc.FeedFrame(payload)
+        assert (frame.first, frame.last) == (1, 3)
+        assert [update.event for update in frame.updates()] == events

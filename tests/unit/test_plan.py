@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from http_ingress.schemas import parse_callback
 from routee.callbacks.v1 import callback_pb2 as pb
-from service.store.plan import Current, event_key, plan_status
+from service.store.plan import Current, StatusPlan, event_key
+from service.store.plan import plan_status as plan_with_keys
 
 
 def callback(tracking_id: str, name: str, date: str, campaign: str = "c1") -> pb.ViberCallback:
@@ -12,6 +15,11 @@ def callback(tracking_id: str, name: str, date: str, campaign: str = "c1") -> pb
         f'{{"trackingId": "{tracking_id}", "campaignTrackingId": "{campaign}",'
         f' "status": {{"name": "{name}", "updatedDate": "{date}"}}}}'.encode()
     )
+
+
+def plan_status(callbacks: Sequence[pb.ViberCallback], **state: object) -> StatusPlan:
+    """Plan with the keys computed as the engines compute them."""
+    return plan_with_keys(callbacks, [event_key(c) for c in callbacks], **state)  # type: ignore[arg-type]
 
 
 class TestPlanStatus:

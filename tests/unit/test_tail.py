@@ -7,11 +7,12 @@ from collections.abc import Sequence
 
 from routee.callbacks.v1 import callback_pb2 as pb
 from service.broker import Update
+from service.events import StoredEvent
 from service.tail import Tailer
 
 
 def update(sequence: int) -> Update:
-    return Update(sequence, "c1", pb.MESSAGE_STATUS_QUEUED, payload=b"%d" % sequence)
+    return Update(StoredEvent(sequence, f"m{sequence}", "c1", pb.MESSAGE_STATUS_QUEUED, "Queued", 0, 0, True, b""))
 
 
 class FakeLog:
@@ -92,3 +93,12 @@ class TestTailer:
         await settle(tailer, 3)
         await tailer.stop()
         assert published.sequences == [1, 2, 3]
+
+    async def test_entries_nobody_needs_are_skipped_only_when_they_continue_the_log(self) -> None:
+        """A worker without streams moves past a frame that continues the log; one after a gap is not skipped."""
+        log, published, skipped = FakeLog(head=9), Published(), []
+        tailer = Tailer(log.read_after, published, position=4, skipped=skipped.append)
+        assert tailer.skip(5, 7)
+        assert (tailer.position, skipped) == (7, [7])
+        assert not tailer.skip(9, 9), "8 is missing: the frame must be read and the gap filled"
+        assert tailer.position == 7

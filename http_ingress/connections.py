@@ -1,0 +1,232 @@
+"""The HTTP connection layer under the Falcon app: uvicorn's httptools protocol, adapted.
+
+What a connection may do, decided before the app sees a request:
+
+- **Strangers are turned away at the door.** A peer that may not connect (not
+  an allowed sender, a trusted proxy or a monitoring network) never reaches
+  the app: it gets ``403`` as soon as it sends anything (its first bytes are
+  read and dropped, so the close is clean and the answer arrives), and the
+  connection is closed; a silent one is dropped after ``stranger_grace``.
+  While more than ``stranger_budget`` strangers wait at once (an attack), a
+  new one is dropped on the spot. So no number of strangers can hold the
+  process's file descriptors.
+- **Time limits.** A request's headers must arrive within ``header_timeout``
+  of its first byte (or of the connection, for its first request), its body
+  within ``body_timeout`` of its headers; otherwise ``408`` and the connection
+  is closed. The limits are checked after each read, so a request that
+  arrives whole needs no timer at all.
+- **Capacity.** Past ``max_connections`` a new connection gets ``503`` and is
+  closed; the connections already open are not disturbed.
+- **One write per response.** uvicorn writes a response's head and body with
+  two system calls; a coalescing transport sends them as one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any, ClassVar
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from http_ingress.errors import PROBLEM_JSON, problem
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def _admit_everyone(peer: str) -> bool:
+    return True
+
+
+def _ignore(reason: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class ConnectionPolicy:
+    """What every HTTP connection of a worker is held to."""
+
+    header_timeout: float = 10.0
+    body_timeout: float = 10.0
+    max_connections: int = 10_000
+    stranger_grace: float = 1.0
+    stranger_budget: int = 64
+    #: Whether a peer address may open a connection at all.
+    admit: Callable[[str], bool] = _admit_everyone
+    #: Told the reason of every connection refused or cut off (for metrics).
+    refused: Callable[[str], None] = _ignore
+
+
+def connection_class(policy: ConnectionPolicy) -> type[Connection]:
+    """A ``Connection`` class held to ``policy`` (uvicorn builds protocols from a class)."""
+    return type("Connection", (Connection,), {"policy": policy})
+
+
+class CoalescingTransport:
+    """A transport that joins a held first write with the next one (a response's head with its body).
+
+    Whatever is still held at the end of the loop iteration is written then, so nothing waits longer.
+    """
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Hold the first write; send it together with the second."""
+        if self._held is None:
+            self._held = bytes(data)
+            self._loop.call_soon(self.flush)
+        else:
+            held, self._held = self._held, None
+            self._transport.write(held + bytes(data))
+
+    def flush(self) -> None:
+        """Send what is held."""
+        if self._held is not None:
+            held, self._held = self._held, None
+            self._transport.write(held)
+
+    def close(self) -> None:
+        """Send what is held, then close."""
+        self.flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        """Close at once, dropping what is held."""
+        self._held = None
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class Connection(HttpToolsProtocol):
+    """uvicorn's httptools protocol held to a ConnectionPolicy."""
+
+    policy: ClassVar[ConnectionPolicy] = ConnectionPolicy()
+    #: Strangers of this worker waiting to be answered (shared by the worker's connections).
+    waiting_strangers: ClassVar[int] = 0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._headers_done = False
+        self._in_request = False
+        self._deadline: asyncio.TimerHandle | None = None
+        self._deadline_kind = ""
+        self._stranger: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """Turn away strangers and connections past capacity; start the clock for the first request's headers."""
+        peer = transport.get_extra_info("peername")
+        host = peer[0] if isinstance(peer, tuple) else ""
+        if not self.policy.admit(host):
+            self.policy.refused("source_not_allowed")
+            if type(self).waiting_strangers >= self.policy.stranger_budget:
+                transport.abort()  # Too many at once: no answer, no descriptor held.
+                return
+            type(self).waiting_strangers += 1
+            self._stranger = transport
+            self._deadline = self.loop.call_later(self.policy.stranger_grace, self._drop_stranger)
+            return
+        if len(self.server_state.connections) >= self.policy.max_connections:
+            self.policy.refused("over_capacity")
+            _write_problem(transport, HTTPStatus.SERVICE_UNAVAILABLE, "over_capacity", "too many connections; retry")
+            transport.close()
+            return
+        super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
+        self._arm("header", self.policy.header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Forget the clock."""
+        self._disarm()
+        if self._stranger is not None:
+            self._stranger = None
+            type(self).waiting_strangers -= 1
+        elif self.transport is not None:  # None: refused before uvicorn saw it.
+            super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        """Parse, then set the clock for what the request still owes."""
+        if self._stranger is not None:
+            self._disarm()
+            peer = self._stranger.get_extra_info("peername")
+            host = peer[0] if isinstance(peer, tuple) else "?"
+            _write_problem(
+                self._stranger, HTTPStatus.FORBIDDEN, "source_not_allowed", f"{host} is not an allowed callback sender"
+            )
+            self._stranger.close()
+            return
+        super().data_received(data)
+        if not self._in_request or self.transport.is_closing():
+            self._disarm()
+        elif not self._headers_done:
+            self._arm("header", self.policy.header_timeout)
+        else:
+            self._arm("body", self.policy.body_timeout)
+
+    def on_message_begin(self) -> None:
+        """A request starts."""
+        self._in_request, self._headers_done = True, False
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        """Its headers are all there."""
+        self._headers_done = True
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        """Its body is all there."""
+        self._in_request = False
+        super().on_message_complete()
+
+    def _arm(self, kind: str, seconds: float) -> None:
+        if self._deadline is not None and self._deadline_kind == kind:
+            return  # Already counting: the limit runs from the start of the part, not from the last byte.
+        self._disarm()
+        self._deadline_kind = kind
+        self._deadline = self.loop.call_later(seconds, self._expire, kind, seconds)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+            self._deadline_kind = ""
+
+    def _expire(self, kind: str, seconds: float) -> None:
+        self._deadline = None
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self.cycle is not None and self.cycle.response_started:
+            return  # The app is answering already; uvicorn's own timers apply.
+        reason = f"{kind}_timeout"
+        if self.cycle is not None and kind == "body":
+            # The app is reading the body: it sees it end short and counts the timeout; it must not answer.
+            self.cycle.disconnected = True
+            self.cycle.message_event.set()
+        else:
+            self.policy.refused(reason)
+        _write_problem(
+            self.transport, HTTPStatus.REQUEST_TIMEOUT, reason, f"the {kind} did not arrive within {seconds:g} s"
+        )
+        self.transport.close()
+
+    def _drop_stranger(self) -> None:
+        self._deadline = None
+        if self._stranger is not None:
+            self._stranger.abort()
+
+
+def _write_problem(transport: Any, status: HTTPStatus, reason: str, detail: str) -> None:
+    body = problem(status, detail, reason=reason).encode()
+    head = (
+        f"HTTP/1.1 {status.value} {status.phrase}\r\ncontent-type: {PROBLEM_JSON}\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    ).encode()
+    transport.write(head + body)
