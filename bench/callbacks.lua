@@ -1,6 +1,8 @@
--- wrk script: POST distinct Routee Viber callbacks (a new trackingId for every request).
+-- wrk script: POST distinct Routee Viber callbacks. Every request carries a new trackingId: each wrk thread
+-- numbers its own (thread id in the id), and the first script argument makes every run's ids its own
+-- (`wrk ... -s callbacks.lua URL -- RUN_ID`), so no run repeats another's. The service's metrics then show
+-- accepted == requests, duplicates == 0 (bench checks this every round).
 local counter = 0
-local thread_id = 0
 local threads = {}
 
 function setup(thread)
@@ -8,7 +10,11 @@ function setup(thread)
   table.insert(threads, thread)
 end
 
-local template = '{"trackingId":"bench-%d-%d","campaignTrackingId":"bench-campaign","to":"+306900000001",' ..
+function init(args)
+  run_id = args[1] or tostring(os.time())
+end
+
+local template = '{"trackingId":"bench-%s-%d-%d","campaignTrackingId":"bench-campaign","to":"+306900000001",' ..
   '"from":"Routee","groups":["vip"],"country":"GR","status":{"name":"Delivered","reason":{"detailedStatus":' ..
   '"Delivered","description":"The message was delivered"},"updatedDate":"2024-05-01T10:15:30.123Z"},' ..
   '"body":{"text":"Spring sale: 20%% off today","imageURL":"https://example.com/img/spring.png"},' ..
@@ -20,7 +26,7 @@ wrk.headers["Content-Type"] = "application/json"
 
 request = function()
   counter = counter + 1
-  return wrk.format(nil, wrk.path, nil, string.format(template, thread_id, counter))
+  return wrk.format(nil, wrk.path, nil, string.format(template, run_id, thread_id, counter))
 end
 
 done = function(summary, latency, requests)

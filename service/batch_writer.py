@@ -118,21 +118,21 @@ class BatchWriter:
             self._wakeup.clear()
             while self._pending:
                 batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
-                self._write(batch)
+                await self._write(batch)
             if self._stopping:
                 return
 
-    def _write(self, batch: list[tuple[Job, Done]]) -> None:
+    async def _write(self, batch: list[tuple[Job, Done]]) -> None:
         started = time.perf_counter()
         try:
-            result = self._store.write([job for job, _ in batch], int(self._clock() * 1_000_000))
+            result = await self._store.write([job for job, _ in batch], int(self._clock() * 1_000_000))
         except StoreUnavailableError as ex:
             self._fail(batch, ex)
             return
         except Exception as ex:  # Possibly one job's fault: do not let it fail the others.
             if len(batch) > 1:
                 for one in batch:
-                    self._write([one])
+                    await self._write([one])
                 return
             _LOGGER.error("store write failed", extra={"batch_size": 1}, exc_info=ex)
             self._fail(batch, StoreUnavailableError(f"the store cannot write: {ex.__class__.__name__}: {ex}"))

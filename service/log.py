@@ -55,7 +55,7 @@ class LocalLog:
 
     async def start(self, *, retention_seconds: float | None = None) -> None:
         """Start writing and following from the store's head; prune what is older than the retention, if given."""
-        self.tailer.position = self.store.head()
+        self.tailer.position = await self.store.head()
         self.tailer.start()
         self.writer.start()
         loop = asyncio.get_running_loop()
@@ -74,7 +74,7 @@ class LocalLog:
         await self.tailer.stop()
 
     async def _read_after(self, position: int, limit: int) -> list[Update]:
-        return [Update(event) for event in self.store.entries_after(position, limit)]
+        return [Update(event) for event in await self.store.entries_after(position, limit)]
 
     async def _watch(self) -> None:
         while True:

@@ -9,7 +9,10 @@
 
 The master starts the writer before the first worker and restarts it if it
 dies (workers answer 503 meanwhile and reconnect by themselves); on shutdown it
-stops the workers first, then the writer, so in-flight callbacks are kept.
+stops the workers first, then the writer, so in-flight callbacks are kept. The
+writer ignores SIGTERM and SIGINT, which a supervisor often sends to the whole
+process group at once: it stops on ``WRITER_STOP_SIGNAL`` from the master, or
+when the master is gone.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ from service.errors import StartupError
 from service.logs import logging_config
 
 _LOGGER = logging.getLogger(__name__)
+
+#: What the master sends the writer process once the workers have stopped.
+WRITER_STOP_SIGNAL = signal.SIGUSR1
 
 
 @dataclass(frozen=True)
@@ -137,10 +143,15 @@ class ServiceArbiter(Arbiter):  # type: ignore[misc]
         self._service = app
         self._writer_pid = 0
         self._writer_started = 0.0
+        self._stopping = False
 
     def manage_workers(self) -> None:
         """Keep the writer process running, then the workers (the writer first: workers connect to it)."""
-        if not self._writer_pid and time.monotonic() - self._writer_started >= self.WRITER_RESTART_DELAY:
+        if (
+            not self._writer_pid
+            and not self._stopping
+            and time.monotonic() - self._writer_started >= self.WRITER_RESTART_DELAY
+        ):
             self._spawn_writer()
         super().manage_workers()
 
@@ -152,17 +163,19 @@ class ServiceArbiter(Arbiter):  # type: ignore[misc]
             except ChildProcessError:
                 pid, status = self._writer_pid, 0
             if pid:
-                self.log.error("writer process (pid:%s) exited with status %s; restarting it", pid, status)
+                if not self._stopping:
+                    self.log.error("writer process (pid:%s) exited with status %s; restarting it", pid, status)
                 self._forget(pid)
                 self._writer_pid = 0
         super().reap_workers()
 
     def stop(self, graceful: bool = True) -> None:
         """Stop the workers, then the writer (in-flight callbacks still need it)."""
+        self._stopping = True
         super().stop(graceful)
         if self._writer_pid:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self._writer_pid, signal.SIGTERM)
+                os.kill(self._writer_pid, WRITER_STOP_SIGNAL)
             deadline = time.monotonic() + self.cfg.graceful_timeout
             while time.monotonic() < deadline:
                 with contextlib.suppress(ChildProcessError):
@@ -190,6 +203,8 @@ class ServiceArbiter(Arbiter):  # type: ignore[misc]
             for signum in self.SIGNALS:
                 signal.signal(signum, signal.SIG_DFL)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            for signum in (signal.SIGTERM, signal.SIGINT):  # The master decides when the writer stops.
+                signal.signal(signum, signal.SIG_IGN)
             name_process("routee-writer")
             from service.wiring import run_writer
 

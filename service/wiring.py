@@ -20,7 +20,6 @@ import gc
 import logging
 import os
 import resource
-import signal
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +36,7 @@ from service.broker import Broker
 from service.config import Settings, redact
 from service.log import LocalLog
 from service.metrics import Metrics
-from service.process import Instance
+from service.process import WRITER_STOP_SIGNAL, Instance
 from service.server import create_server
 from service.servicer import SERVICE_NAME, MessageStatusServicer
 from service.store import Store, open_store
@@ -197,8 +196,7 @@ def run_writer(settings: Settings, instance: Instance) -> None:
 async def _writer_main(settings: Settings, instance: Instance) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(WRITER_STOP_SIGNAL, stop.set)
     metrics = Metrics(multiprocess_dir=instance.metrics_dir)
     store = open_store(settings.database, synchronous=settings.sqlite_synchronous)
     feed = Feed()

@@ -60,7 +60,7 @@ class Embedded:
     async def settle(self, deadline: float = 5.0) -> None:
         """Wait until everything committed so far has been published."""
         async with asyncio.timeout(deadline):
-            while self.log.tailer.position < self.store.head():
+            while self.log.tailer.position < await self.store.head():
                 await asyncio.sleep(0.001)
 
 

@@ -10,9 +10,11 @@ nothing and repeats nothing.
 
 A store has two faces:
 
-- ``LogWriter`` — synchronous, used by exactly one writer per process (the
-  ``BatchWriter``): ``write`` runs a batch of jobs in one transaction and
+- ``LogWriter`` — used by exactly one writer per process (the ``BatchWriter``),
+  one call at a time: ``write`` runs a batch of jobs in one transaction and
   returns each job's result and the entries it committed, in sequence order.
+  An engine that waits on a server (PostgreSQL) lets the event loop go on
+  meanwhile; one whose transactions are short and local (SQLite) does not.
 - ``LogReader`` — asynchronous reads for everyone else (the gRPC servicer,
   probes, the tailer filling a gap).
 
@@ -65,23 +67,23 @@ class WriteResult:
 class LogWriter(Protocol):
     """The writing face of a store; one caller at a time."""
 
-    def write(self, jobs: Sequence[Job], now_us: int) -> WriteResult:
+    async def write(self, jobs: Sequence[Job], now_us: int) -> WriteResult:
         """Run the jobs in one transaction and commit it durably; raise on any failure (nothing is kept then).
 
         Raises StoreUnavailableError when the database cannot be reached or written now (any job would fail the
         same way); any other exception may be the fault of one job.
         """
 
-    def head(self) -> int:
+    async def head(self) -> int:
         """Return the greatest sequence committed by anyone (0 when none)."""
 
-    def entries_after(self, after_sequence: int, limit: int) -> list[StoredEvent]:
+    async def entries_after(self, after_sequence: int, limit: int) -> list[StoredEvent]:
         """Return up to ``limit`` committed entries with a greater sequence, in order."""
 
     async def wait_for_commits(self, within: float) -> None:
         """Return when another process may have committed, or after ``within`` seconds."""
 
-    def close_writer(self) -> None:
+    async def close_writer(self) -> None:
         """Close the writing connection; the next write opens a new one."""
 
 

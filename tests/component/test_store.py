@@ -32,9 +32,9 @@ def callback(tracking_id: str, name: str, date: str, campaign: str = "c1") -> pb
     )
 
 
-def write(store: Store, *callbacks: pb.ViberCallback, now_us: int = NOW_US) -> list[StoredEvent | None]:
+async def write(store: Store, *callbacks: pb.ViberCallback, now_us: int = NOW_US) -> list[StoredEvent | None]:
     """Append callbacks in one transaction; return each one's event (None for a duplicate)."""
-    results: list[StoredEvent | None] = store.write([AppendStatus(c) for c in callbacks], now_us).results
+    results: list[StoredEvent | None] = (await store.write([AppendStatus(c) for c in callbacks], now_us)).results
     return results
 
 
@@ -51,20 +51,20 @@ class TestAppend:
 
     async def test_sequences_increase_and_duplicates_are_recognised(self, store: Store) -> None:
         """Each distinct event gets the next sequence; the same event again, in any case, is a duplicate."""
-        first, second = write(
+        first, second = await write(
             store, callback("m1", "Queued", "2024-05-01T10:00:00Z"), callback("m1", "Delivered", "2024-05-01T10:00:05Z")
         )
-        again = write(store, callback("m1", "DELIVERED", "2024-05-01T10:00:05.000Z"))
+        again = await write(store, callback("m1", "DELIVERED", "2024-05-01T10:00:05.000Z"))
         assert first is not None
         assert second is not None
         assert (first.sequence, second.sequence) == (1, 2)
         assert again == [None]
-        assert store.head() == 2
+        assert await store.head() == 2
         assert await store.last_sequence() == 2
 
     async def test_a_duplicate_within_one_batch_is_stored_once(self, store: Store) -> None:
         """The same event twice in one transaction: the first is kept, the second is a duplicate."""
-        results = write(
+        results = await write(
             store, callback("m1", "Seen", "2024-05-01T10:00:00Z"), callback("m1", "seen", "2024-05-01T10:00:00Z")
         )
         assert results[0] is not None
@@ -73,21 +73,21 @@ class TestAppend:
 
     async def test_same_name_other_instant_is_distinct(self, store: Store) -> None:
         """Queued can reappear after a failed attempt: another instant is another event."""
-        write(store, callback("m1", "Queued", "2024-05-01T10:00:00Z"))
-        write(store, callback("m1", "Queued", "2024-05-01T10:05:00Z"))
+        await write(store, callback("m1", "Queued", "2024-05-01T10:00:00Z"))
+        await write(store, callback("m1", "Queued", "2024-05-01T10:05:00Z"))
         assert len(await store.history("m1")) == 2
 
     async def test_write_returns_committed_entries_in_sequence_order(self, store: Store) -> None:
         """The entries of a transaction come back in sequence order, ready to publish."""
-        result = store.write(
+        result = await store.write(
             [AppendStatus(callback(f"m{index}", "Queued", "2024-05-01T10:00:00Z")) for index in range(300)], NOW_US
         )
         assert [entry.sequence for entry in result.entries] == list(range(1, 301))
-        assert [event.sequence for event in store.entries_after(250, 10)] == list(range(251, 261))
+        assert [event.sequence for event in await store.entries_after(250, 10)] == list(range(251, 261))
 
     async def test_other_jobs_share_the_transaction(self, store: Store) -> None:
         """A probe and a prune ride along with appends; each job gets its own result."""
-        result = store.write(
+        result = await store.write(
             [Probe(), AppendStatus(callback("m1", "Queued", "2024-05-01T10:00:00Z")), PruneChunk(0)], NOW_US
         )
         assert result.results[0] is None
@@ -98,11 +98,11 @@ class TestAppend:
         """A transaction that fails after its appends leaves no trace: not the event, not the sequence."""
         unknown = object()  # An engine refuses a job it does not know, after the appends ran.
         with pytest.raises(TypeError, match="no such job"):
-            store.write([AppendStatus(callback("m1", "Queued", "2024-05-01T10:00:00Z")), unknown], NOW_US)  # type: ignore[list-item]
+            await store.write([AppendStatus(callback("m1", "Queued", "2024-05-01T10:00:00Z")), unknown], NOW_US)  # type: ignore[list-item]
         assert await store.history("m1") == []
-        assert store.head() == 0
-        assert write(store, callback("m1", "Queued", "2024-05-01T10:00:00Z"))[0] is not None
-        assert store.head() == 1
+        assert await store.head() == 0
+        assert (await write(store, callback("m1", "Queued", "2024-05-01T10:00:00Z")))[0] is not None
+        assert await store.head() == 1
 
 
 class TestCurrentStatus:
@@ -113,8 +113,8 @@ class TestCurrentStatus:
 
     async def test_late_older_event_does_not_move_current_back(self, store: Store) -> None:
         """A Delivered that arrives after Seen goes into history but is not current."""
-        write(store, callback("m1", "Seen", "2024-05-01T10:02:00Z"))
-        (late,) = write(store, callback("m1", "Delivered", "2024-05-01T10:01:00Z"))
+        await write(store, callback("m1", "Seen", "2024-05-01T10:02:00Z"))
+        (late,) = await write(store, callback("m1", "Delivered", "2024-05-01T10:01:00Z"))
         assert late is not None
         assert not late.is_current
         assert (await self.current(store, "m1")).status_name == "Seen"
@@ -122,8 +122,8 @@ class TestCurrentStatus:
 
     async def test_expired_after_delivered_is_current(self, store: Store) -> None:
         """Expire-on-delivery: Expired later than Delivered becomes current."""
-        write(store, callback("m1", "Delivered", "2024-05-01T10:01:00Z"))
-        (expired,) = write(store, callback("m1", "Expired", "2024-05-01T10:01:30Z"))
+        await write(store, callback("m1", "Delivered", "2024-05-01T10:01:00Z"))
+        (expired,) = await write(store, callback("m1", "Expired", "2024-05-01T10:01:30Z"))
         assert expired is not None
         assert expired.is_current
         assert (await self.current(store, "m1")).status == pb.MESSAGE_STATUS_EXPIRED
@@ -142,12 +142,12 @@ class TestCurrentStatus:
     async def test_equal_dates_use_rank_then_storage_order(self, store: Store, names: list[str], winner: str) -> None:
         """On equal updatedDate the higher lifecycle rank wins; on equal rank too, the one stored later."""
         for name in names:
-            write(store, callback("m1", name, "2024-05-01T10:00:00Z"))
+            await write(store, callback("m1", name, "2024-05-01T10:00:00Z"))
         assert (await self.current(store, "m1")).status_name == winner
 
     async def test_the_rule_holds_within_one_batch(self, store: Store) -> None:
         """Several events of one message in one transaction: the same winner as one at a time."""
-        write(
+        await write(
             store,
             callback("m1", "Seen", "2024-05-01T10:02:00Z"),
             callback("m1", "Queued", "2024-05-01T10:00:00Z"),
@@ -162,13 +162,13 @@ class TestCurrentStatus:
         rng = random.Random(11)
         while bodies:
             size = rng.randint(1, 5)
-            write(store, *(parse_callback(body) for body in bodies[:size]))
+            await write(store, *(parse_callback(body) for body in bodies[:size]))
             bodies = bodies[size:]
         state = {}
         for index in range(1, 6):
             history = await store.history(f"a1b2c3d4-0000-4000-8000-00000000000{index}")
             state[index] = (history[-1].status_name, len(history))
-        assert store.head() == len(fixture_bodies())
+        assert await store.head() == len(fixture_bodies())
         assert state == {1: ("Seen", 3), 2: ("Failed", 2), 3: ("Expired", 2), 4: ("Undelivered", 1), 5: ("Unsent", 1)}
 
 
@@ -178,7 +178,7 @@ class TestReads:
     async def test_events_after_filters_and_pages(self, store: Store) -> None:
         """events_after returns what follows a sequence, for one campaign or all, a page at a time."""
         for index in range(10):
-            write(store, callback(f"m{index}", "Queued", "2024-05-01T10:00:00Z", campaign=f"c{index % 2}"))
+            await write(store, callback(f"m{index}", "Queued", "2024-05-01T10:00:00Z", campaign=f"c{index % 2}"))
         every = await store.events_after(0, EventFilter(), 100)
         assert [event.sequence for event in every] == list(range(1, 11))
         campaign = await store.events_after(2, EventFilter("c0"), 3)
@@ -191,17 +191,17 @@ class TestReads:
     async def test_events_keep_every_field(self, store: Store) -> None:
         """What is read back is what was written, callback bytes included."""
         original = parse_callback(fixture_bodies()["06-m3-delivered-file.json"])
-        (written,) = write(store, original)
+        (written,) = await write(store, original)
         (read,) = await store.events_after(0, EventFilter(), 10)
         assert read == written
         assert pb.ViberCallback.FromString(read.callback) == original
 
     async def test_snapshot_is_current_status_of_each_message(self, store: Store) -> None:
         """A snapshot holds each message's current event and the last sequence it covers."""
-        write(store, callback("m1", "Queued", "2024-05-01T10:00:00Z"))
-        write(store, callback("m1", "Seen", "2024-05-01T10:02:00Z"))
-        write(store, callback("m1", "Delivered", "2024-05-01T10:01:00Z"))  # late, not current
-        write(store, callback("m2", "Queued", "2024-05-01T10:00:00Z", campaign="other"))
+        await write(store, callback("m1", "Queued", "2024-05-01T10:00:00Z"))
+        await write(store, callback("m1", "Seen", "2024-05-01T10:02:00Z"))
+        await write(store, callback("m1", "Delivered", "2024-05-01T10:01:00Z"))  # late, not current
+        await write(store, callback("m2", "Queued", "2024-05-01T10:00:00Z", campaign="other"))
         events, position = await store.snapshot(EventFilter("c1"))
         assert [(event.tracking_id, event.status_name) for event in events] == [("m1", "Seen")]
         assert position == 4
@@ -213,13 +213,13 @@ class TestRetention:
 
     async def test_prune_deletes_old_events_and_repairs_current(self, store: Store) -> None:
         """Events received before the cutoff go; a message keeps its best remaining event as current."""
-        write(store, callback("old", "Queued", "2024-05-01T10:00:00Z"), now_us=1000)  # 1
-        write(store, callback("m1", "Seen", "2024-05-01T10:02:00Z"), now_us=1000)  # 2, current of m1
-        write(store, callback("m1", "Delivered", "2024-05-01T10:01:00Z"), now_us=2000)  # 3, late
-        write(store, callback("new", "Queued", "2024-05-01T10:00:00Z"), now_us=2000)  # 4
-        assert store.write([PruneChunk(1500, 1)], NOW_US).results == [1]
-        assert store.write([PruneChunk(1500, 5)], NOW_US).results == [1]
-        assert store.write([PruneChunk(1500, 5)], NOW_US).results == [0]
+        await write(store, callback("old", "Queued", "2024-05-01T10:00:00Z"), now_us=1000)  # 1
+        await write(store, callback("m1", "Seen", "2024-05-01T10:02:00Z"), now_us=1000)  # 2, current of m1
+        await write(store, callback("m1", "Delivered", "2024-05-01T10:01:00Z"), now_us=2000)  # 3, late
+        await write(store, callback("new", "Queued", "2024-05-01T10:00:00Z"), now_us=2000)  # 4
+        assert (await store.write([PruneChunk(1500, 1)], NOW_US)).results == [1]
+        assert (await store.write([PruneChunk(1500, 5)], NOW_US)).results == [1]
+        assert (await store.write([PruneChunk(1500, 5)], NOW_US)).results == [0]
         assert await store.pruned_through() == 2
         assert await store.history("old") == []
         assert [event.sequence for event in await store.history("m1")] == [3]
@@ -227,7 +227,7 @@ class TestRetention:
         assert [event.sequence for event in snapshot] == [3, 4]
         assert position == 4
         # Forgotten after retention: the same event again is stored anew (the window is >= 48 h).
-        (again,) = write(store, callback("old", "Queued", "2024-05-01T10:00:00Z"))
+        (again,) = await write(store, callback("old", "Queued", "2024-05-01T10:00:00Z"))
         assert again is not None
         assert again.sequence == 5, "a sequence is never reused"
 
@@ -236,51 +236,53 @@ class TestCommitOrder:
     """Sequences become visible in commit order, whoever writes: a follower never skips one."""
 
     def test_concurrent_writers_never_let_a_follower_skip(self, database: str) -> None:
-        """Four writers with their own connections commit batches of any size at once while a follower reads
-        after its last seen sequence: it sees every sequence, 1 to the end, with no gap and none twice."""
+        """Four writers with their own connections (and threads) commit batches of any size at once while a
+        follower reads after its last seen sequence: it sees every sequence, 1 to the end, with no gap and none
+        twice."""
         setup = open_store(database)
         setup.open()
-        stop = threading.Event()
         errors: list[BaseException] = []
 
-        def writer(number: int) -> None:
+        async def writer(number: int) -> None:
             store = open_store(database)
             rng = random.Random(number)
             try:
                 for batch in range(150):
-                    if stop.is_set():
-                        return
                     size = rng.randint(1, 20)
                     calls = [callback(f"w{number}-{batch}-{i}", "Queued", "2024-05-01T10:00:00Z") for i in range(size)]
                     for _ in range(50):  # SQLite may report a busy lock under this load: the writer retries.
                         try:
-                            write(store, *calls)
+                            await write(store, *calls)
                             break
                         except StoreUnavailableError:
-                            time.sleep(0.01)
+                            await asyncio.sleep(0.01)
             except BaseException as ex:
                 errors.append(ex)
             finally:
-                asyncio.run(store.close())
+                await store.close()
 
-        writers = [threading.Thread(target=writer, args=(number,)) for number in range(4)]
-        follower = open_store(database)
-        seen: list[int] = []
-        reads_while_writing = 0
+        async def follow(writers: list[threading.Thread]) -> tuple[list[int], int, int]:
+            follower = open_store(database)
+            seen: list[int] = []
+            reads_while_writing = 0
+            deadline = time.monotonic() + 60
+            while any(thread.is_alive() for thread in writers) and time.monotonic() < deadline:
+                page = await follower.entries_after(seen[-1] if seen else 0, 1000)
+                reads_while_writing += bool(page)
+                seen.extend(entry.sequence for entry in page)
+                await asyncio.sleep(0)
+            for thread in writers:
+                thread.join()
+            while page := await follower.entries_after(seen[-1] if seen else 0, 1000):
+                seen.extend(entry.sequence for entry in page)
+            head = await follower.head()
+            await follower.close()
+            return seen, reads_while_writing, head
+
+        writers = [threading.Thread(target=asyncio.run, args=(writer(number),)) for number in range(4)]
         for thread in writers:
             thread.start()
-        deadline = time.monotonic() + 60
-        while any(thread.is_alive() for thread in writers) and time.monotonic() < deadline:
-            page = follower.entries_after(seen[-1] if seen else 0, 1000)
-            reads_while_writing += bool(page)
-            seen.extend(entry.sequence for entry in page)
-        stop.set()
-        for thread in writers:
-            thread.join()
-        while page := follower.entries_after(seen[-1] if seen else 0, 1000):
-            seen.extend(entry.sequence for entry in page)
-        head = follower.head()
-        asyncio.run(follower.close())
+        seen, reads_while_writing, head = asyncio.run(follow(writers))
         asyncio.run(setup.close())
         assert not errors, errors
         assert reads_while_writing > 5, "the follower must have read while the writers committed"
@@ -291,23 +293,27 @@ class TestCommitOrder:
         """While another writer's transaction holds the log, a write waits; it then takes the next sequence."""
         store = open_store(database)
         store.open()
+        results: list[StoredEvent | None] = []
+        done = threading.Event()
+
+        async def mine() -> None:
+            results.extend(await write(store, callback("mine", "Queued", "2024-05-01T10:00:00Z")))
+            done.set()
+
         with _other_writer(database) as commit_other:
-            done = threading.Event()
-            results: list[StoredEvent | None] = []
-            thread = threading.Thread(
-                target=lambda: (
-                    results.extend(write(store, callback("mine", "Queued", "2024-05-01T10:00:00Z"))),
-                    done.set(),
-                )
-            )
+            thread = threading.Thread(target=asyncio.run, args=(mine(),))
             thread.start()
             assert not done.wait(0.3), "the write did not wait for the other writer's transaction"
             commit_other()
             thread.join(5)
         assert results[0] is not None
         assert results[0].sequence == 2, "the waiting writer must come after the one that committed first"
-        assert [entry.sequence for entry in store.entries_after(0, 10)] == [2]  # The other took 1 (no event here).
-        asyncio.run(store.close())
+
+        async def check() -> None:
+            assert [entry.sequence for entry in await store.entries_after(0, 10)] == [2]  # The other took 1.
+            await store.close()
+
+        asyncio.run(check())
 
 
 @contextlib.contextmanager

@@ -132,7 +132,10 @@ class TestLifecycle:
         for body in bodies[:5]:
             assert post_callback(first.http_port, body).status == 200
         last = stream.wait_for(5)[-1].sequence
-        assert first.stop(signal.SIGTERM) == 0
+        assert first.stop(signal.SIGTERM) == 0  # To the whole process group, as a supervisor sends it.
+        log = first.log()
+        assert "restarting it" not in log, "the writer process must wait for the master, not stop on SIGTERM"
+        assert log.index('"worker stopped"') < log.index('"writer stopped"'), "workers stop first, then the writer"
         stream.close()
         assert stream.error is not None
         assert stream.error.code() == grpc.StatusCode.UNAVAILABLE

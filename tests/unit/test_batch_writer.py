@@ -29,7 +29,7 @@ class FakeStore:
         self.poison: str | None = None
         self.sequence = 0
 
-    def write(self, jobs: Sequence[Job], now_us: int) -> WriteResult:
+    async def write(self, jobs: Sequence[Job], now_us: int) -> WriteResult:
         if self.fail_with is not None:
             raise self.fail_with
         if self.poison and any(

@@ -1,0 +1,100 @@
+"""The tables of a benchmark run, in Markdown, as docs/benchmarks.md shows them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.ingress import TARGETS
+
+
+def _mmm(values: dict[str, float], digits: int = 0) -> str:
+    return " / ".join(f"{values[key]:,.{digits}f}" for key in ("min", "median", "max"))
+
+
+def ingress_table(results: dict[str, Any]) -> list[str]:
+    lines = [
+        "| contender | req/s min / median / max | p99 ms (median) | requests | accepted / duplicate (its metrics)"
+        " | errors |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, row in results.items():
+        if not isinstance(row, dict) or "rps" not in row:
+            continue
+        counted = f"{row['accepted']:,.0f} / {row['duplicate']:,.0f}" if "accepted" in row else "—"
+        requests = f"{row['requests']:,.0f}" if "requests" in row else "—"
+        p99 = row["p99_ms"]["median"]
+        lines.append(f"| {name} | {_mmm(row['rps'])} | {p99:.1f} | {requests} | {counted} | {row['errors']} |")
+    lines += [
+        "",
+        "| ratio (each round's own) | min / median / max | target | met in every round |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, values in results["ratios"].items():
+        target = TARGETS.get(name)
+        met = "—" if target is None else ("yes" if values["min"] >= target else "no")
+        lines.append(f"| {name} | {_mmm(values, 2)} | {'—' if target is None else f'≥ {target}'} | {met} |")
+    rounds = "; ".join(
+        ", ".join(f"{name} {result['rps']:,.0f}" for name, result in round_.items()) for round_ in results["rounds"]
+    )
+    lines += ["", f"Rounds (req/s): {rounds}."]
+    if results["noisy"]:
+        lines.append("**Noisy run**: a baseline moved more than 15 % between rounds; compare ratios, not rates.")
+    return lines
+
+
+def table(results: dict[str, Any]) -> str:
+    lines: list[str] = []
+    if "ingress" in results:
+        lines += ["### Ingress (one instance, SQLite)", "", *ingress_table(results["ingress"])]
+    if "postgres" in results:
+        lines += ["", "### Ingress on PostgreSQL", "", *ingress_table(results["postgres"])]
+    if "cross_instance" in results:
+        cross = results["cross_instance"]
+        lines += [
+            "",
+            "### Publish to receive, one stream, callbacks at 50/s (PostgreSQL, two instances)",
+            "",
+            "| stream on | p50 ms min / median / max | p99 ms min / median / max |",
+            "| --- | --- | --- |",
+            f"| the instance that took the callback | {_mmm(cross['same_instance']['p50_ms'], 1)} |"
+            f" {_mmm(cross['same_instance']['p99_ms'], 1)} |",
+            f"| another instance | {_mmm(cross['other_instance']['p50_ms'], 1)} |"
+            f" {_mmm(cross['other_instance']['p99_ms'], 1)} |",
+        ]
+    if "fanout" in results:
+        lines += [
+            "",
+            "### Fan-out (ours / bare grpc.aio)",
+            "",
+            "| streams @ rate | ours p50 / p99 ms (median) | bare p50 / p99 ms (median) | p99 ratio min / median / max"
+            " | deliveries ratio (median) |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for count, fan in results["fanout"].items():
+            ours, base = fan["ours"], fan["baseline"]
+            lines.append(
+                f"| {count} @ {fan['publishes_per_second']:g}/s | {ours['p50_ms']['median']:.1f} / "
+                f"{ours['p99_ms']['median']:.1f} | {base['p50_ms']['median']:.1f} / {base['p99_ms']['median']:.1f} | "
+                f"{_mmm(fan['p99_ratio'], 2)} | {fan['deliveries_ratio']['median']:.2f} |"
+            )
+    if "unary" in results:
+        unary = results["unary"]
+        lines += [
+            "",
+            f"GetMessageStatus (32 concurrent): ours {_mmm(unary['ours_qps'])} QPS, bare {_mmm(unary['baseline_qps'])}"
+            f" QPS, ratio {_mmm(unary['ratio'], 2)}, {unary['errors']} errors.",
+        ]
+    for count, memory in results.get("memory", {}).items():
+        lines.append(
+            f"Resident memory with {count} idle streams: {memory['rss_with_subscribers_mb']:.0f} MiB "
+            f"({memory['kb_per_subscriber']:.1f} KiB each, {memory['rss_before_mb']:.0f} MiB before)."
+        )
+    if "soak" in results:
+        soak = results["soak"]
+        lines.append(
+            f"Soak {soak['seconds']:g} s at {soak['rate']:g}/s with {soak['subscribers']} streams: {soak['sent']} sent,"
+            f" {soak['failed']} failed, {soak['deliveries']}/{soak['expected_deliveries']} delivered, RSS "
+            f"{soak['rss_mb'][0][1]:.0f}→{soak['rss_mb'][-1][1]:.0f} MiB"
+            f" (+{soak['rss_growth_after_warmup_mb']:.1f} after warm-up)."
+        )
+    return "\n".join(lines)
