@@ -68,7 +68,7 @@ async def handle_error(
         extensions["field"] = error.field
     if isinstance(error, AllowlistUnavailableError | UnavailableError):
         resp.set_header("Retry-After", "30")
-    if isinstance(error, BodyTimeoutError):
+    if isinstance(error, BodyTimeoutError | PayloadTooLargeError):
         resp.set_header("Connection", "close")  # What is left of the body must not be read as the next request.
     _respond(resp, status, problem(status, str(error), **extensions))
 

@@ -57,8 +57,13 @@ class CallbacksResource:
         """Check the sender, validate, store durably, answer."""
         started = time.perf_counter()
         try:
-            body = await self._accept(req)
-            kept = await self._ingest.status_callback(body)
+            sender = str(self._allowlist.check(req.remote_addr, req.get_header("X-Forwarded-For")))
+            body = await self._read(req)
+            if (refused := _refusal(req, body)) is not None:
+                # From an allowed sender, so possibly Routee: kept for an operator before it is refused.
+                await self._ingest.refuse(body[:MAX_BODY_BYTES], sender, refused)
+                raise refused
+            kept = await self._ingest.status_callback(body, sender)
         except RejectedError as ex:
             self._metrics.callbacks.labels("rejected", ex.reason).inc()
             self._log_rejection(ex, req.remote_addr)
@@ -88,19 +93,22 @@ class CallbacksResource:
             extra={"reason": error.reason, "peer": peer, "similar_not_logged": self._suppressed.pop(error.reason, 0)},
         )
 
-    async def _accept(self, req: falcon.asgi.Request) -> bytes:
-        self._allowlist.check(req.remote_addr, req.get_header("X-Forwarded-For"))
-        if not _is_json(req.content_type):
-            raise UnsupportedMediaError(f"Content-Type must be {JSON}, got {req.content_type or 'none'}")
-        if req.content_length is not None and req.content_length > MAX_BODY_BYTES:
-            raise PayloadTooLargeError(f"the body is longer than {MAX_BODY_BYTES} bytes")
+    async def _read(self, req: falcon.asgi.Request) -> bytes:
+        """The body, up to one byte more than the limit (the rest of a longer one is never read)."""
         # The connection layer (http_ingress.connections) times the body; a body it cut off ends short here.
         body: bytes = await req.stream.read(MAX_BODY_BYTES + 1)
-        if len(body) > MAX_BODY_BYTES:
-            raise PayloadTooLargeError(f"the body is longer than {MAX_BODY_BYTES} bytes")
-        if req.content_length is not None and len(body) < req.content_length:
+        if req.content_length is not None and len(body) < min(req.content_length, MAX_BODY_BYTES + 1):
             raise BodyTimeoutError("the body did not arrive in time; the connection was closed")
         return body
+
+
+def _refusal(req: falcon.asgi.Request, body: bytes) -> RejectedError | None:
+    """Why a body from an allowed sender cannot even be parsed as a callback, if it cannot."""
+    if not _is_json(req.content_type):
+        return UnsupportedMediaError(f"Content-Type must be {JSON}, got {req.content_type or 'none'}")
+    if len(body) > MAX_BODY_BYTES:
+        return PayloadTooLargeError(f"the body is longer than {MAX_BODY_BYTES} bytes")
+    return None
 
 
 class HealthResource:

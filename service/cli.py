@@ -53,10 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
             action="append" if option.repeatable else "store",
             help=f"{option.help} (env {option.env}; default: {shown if shown not in ('', None) else 'none'})",
         )
-    from service import client, simulate
+    from service import client, quarantine, simulate
 
     client.add_commands(commands, DEFAULT_GRPC_TARGET)
     simulate.add_command(commands)
+    quarantine.add_commands(commands, _Parser)
     return parser
 
 

@@ -48,6 +48,8 @@ class Settings:
     dns_max_stale: float = 24 * 3600.0
     sqlite_synchronous: str = "FULL"
     retention_hours: float = 7 * 24.0
+    quarantine_max_mb: float = 64.0
+    quarantine_days: float = 14.0
     max_streams: int = 20_000
     subscriber_queue_size: int = 1024
     progress_interval: float = 15.0
@@ -259,6 +261,20 @@ OPTIONS: tuple[Option, ...] = (
         _positive(float),
         "how long status events are kept (at least 48, the duplicate window); older ones are deleted",
         "HOURS",
+    ),
+    Option(
+        "--quarantine-max-mb",
+        "quarantine_max_mb",
+        _positive(float),
+        "most the quarantine of refused bodies holds, in MiB; the entries seen longest ago go first",
+        "MIB",
+    ),
+    Option(
+        "--quarantine-days",
+        "quarantine_days",
+        _positive(float),
+        "how long a refused body stays in quarantine after it was last received, in days",
+        "DAYS",
     ),
     Option("--max-streams", "max_streams", _positive(int), "most concurrent StreamStatusUpdates streams", "N"),
     Option(

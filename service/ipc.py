@@ -23,6 +23,7 @@ from service.events import StoredEvent
 # Worker to writer.
 SUBMIT_STATUS = 1
 PROBE = 2
+REFUSE = 3
 # Writer to worker.
 KEPT = 10
 FAILED = 11
@@ -69,14 +70,44 @@ def frames(buffer: bytearray) -> Iterator[tuple[int, memoryview]]:
         yield kind, consumed[start : start + length]
 
 
-def request(kind: int, request_id: int, body: bytes = b"") -> bytes:
-    """A worker's request: its id, then the body (empty for a probe)."""
-    return frame(kind, _REQUEST.pack(request_id) + body)
+_SUBMIT = struct.Struct("!IB")
 
 
-def parse_request(payload: memoryview) -> tuple[int, bytes]:
-    """Split a request into its id and body."""
-    return _REQUEST.unpack_from(payload)[0], bytes(payload[_REQUEST.size :])
+def request(kind: int, request_id: int, body: bytes = b"", peer: str = "") -> bytes:
+    """A worker's request: its id, the sender's address, then the body (empty for a probe)."""
+    address = peer.encode()
+    return frame(kind, _SUBMIT.pack(request_id, len(address)) + address + body)
+
+
+def parse_request(payload: memoryview) -> tuple[int, str, bytes]:
+    """Split a request into its id, sender and body."""
+    request_id, length = _SUBMIT.unpack_from(payload)
+    start = _SUBMIT.size + length
+    return request_id, bytes(payload[_SUBMIT.size : start]).decode(), bytes(payload[start:])
+
+
+def refusal(request_id: int, peer: str, error: RouteeCallbacksError, body: bytes) -> bytes:
+    """A worker's request to keep a body it refused, with why."""
+    header = json.dumps({"peer": peer, **_wire(error)}).encode()
+    return frame(REFUSE, _SUBMIT.pack(request_id, 0) + struct.pack("!I", len(header)) + header + body)
+
+
+def parse_refusal(payload: memoryview) -> tuple[int, str, RouteeCallbacksError, bytes]:
+    """Read a refusal: request id, sender, the error, the body."""
+    request_id = _SUBMIT.unpack_from(payload)[0]
+    (length,) = struct.unpack_from("!I", payload, _SUBMIT.size)
+    start = _SUBMIT.size + 4
+    header = json.loads(bytes(payload[start : start + length]))
+    error = error_from_reason(header["reason"], header["message"], header["field"])
+    return request_id, header["peer"], error, bytes(payload[start + length :])
+
+
+def _wire(error: RouteeCallbacksError) -> dict[str, str]:
+    return {
+        "reason": error.reason,
+        "message": getattr(error, "detail", str(error)),
+        "field": getattr(error, "field", ""),
+    }
 
 
 def kept(request_id: int, sequence: int | None, tracking_id: str) -> bytes:

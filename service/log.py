@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from service.batch_writer import BatchWriter
 from service.broker import Update
 from service.errors import RouteeCallbacksError
-from service.store import PruneChunk, Store
+from service.store import DropQuarantined, PruneChunk, Store
 from service.tail import Tailer
 
 _LOGGER = logging.getLogger(__name__)
@@ -53,15 +53,18 @@ class LocalLog:
         )
         self._tasks: list[asyncio.Task[None]] = []
 
-    async def start(self, *, retention_seconds: float | None = None) -> None:
-        """Start writing and following from the store's head; prune what is older than the retention, if given."""
+    async def start(self, *, retention_seconds: float | None = None, quarantine_seconds: float | None = None) -> None:
+        """Start writing and following from the store's head; prune events older than the retention and
+        quarantined bodies not seen for ``quarantine_seconds``, if given."""
         self.tailer.position = await self.store.head()
         self.tailer.start()
         self.writer.start()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._watch(), name="log-watch"))
         if retention_seconds is not None:
-            self._tasks.append(loop.create_task(self._prune_forever(retention_seconds), name="retention"))
+            self._tasks.append(
+                loop.create_task(self._prune_forever(retention_seconds, quarantine_seconds), name="retention")
+            )
 
     async def stop(self) -> None:
         """Finish what was submitted, then stop."""
@@ -89,13 +92,17 @@ class LocalLog:
             total += deleted
         return total
 
-    async def _prune_forever(self, retention: float) -> None:
+    async def _prune_forever(self, retention: float, quarantine: float | None) -> None:
         while True:
             try:
                 deleted = await self.prune(self._clock() - retention)
+                dropped = 0
+                if quarantine is not None:
+                    cutoff_us = int((self._clock() - quarantine) * 1_000_000)
+                    dropped = await self.writer.submit(DropQuarantined(seen_before_us=cutoff_us))
             except RouteeCallbacksError as ex:
                 _LOGGER.warning("pruning old events failed: %s", ex)
             else:
-                if deleted:
-                    _LOGGER.info("pruned old events", extra={"deleted": deleted})
+                if deleted or dropped:
+                    _LOGGER.info("pruned", extra={"events": deleted, "quarantined_bodies": dropped})
             await asyncio.sleep(min(retention / 24, 600.0))

@@ -63,6 +63,13 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.fields_adjusted = Counter(
+            "routee_callbacks_callback_fields_adjusted",
+            "Secondary fields of kept callbacks that had an unexpected type, by JSON path and action (coerced, or"
+            " dropped: left unset in the protobuf; raw_json keeps them).",
+            ["field", "action"],
+            registry=self.registry,
+        )
         self.ingest_seconds = Histogram(
             "routee_callbacks_ingest_seconds",
             "Time from a callback's arrival to its answer, for callbacks that were kept.",
@@ -98,6 +105,18 @@ class Metrics:
         self.last_sequence = Gauge(
             "routee_callbacks_last_sequence",
             "The greatest sequence published in this instance.",
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
+        self.quarantined = Gauge(
+            "routee_callbacks_quarantined_bodies",
+            "Bodies refused for their content and held in quarantine (routee-callbacks quarantine list).",
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
+        self.quarantined_bytes = Gauge(
+            "routee_callbacks_quarantined_bytes",
+            "Bytes of the bodies held in quarantine (bounded by --quarantine-max-mb).",
             registry=self.registry,
             multiprocess_mode="livemax",
         )

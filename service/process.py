@@ -67,12 +67,17 @@ class Instance:
 def prepare_instance() -> Instance:
     """Create the instance's private directory and switch prometheus-client to multiprocess mode.
 
-    Must run before anything imports prometheus_client: it picks its storage when first imported.
+    Must run before any metric is created (every process forked later inherits the choice).
     """
     runtime_dir = Path(tempfile.mkdtemp(prefix="routee-callbacks-"))
     instance = Instance(runtime_dir, os.getpid())
     instance.metrics_dir.mkdir()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(instance.metrics_dir)
+    # prometheus-client reads the variable once, when it is first imported, and a command module may have
+    # imported it already: choose its storage again, now, rather than depend on the order of imports.
+    from prometheus_client import values
+
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
     return instance
 
 

@@ -31,9 +31,12 @@ from grpc_health.v1 import health, health_pb2
 from http_ingress.allowlist import Allowlist, DnsAllowlist, DnspythonResolver
 from http_ingress.app import create_app
 from http_ingress.connections import Connection, ConnectionPolicy, connection_class
+from http_ingress.errors import http_status
 from http_ingress.schemas import parse_callback
 from service.broker import Broker
 from service.config import Settings, redact
+from service.errors import RouteeCallbacksError
+from service.ingest import AdjustmentRecorder, ParseCallback, Refusals
 from service.log import LocalLog
 from service.metrics import Metrics
 from service.process import WRITER_STOP_SIGNAL, Instance
@@ -182,6 +185,26 @@ def build_worker(settings: Settings, instance: Instance) -> WorkerParts:
     return WorkerParts(app, connection_class(policy))
 
 
+def quarantine_parser() -> ParseCallback:
+    """The ingress's parser, for ``quarantine replay``: today's rules applied to bodies refused earlier."""
+    return lambda body: parse_callback(body).callback
+
+
+def refusals(settings: Settings) -> Refusals:
+    """How refused bodies are quarantined: with the HTTP status the ingress answers them, within the bound."""
+    return Refusals(lambda error: int(http_status(error)), int(settings.quarantine_max_mb * 1024 * 1024))
+
+
+async def _watch_quarantine(store: Store, metrics: Metrics, interval: float = 5.0) -> None:
+    """Keep the quarantine gauges current (the command line changes the quarantine too)."""
+    while True:
+        with contextlib.suppress(RouteeCallbacksError):
+            count, size = await store.quarantine_size()
+            metrics.quarantined.set(count)
+            metrics.quarantined_bytes.set(size)
+        await asyncio.sleep(interval)
+
+
 def connection_capacity(reserve: int = 512) -> int:
     """How many HTTP connections a worker takes: its open-files limit, less a reserve for gRPC and the store."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -204,13 +227,19 @@ async def _writer_main(settings: Settings, instance: Instance) -> None:
     log = LocalLog(
         store, metrics.published(feed.broadcast), observe_commit=metrics.observe_commit, after_batch=feed.flush
     )
-    server = WriterServer(log.writer, parse_callback, instance.writer_socket, feed)
-    await log.start(retention_seconds=settings.retention_hours * 3600)
+    server = WriterServer(
+        log.writer, AdjustmentRecorder(parse_callback, metrics), refusals(settings), instance.writer_socket, feed
+    )
+    await log.start(
+        retention_seconds=settings.retention_hours * 3600, quarantine_seconds=settings.quarantine_days * 86400
+    )
     await server.start()
+    gauges = asyncio.create_task(_watch_quarantine(store, metrics), name="quarantine-gauge")
     _LOGGER.info("writer started", extra={"pid": os.getpid(), "database": redact(settings.database)})
     while not stop.is_set() and os.getppid() == instance.master_pid:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 1.0)
+    gauges.cancel()
     await server.stop()
     await log.stop()
     await store.close()

@@ -21,7 +21,7 @@ from typing import cast
 
 from service import ipc
 from service.broker import Update
-from service.errors import StoreUnavailableError
+from service.errors import RejectedError, StoreUnavailableError
 from service.events import EventFilter
 from service.ingest import Kept
 from service.store import LogReader
@@ -77,8 +77,8 @@ class WriterClient:
             self._protocol.close()
         self._fail_all("the worker is shutting down")
 
-    async def request(self, kind: int, body: bytes = b"") -> tuple[int | None, str]:
-        """Send a request and return the writer's answer: (sequence or None, tracking id).
+    async def request(self, frame: Callable[[int], bytes]) -> tuple[int | None, str]:
+        """Send a request (``frame`` builds it from its id) and return the answer: (sequence or None, tracking id).
 
         Raises the error the writer answered, or StoreUnavailableError when it cannot be reached or is too slow.
         """
@@ -88,7 +88,7 @@ class WriterClient:
         request_id = next(self._ids) & 0xFFFFFFFF
         future: asyncio.Future[tuple[int | None, str]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = (future, self._clock() + self._timeout)
-        protocol.send(ipc.request(kind, request_id, body))
+        protocol.send(frame(request_id))
         return await future
 
     def answer(self, kind: int, payload: memoryview) -> None:
@@ -193,14 +193,23 @@ class RemoteIngest:
     def __init__(self, client: WriterClient) -> None:
         self._client = client
 
-    async def status_callback(self, body: bytes) -> Kept:
-        """Send the body; the writer process validates and stores it."""
-        sequence, tracking_id = await self._client.request(ipc.SUBMIT_STATUS, body)
+    async def status_callback(self, body: bytes, peer: str) -> Kept:
+        """Send the body; the writer process validates and stores it (or quarantines it and says why not)."""
+        sequence, tracking_id = await self._client.request(
+            lambda request_id: ipc.request(ipc.SUBMIT_STATUS, request_id, body, peer)
+        )
         return Kept(sequence, tracking_id)
+
+    async def refuse(self, body: bytes, peer: str, error: RejectedError) -> None:
+        """Have the writer process quarantine a body this worker refused; its answer is the refusal itself."""
+        try:
+            await self._client.request(lambda request_id: ipc.refusal(request_id, peer, error, body))
+        except RejectedError:
+            return  # Kept: the writer answers with the refusal it recorded.
 
     async def probe(self) -> None:
         """Ask the writer process to write a heartbeat."""
-        await self._client.request(ipc.PROBE)
+        await self._client.request(lambda request_id: ipc.request(ipc.PROBE, request_id))
 
 
 class RemoteLog:

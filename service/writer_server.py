@@ -20,7 +20,7 @@ from service import ipc
 from service.batch_writer import BatchWriter
 from service.broker import Update
 from service.errors import RejectedError, RouteeCallbacksError
-from service.ingest import ParseCallback
+from service.ingest import ParseCallback, Refusals
 from service.store import AppendStatus, Probe
 
 _LOGGER = logging.getLogger(__name__)
@@ -51,9 +51,10 @@ class Feed:
 class WriterServer:
     """Serves the workers of one instance on a Unix socket."""
 
-    def __init__(self, writer: BatchWriter, parse: ParseCallback, path: Path, feed: Feed) -> None:
+    def __init__(self, writer: BatchWriter, parse: ParseCallback, refusals: Refusals, path: Path, feed: Feed) -> None:
         self._writer = writer
         self._parse = parse
+        self._refusals = refusals
         self._path = path
         self._server: asyncio.AbstractServer | None = None
         self.feed = feed
@@ -76,21 +77,36 @@ class WriterServer:
 
     def handle(self, connection: _WorkerConnection, kind: int, payload: memoryview) -> None:
         """Act on one frame from a worker."""
-        request_id, body = ipc.parse_request(payload)
         if kind == ipc.SUBMIT_STATUS:
+            request_id, peer, body = ipc.parse_request(payload)
             try:
                 callback = self._parse(body)
             except RejectedError as ex:
-                connection.send(ipc.failed(request_id, ex))
+                self._keep_refused(connection, request_id, body, peer, ex)
                 return
             self._writer.enqueue_with(
                 AppendStatus(callback),
                 lambda event, error: _answer(connection, request_id, callback.tracking_id, event, error),
             )
+        elif kind == ipc.REFUSE:
+            request_id, peer, refused, body = ipc.parse_refusal(payload)
+            if not isinstance(refused, RejectedError):
+                raise ipc.FrameError(f"a refusal must name a rejection, not {refused.reason}")
+            self._keep_refused(connection, request_id, body, peer, refused)
         elif kind == ipc.PROBE:
+            request_id = ipc.parse_request(payload)[0]
             self._writer.enqueue_with(Probe(), lambda result, error: _answer(connection, request_id, "", None, error))
         else:
             raise ipc.FrameError(f"unknown frame kind {kind}")
+
+    def _keep_refused(
+        self, connection: _WorkerConnection, request_id: int, body: bytes, peer: str, refused: RejectedError
+    ) -> None:
+        """Quarantine the body, then answer the refusal; if it cannot be kept, answer why (503: Routee retries)."""
+        self._writer.enqueue_with(
+            self._refusals.job(body, peer, refused),
+            lambda result, error: connection.send(ipc.failed(request_id, refused if error is None else error)),
+        )
 
 
 def _answer(

@@ -53,9 +53,10 @@ def start_service(tmp_path: Path) -> Iterator[StartService]:
         *args: str,
         database: str | Path | None = None,
         http_host: str = "127.0.0.1",
-        ready_path: str = "/healthz",
+        ready_path: str = "/readyz",
         wait: bool = True,
         env: dict[str, str] | None = None,
+        wrapper: tuple[str, ...] = (),
     ) -> ServiceProcess:
         http_port, grpc_port = free_port(http_host), free_port()
         host = f"[{http_host}]" if ":" in http_host else http_host
@@ -78,6 +79,7 @@ def start_service(tmp_path: Path) -> Iterator[StartService]:
             grpc_port=grpc_port,
             log_path=tmp_path / f"service-{len(started)}.log",
             env={**base_env, **(env or {})},
+            wrapper=wrapper,
         )
         started.append(service)
         if wait:

@@ -13,11 +13,12 @@ import falcon.asgi
 
 from http_ingress.allowlist import Allowlist
 from http_ingress.app import create_app
+from http_ingress.errors import http_status
 from http_ingress.schemas import parse_callback
 from routee.callbacks.v1 import callback_pb2 as pb
 from service.broker import Broker
 from service.events import StoredEvent
-from service.ingest import LocalIngest
+from service.ingest import AdjustmentRecorder, LocalIngest, Refusals
 from service.log import LocalLog
 from service.metrics import Metrics
 from service.store import AppendStatus, Store, open_store
@@ -36,7 +37,11 @@ class Embedded:
         self.log = LocalLog(
             self.store, self.metrics.published(self.broker.publish), observe_commit=self.metrics.observe_commit
         )
-        self.ingest = LocalIngest(self.log.writer, parse_callback)
+        self.ingest = LocalIngest(
+            self.log.writer,
+            AdjustmentRecorder(parse_callback, self.metrics),
+            Refusals(lambda error: int(http_status(error)), 1024 * 1024),
+        )
         self.app: falcon.asgi.App = create_app(self.ingest, allowlist, self.metrics)
 
     async def start(self) -> None:
@@ -53,7 +58,7 @@ class Embedded:
     async def append(self, callback: pb.ViberCallback | bytes) -> StoredEvent | None:
         """Store one callback (a parsed one, or a raw body) through group commit."""
         if isinstance(callback, bytes):
-            callback = parse_callback(callback)
+            callback = parse_callback(callback).callback
         event: StoredEvent | None = await self.log.writer.submit(AppendStatus(callback))
         return event
 

@@ -172,7 +172,15 @@ class ServiceProcess:
     """A running ``routee-callbacks serve``, started the way a user starts it."""
 
     def __init__(
-        self, args: list[str], *, http_host: str, http_port: int, grpc_port: int, log_path: Path, env: dict[str, str]
+        self,
+        args: list[str],
+        *,
+        http_host: str,
+        http_port: int,
+        grpc_port: int,
+        log_path: Path,
+        env: dict[str, str],
+        wrapper: tuple[str, ...] = (),
     ):
         self.http_host = "127.0.0.1" if http_host in ("0.0.0.0", "::") else http_host
         self.http_port = http_port
@@ -180,7 +188,11 @@ class ServiceProcess:
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
-            [executable(), "serve", *args], stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            [*wrapper, executable(), "serve", *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
         )
 
     @property
@@ -286,6 +298,16 @@ class StreamCollector:
         self._call.cancel()
         self._thread.join(5)
         self._channel.close()
+
+
+#: Runs a command as root without the capabilities that let root ignore file modes: an unprivileged process as far
+#: as permissions go, with no second user account needed (util-linux's setpriv).
+WITHOUT_FILE_PRIVILEGES = (
+    "setpriv",
+    "--bounding-set=-dac_override,-dac_read_search",
+    "--inh-caps=-dac_override,-dac_read_search",
+    "--",
+)
 
 
 # -- processes, connections and a real load balancer ------------------------------------------------------

@@ -24,6 +24,7 @@ class; ``open_store`` picks one from the ``--database`` value.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +54,56 @@ class PruneChunk:
     limit: int = 5000
 
 
-Job = AppendStatus | Probe | PruneChunk
+@dataclass(frozen=True, slots=True)
+class Quarantine:
+    """Keep a body that was refused for its content, for an operator; the result is its quarantine id.
+
+    The same body again (Routee retries a 4xx too) only counts another attempt. Past ``max_bytes`` in all, the
+    entries seen longest ago go first.
+    """
+
+    body: bytes
+    peer: str
+    status: int
+    reason: str
+    detail: str
+    max_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """Store a quarantined body that now passes as a normal event, and take it out of the quarantine, in one
+    transaction; the result is its StoredEvent, or None when it was a duplicate by now."""
+
+    quarantine_id: int
+    callback: pb.ViberCallback
+
+
+@dataclass(frozen=True, slots=True)
+class DropQuarantined:
+    """Delete quarantined bodies: these ids, or all when None, or those last seen before ``seen_before_us``; the
+    result is how many."""
+
+    ids: tuple[int, ...] | None = None
+    seen_before_us: int | None = None
+
+
+Job = AppendStatus | Probe | PruneChunk | Quarantine | Release | DropQuarantined
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    """One body in quarantine."""
+
+    id: int
+    received_us: int
+    last_us: int
+    peer: str
+    status: int
+    reason: str
+    detail: str
+    attempts: int
+    body: bytes
 
 
 @dataclass(slots=True)
@@ -105,6 +155,12 @@ class LogReader(Protocol):
     async def pruned_through(self) -> int:
         """Return the greatest sequence ever pruned (0 when none): resuming after less would miss events."""
 
+    async def quarantined(self, ids: Sequence[int] | None = None) -> list[Quarantined]:
+        """Return the bodies in quarantine (these ids, or all), the longest-held first."""
+
+    async def quarantine_size(self) -> tuple[int, int]:
+        """Return how many bodies the quarantine holds, and their bytes."""
+
 
 class Store(LogWriter, LogReader, Protocol):
     """Both faces, with a life cycle."""
@@ -114,6 +170,23 @@ class Store(LogWriter, LogReader, Protocol):
 
     async def close(self) -> None:
         """Close every connection."""
+
+
+def body_digest(body: bytes) -> str:
+    """How the quarantine recognises a body it holds already."""
+    return hashlib.sha256(body).hexdigest()
+
+
+def oldest_beyond(oldest: Sequence[tuple[int, int]], excess: int) -> list[int]:
+    """Of quarantine entries (id, size), oldest first, the ids to delete to free at least ``excess`` bytes."""
+    doomed: list[int] = []
+    freed = 0
+    for quarantine_id, size in oldest:
+        if freed >= excess:
+            break
+        doomed.append(quarantine_id)
+        freed += size
+    return doomed
 
 
 def is_postgres(database: str) -> bool:

@@ -29,7 +29,19 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from service.errors import StartupError, StoreUnavailableError
 from service.events import EventFilter, StoredEvent
 from service.order import order_by
-from service.store import AppendStatus, Job, Probe, PruneChunk, WriteResult
+from service.store import (
+    AppendStatus,
+    DropQuarantined,
+    Job,
+    Probe,
+    PruneChunk,
+    Quarantine,
+    Quarantined,
+    Release,
+    WriteResult,
+    body_digest,
+    oldest_beyond,
+)
 from service.store.plan import Current, StatusPlan, event_key, plan_status, tracking_ids
 
 _LOGGER = logging.getLogger(__name__)
@@ -86,8 +98,27 @@ _MIGRATIONS = (
     CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL);
     INSERT INTO meta (key, value) VALUES ('last_sequence', 0) ON CONFLICT (key) DO NOTHING;
     """,
+    # Bodies refused for their content, kept for an operator (quarantine list | replay | drop).
+    """
+    CREATE TABLE IF NOT EXISTS quarantine (
+        id BIGSERIAL PRIMARY KEY,
+        body_hash TEXT NOT NULL UNIQUE,
+        received_us BIGINT NOT NULL,
+        last_us BIGINT NOT NULL,
+        peer TEXT NOT NULL,
+        status SMALLINT NOT NULL,
+        reason TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        body BYTEA NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS quarantine_by_last ON quarantine (last_us, id);
+    INSERT INTO meta (key, value) VALUES ('quarantine_bytes', 0) ON CONFLICT (key) DO NOTHING;
+    """,
 )
 
+_QUARANTINE_COLUMNS = "id, received_us, last_us, peer, status, reason, detail, attempts, body"
 _EVENT_COLUMNS = (
     "sequence, tracking_id, campaign_tracking_id, status, status_name, update_us, receive_us, was_current, callback"
 )
@@ -168,7 +199,7 @@ class PostgresStore:
             raise
 
     async def _run(self, connection: psycopg.AsyncConnection[Any], jobs: Sequence[Job], now_us: int) -> WriteResult:
-        callbacks = [job.callback for job in jobs if isinstance(job, AppendStatus)]
+        callbacks = [job.callback for job in jobs if isinstance(job, AppendStatus | Release)]
         result = WriteResult()
         plan = StatusPlan()
         if callbacks:
@@ -180,6 +211,13 @@ class PostgresStore:
         for job in jobs:
             if isinstance(job, AppendStatus):
                 result.results.append(next(planned))
+            elif isinstance(job, Release):
+                result.results.append(next(planned))
+                await _drop_quarantined(connection, DropQuarantined(ids=(job.quarantine_id,)))
+            elif isinstance(job, Quarantine):
+                result.results.append(await _quarantine(connection, job, now_us))
+            elif isinstance(job, DropQuarantined):
+                result.results.append(await _drop_quarantined(connection, job))
             elif isinstance(job, Probe):
                 await _set_meta(connection, "probed_at_us", now_us)
                 result.results.append(None)
@@ -294,6 +332,32 @@ class PostgresStore:
     async def pruned_through(self) -> int:
         """Return the greatest sequence ever pruned (0 when none)."""
         return await self._read(lambda connection: _ameta(connection, "pruned_through"))
+
+    async def quarantined(self, ids: Sequence[int] | None = None) -> list[Quarantined]:
+        """Return the bodies in quarantine (these ids, or all), the longest-held first."""
+
+        async def read(connection: psycopg.AsyncConnection[Any]) -> list[Quarantined]:
+            where = " WHERE id = ANY(%s)" if ids is not None else ""
+            cursor = await connection.execute(
+                f"SELECT {_QUARANTINE_COLUMNS} FROM quarantine{where} ORDER BY received_us, id",
+                (list(ids),) if ids is not None else (),
+            )
+            return [_quarantined(row) for row in await cursor.fetchall()]
+
+        return await self._read(read)
+
+    async def quarantine_size(self) -> tuple[int, int]:
+        """Return how many bodies the quarantine holds, and their bytes."""
+
+        async def read(connection: psycopg.AsyncConnection[Any]) -> tuple[int, int]:
+            row = await (await connection.execute("SELECT count(*) FROM quarantine")).fetchone()
+            return (int(row[0]) if row else 0), await _ameta(connection, "quarantine_bytes")
+
+        return await self._read(read)
+
+
+def _quarantined(row: Any) -> Quarantined:
+    return Quarantined(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], bytes(row[8]))
 
 
 def _name(conninfo: str) -> str:
@@ -417,6 +481,53 @@ async def _set_meta(connection: psycopg.AsyncConnection[Any], key: str, value: i
         "INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         (key, value),
     )
+
+
+async def _quarantine(connection: psycopg.AsyncConnection[Any], job: Quarantine, now_us: int) -> int:
+    """Keep a refused body, or count another attempt of one kept; then keep the whole within its bound."""
+    digest = body_digest(job.body)
+    row = await (
+        await connection.execute(
+            "UPDATE quarantine SET attempts = attempts + 1, last_us = %s, peer = %s, status = %s, reason = %s,"
+            " detail = %s WHERE body_hash = %s RETURNING id",
+            (now_us, job.peer, job.status, job.reason, job.detail, digest),
+        )
+    ).fetchone()
+    if row is not None:
+        return int(row[0])
+    inserted = await (
+        await connection.execute(
+            "INSERT INTO quarantine (body_hash, received_us, last_us, peer, status, reason, detail, attempts, size,"
+            " body) VALUES (%s, %s, %s, %s, %s, %s, %s, 1, %s, %b) RETURNING id",
+            (digest, now_us, now_us, job.peer, job.status, job.reason, job.detail, len(job.body), job.body),
+        )
+    ).fetchone()
+    assert inserted is not None
+    total = await _ameta(connection, "quarantine_bytes") + len(job.body)
+    if total > job.max_bytes:
+        oldest = await (
+            await connection.execute("SELECT id, size FROM quarantine ORDER BY last_us, id LIMIT 1000")
+        ).fetchall()
+        doomed = oldest_beyond([(row[0], row[1]) for row in oldest], total - job.max_bytes)
+        await connection.execute("DELETE FROM quarantine WHERE id = ANY(%s)", (doomed,))
+        total -= sum(size for id_, size in oldest if id_ in doomed)
+    await _set_meta(connection, "quarantine_bytes", total)
+    return int(inserted[0])
+
+
+async def _drop_quarantined(connection: psycopg.AsyncConnection[Any], job: DropQuarantined) -> int:
+    where, params = "", ()  # type: tuple[str, tuple[Any, ...]]
+    if job.ids is not None:
+        where, params = " WHERE id = ANY(%s)", (list(job.ids),)
+    elif job.seen_before_us is not None:
+        where, params = " WHERE last_us < %s", (job.seen_before_us,)
+    freed = await (await connection.execute(f"DELETE FROM quarantine{where} RETURNING size", params)).fetchall()
+    if freed:
+        await connection.execute(
+            "UPDATE meta SET value = GREATEST(0, value - %s) WHERE key = 'quarantine_bytes'",
+            (sum(row[0] for row in freed),),
+        )
+    return len(freed)
 
 
 async def _prune_chunk(connection: psycopg.AsyncConnection[Any], cutoff_us: int, chunk: int) -> int:

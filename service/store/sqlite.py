@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -22,7 +23,19 @@ from typing import Any, TypeVar
 from service.errors import StartupError, StoreUnavailableError
 from service.events import EventFilter, StoredEvent
 from service.order import order_by
-from service.store import AppendStatus, Job, Probe, PruneChunk, WriteResult
+from service.store import (
+    AppendStatus,
+    DropQuarantined,
+    Job,
+    Probe,
+    PruneChunk,
+    Quarantine,
+    Quarantined,
+    Release,
+    WriteResult,
+    body_digest,
+    oldest_beyond,
+)
 from service.store.plan import Current, EventKey, StatusPlan, event_key, plan_status, tracking_ids
 
 _LOGGER = logging.getLogger(__name__)
@@ -61,8 +74,27 @@ _MIGRATIONS = (
     INSERT OR IGNORE INTO meta (key, value)
     SELECT 'last_sequence', coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0);
     """,
+    # Bodies refused for their content, kept for an operator (quarantine list | replay | drop).
+    """
+    CREATE TABLE IF NOT EXISTS quarantine (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        body_hash TEXT NOT NULL UNIQUE,              -- sha256 of the body: a retry counts, it is not kept again
+        received_us INTEGER NOT NULL,
+        last_us INTEGER NOT NULL,
+        peer TEXT NOT NULL,
+        status INTEGER NOT NULL,                     -- the HTTP status answered
+        reason TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        body BLOB NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS quarantine_by_last ON quarantine (last_us, id);
+    INSERT OR IGNORE INTO meta (key, value) VALUES ('quarantine_bytes', 0);
+    """,
 )
 
+_QUARANTINE_COLUMNS = "id, received_us, last_us, peer, status, reason, detail, attempts, body"
 _EVENT_COLUMNS = (
     "sequence, tracking_id, campaign_tracking_id, status, status_name, update_us, receive_us, was_current, callback"
 )
@@ -84,8 +116,10 @@ class SqliteStore:
         self._busy_timeout_ms = busy_timeout_ms
         self._poll_interval = poll_interval
         self._writer: sqlite3.Connection | None = None
+        self._generation = 0
         self._data_version: int | None = None
-        self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="store-reader")
+        # One thread: data_version is compared across polls, so they must all run on the same connection.
+        self._readers = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-reader")
         self._local = threading.local()
         self._reader_connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -120,6 +154,15 @@ class SqliteStore:
         self._drop_writer()
 
     def _drop_writer(self) -> None:
+        # SQLite shares a file's WAL index among all connections of a process: one opened while the file was
+        # read-only keeps every new one read-only. After a failed write, every connection starts over.
+        self._generation += 1
+        own: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if own is not None:  # This thread's reader (inline reads): close it now; other threads' at their next read.
+            with self._lock:
+                self._reader_connections.remove(own)
+            own.close()
+            self._local.connection = None
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -145,6 +188,7 @@ class SqliteStore:
         a hand-off to a thread and back costs more than it would save (measured).
         """
         try:
+            self._check_writable()
             connection = self._writer_connection()
             connection.execute("BEGIN IMMEDIATE")
             result = self._run(connection, jobs, now_us)
@@ -160,7 +204,7 @@ class SqliteStore:
 
     def _run(self, connection: sqlite3.Connection, jobs: Sequence[Job], now_us: int) -> WriteResult:
         last = _meta(connection, "last_sequence")
-        callbacks = [job.callback for job in jobs if isinstance(job, AppendStatus)]
+        callbacks = [job.callback for job in jobs if isinstance(job, AppendStatus | Release)]
         plan = _plan(connection, callbacks, last, now_us) if callbacks else StatusPlan(last_sequence=last)
         if plan.events:
             _apply(connection, plan)
@@ -169,6 +213,13 @@ class SqliteStore:
         for job in jobs:
             if isinstance(job, AppendStatus):
                 result.results.append(next(planned))
+            elif isinstance(job, Release):
+                result.results.append(next(planned))
+                _drop_quarantined(connection, DropQuarantined(ids=(job.quarantine_id,)))
+            elif isinstance(job, Quarantine):
+                result.results.append(_quarantine(connection, job, now_us))
+            elif isinstance(job, DropQuarantined):
+                result.results.append(_drop_quarantined(connection, job))
             elif isinstance(job, Probe):
                 _set_meta(connection, "probed_at_us", now_us)
                 result.results.append(None)
@@ -178,30 +229,48 @@ class SqliteStore:
                 raise TypeError(f"no such job: {job!r}")
         return result
 
+    def _check_writable(self) -> None:
+        """Refuse to write when the file or its directory was made read-only.
+
+        The open connection's descriptor would still write (permissions are checked at open only), but whoever
+        made the database read-only meant it; the next write after they undo it opens a new connection.
+        """
+        for what, path in (
+            ("file", self._path),
+            ("directory", self._path.parent),
+            ("log file", self._path.with_name(self._path.name + "-wal")),
+            ("index file", self._path.with_name(self._path.name + "-shm")),
+        ):
+            if path.exists() and not os.access(path, os.W_OK):
+                raise sqlite3.OperationalError(f"the database {what} {path} is read-only")
+
     async def head(self) -> int:
-        """Return the greatest sequence committed by anyone."""
-        return _meta(self._writer_connection(), "last_sequence")
+        """Return the greatest sequence committed by anyone (on a reader thread, like every read of the log)."""
+        return await self._read(lambda connection: _meta(connection, "last_sequence"))
 
     async def entries_after(self, after_sequence: int, limit: int) -> list[StoredEvent]:
-        """Return up to ``limit`` committed entries after ``after_sequence``, on the writing connection."""
-        return _events(
-            self._writer_connection(),
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE sequence > ? ORDER BY sequence LIMIT ?",
-            (after_sequence, limit),
-        )
+        """Return up to ``limit`` committed entries after ``after_sequence``."""
+        return await self.events_after(after_sequence, EventFilter(), limit)
 
     async def wait_for_commits(self, within: float) -> None:
-        """Poll ``PRAGMA data_version`` (it changes when another connection commits) until it changes or time is up."""
+        """Poll ``PRAGMA data_version`` until another connection commits, or time is up.
+
+        The poll runs on a reader thread: SQLite can block inside a read for seconds (it retries on its own when
+        the WAL index is not writable, whatever the busy timeout), and the writer's event loop must not. The
+        version is comparable only within one connection, so it is read on that thread's connection, always
+        the same one.
+        """
         deadline = time.monotonic() + within
         while True:
             try:
-                version = self._writer_connection().execute("PRAGMA data_version").fetchone()[0]
-            except sqlite3.Error:
-                self._drop_writer()
-                version = None
-            if version != self._data_version:
+                version = await self._read(lambda connection: connection.execute("PRAGMA data_version").fetchone()[0])
+            except StoreUnavailableError:
+                await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+                return
+            if self._data_version is not None and version != self._data_version:
                 self._data_version = version
                 return
+            self._data_version = version
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
@@ -214,10 +283,16 @@ class SqliteStore:
 
         def run() -> _T:
             connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+            if connection is not None and self._local.generation != self._generation:
+                with self._lock:
+                    self._reader_connections.remove(connection)
+                connection.close()
+                connection = None
             if connection is None:
                 connection = self._connect()
                 connection.execute("PRAGMA query_only = 1")
                 self._local.connection = connection
+                self._local.generation = self._generation
                 with self._lock:
                     self._reader_connections.append(connection)
             connection.execute("BEGIN")  # One consistent snapshot for everything `work` reads.
@@ -279,6 +354,28 @@ class SqliteStore:
     async def pruned_through(self) -> int:
         """Return the greatest sequence ever pruned (0 when none)."""
         return await self._read(lambda connection: _meta(connection, "pruned_through"), inline=True)
+
+    async def quarantined(self, ids: Sequence[int] | None = None) -> list[Quarantined]:
+        """Return the bodies in quarantine (these ids, or all), the longest-held first."""
+        where = f" WHERE id IN ({', '.join('?' * len(ids))})" if ids is not None else ""
+        return await self._read(
+            lambda connection: [
+                Quarantined(*row)
+                for row in connection.execute(
+                    f"SELECT {_QUARANTINE_COLUMNS} FROM quarantine{where} ORDER BY received_us, id", tuple(ids or ())
+                )
+            ]
+        )
+
+    async def quarantine_size(self) -> tuple[int, int]:
+        """Return how many bodies the quarantine holds, and their bytes."""
+        return await self._read(
+            lambda connection: (
+                connection.execute("SELECT count(*) FROM quarantine").fetchone()[0],
+                _meta(connection, "quarantine_bytes"),
+            ),
+            inline=True,
+        )
 
 
 def _migrate(connection: sqlite3.Connection) -> None:
@@ -386,6 +483,45 @@ def _set_meta(connection: sqlite3.Connection, key: str, value: int) -> None:
         "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         (key, value),
     )
+
+
+def _quarantine(connection: sqlite3.Connection, job: Quarantine, now_us: int) -> int:
+    """Keep a refused body, or count another attempt of one kept; then keep the whole within its bound."""
+    digest = body_digest(job.body)
+    row = connection.execute(
+        "UPDATE quarantine SET attempts = attempts + 1, last_us = ?, peer = ?, status = ?, reason = ?, detail = ?"
+        " WHERE body_hash = ? RETURNING id",
+        (now_us, job.peer, job.status, job.reason, job.detail, digest),
+    ).fetchone()
+    if row is not None:
+        return int(row[0])
+    (quarantine_id,) = connection.execute(
+        "INSERT INTO quarantine (body_hash, received_us, last_us, peer, status, reason, detail, attempts, size, body)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?) RETURNING id",
+        (digest, now_us, now_us, job.peer, job.status, job.reason, job.detail, len(job.body), job.body),
+    ).fetchone()
+    total = _meta(connection, "quarantine_bytes") + len(job.body)
+    if total > job.max_bytes:
+        oldest = connection.execute("SELECT id, size FROM quarantine ORDER BY last_us, id LIMIT 1000").fetchall()
+        doomed = oldest_beyond(oldest, total - job.max_bytes)
+        connection.execute(f"DELETE FROM quarantine WHERE id IN ({', '.join('?' * len(doomed))})", doomed)
+        total -= sum(size for id_, size in oldest if id_ in doomed)
+    _set_meta(connection, "quarantine_bytes", total)
+    return int(quarantine_id)
+
+
+def _drop_quarantined(connection: sqlite3.Connection, job: DropQuarantined) -> int:
+    where, params = "", ()  # type: tuple[str, tuple[int, ...]]
+    if job.ids is not None:
+        where, params = f" WHERE id IN ({', '.join('?' * len(job.ids))})", job.ids
+    elif job.seen_before_us is not None:
+        where, params = " WHERE last_us < ?", (job.seen_before_us,)
+    freed = connection.execute(f"DELETE FROM quarantine{where} RETURNING size", params).fetchall()
+    if freed:
+        _set_meta(
+            connection, "quarantine_bytes", max(0, _meta(connection, "quarantine_bytes") - sum(r[0] for r in freed))
+        )
+    return len(freed)
 
 
 def _prune_chunk(connection: sqlite3.Connection, cutoff_us: int, chunk: int) -> int:

@@ -178,3 +178,140 @@ class TestOtherRoutes:
         assert response.status_code == status
         assert response.headers["content-type"] == "application/problem+json"
         assert response.json["status"] == status
+
+
+def with_changes(**changes: Any) -> bytes:
+    """The Delivered fixture with some fields replaced (``status__reason`` reaches into ``status``)."""
+    document = fixture("02-m1-delivered.json")
+    for path, value in changes.items():
+        target = document
+        *parents, last = path.split("__")
+        for parent in parents:
+            target = target[parent]
+        target[last] = value
+    return json.dumps(document).encode()
+
+
+class TestNothingRouteeSendsIsLost:
+    """Tolerant secondary fields, the quarantine, a writer that cannot die (issue 11)."""
+
+    @pytest.mark.parametrize(
+        "changes",
+        [
+            {"ttl": "3600"},
+            {"price": "0.01"},
+            {"groups": "vip"},
+            {"createdAt": "garbage"},
+            {"status__reason": "Not Viber User"},
+            {"body": "hi"},
+        ],
+    )
+    async def test_a_secondary_field_of_an_unexpected_type_is_kept_with_200(
+        self, harness: Harness, changes: dict[str, Any]
+    ) -> None:
+        """Each row of the issue's table: 200, the status stored, the field counted in the metrics."""
+        response = await post(harness, with_changes(**changes))
+        assert response.status_code == 200, response.text
+        [event] = await harness.store.history("a1b2c3d4-0000-4000-8000-000000000001")
+        assert event.status_name == "Delivered"
+        field = next(iter(changes)).replace("__", ".")
+        counted = harness.metrics.registry.get_sample_value(
+            "routee_callbacks_callback_fields_adjusted_total", {"field": field, "action": "coerced"}
+        ) or harness.metrics.registry.get_sample_value(
+            "routee_callbacks_callback_fields_adjusted_total", {"field": field, "action": "dropped"}
+        )
+        assert counted == 1
+
+    async def test_a_422_from_an_allowed_sender_is_quarantined_and_a_retry_counted(self, harness: Harness) -> None:
+        """The refused body, its sender and the answer are kept; the same body again only raises the count."""
+        body = b'{"trackingId": "t", "status": {"name": "Queued"}}'
+        for _ in range(2):
+            response = await post(harness, body, remote_addr="127.0.0.9")
+            assert response.status_code == 422
+        [held] = await harness.store.quarantined()
+        assert (held.status, held.reason, held.peer, held.attempts, held.body) == (
+            422,
+            "invalid_callback",
+            "127.0.0.9",
+            2,
+            body,
+        )
+        assert "status.updatedDate" in held.detail
+        assert await harness.stored() == 0
+
+    @pytest.mark.parametrize(
+        ("body", "headers", "status"),
+        [
+            (b"{oops", {"Content-Type": "application/json"}, 400),
+            (fixture_bodies()["01-m1-queued.json"], {"Content-Type": "text/plain"}, 415),
+            (b"[" + b"1," * 40_000 + b"1]", {"Content-Type": "application/json"}, 413),
+        ],
+    )
+    async def test_400_413_and_415_are_quarantined_too(
+        self, harness: Harness, body: bytes, headers: dict[str, str], status: int
+    ) -> None:
+        """Whatever an allowed sender's body was refused for, an operator can see it (at most 64 KiB of it)."""
+        response = await post(harness, body, headers)
+        assert response.status_code == status
+        [held] = await harness.store.quarantined()
+        assert held.status == status
+        assert held.body == body[: 64 * 1024]
+
+    async def test_a_strangers_403_is_never_kept(self, tmp_path: Path) -> None:
+        """A sender outside the allowlist leaves no trace."""
+        harness = Harness(tmp_path, Allowlist(allow_cidrs=[ipaddress.ip_network("10.0.0.0/8")]))
+        await harness.start()
+        try:
+            assert (await post(harness, b"{oops", remote_addr="192.0.2.1")).status_code == 403
+            assert await harness.store.quarantined() == []
+        finally:
+            await harness.stop()
+
+    async def test_a_refusal_the_quarantine_cannot_keep_is_a_503(self, harness: Harness) -> None:
+        """If even the quarantine cannot keep the body, Routee must retry: 503, not 422."""
+        await harness.log.writer.stop()
+        response = await post(harness, b'{"trackingId": "t"}')
+        assert response.status_code == 503
+
+    async def test_an_injected_failure_that_is_not_a_database_error_is_503_then_200(self, tmp_path: Path) -> None:
+        """The writer survives a bug in a batch: that callback gets 503 and the next one 200."""
+        harness = Harness(tmp_path, Allowlist(allow_cidrs=[LOOPBACK]))
+        store = harness.store
+        real_write = store.write
+        failures = [RuntimeError("a bug in the middle of a batch")]
+
+        async def failing_once(jobs: Any, now_us: int) -> Any:
+            if failures:
+                raise failures.pop()
+            return await real_write(jobs, now_us)
+
+        store.write = failing_once  # type: ignore[method-assign]  # an injected fault, not a mock of behaviour
+        await harness.start()
+        try:
+            first = await post(harness, fixture_bodies()["01-m1-queued.json"])
+            assert first.status_code == 503
+            assert first.json["reason"] == "store_unavailable"
+            second = await post(harness, fixture_bodies()["01-m1-queued.json"])
+            assert (second.status_code, second.json["status"]) == (200, "accepted")
+        finally:
+            await harness.stop()
+
+
+class TestReplay:
+    """Replaying the quarantine after the rules changed."""
+
+    async def test_what_passes_now_is_stored_published_and_released(self, harness: Harness) -> None:
+        """A body refused under old rules is stored as a normal event once the rules accept it; the rest stays."""
+        from http_ingress.schemas import parse_callback
+        from service.errors import InvalidCallbackError
+        from service.quarantine import replay
+
+        good = fixture_bodies()["01-m1-queued.json"]
+        bad = b'{"trackingId": "t", "status": {"name": "Queued"}}'
+        for body in (good, bad):  # Refused by stricter rules than today's (an older version, say).
+            await harness.ingest.refuse(body, "127.0.0.2", InvalidCallbackError("ttl", "old rules"))
+        report = await replay(harness.store, lambda body: parse_callback(body).callback, None)
+        assert [(item.body, event is not None) for item, event in report.stored] == [(good, True)]
+        assert [item.body for item, _ in report.refused] == [bad]
+        assert [item.body for item in await harness.store.quarantined()] == [bad]
+        assert await harness.published() == [1], "the log's follower publishes what another writer stored"

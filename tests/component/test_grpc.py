@@ -30,7 +30,7 @@ def callback(index: int, campaign: str = "load", name: str = "Queued") -> pb.Vib
     return parse_callback(
         f'{{"trackingId": "m{index}", "campaignTrackingId": "{campaign}",'
         f' "status": {{"name": "{name}", "updatedDate": "2024-05-01T10:00:00Z"}}}}'.encode()
-    )
+    ).callback
 
 
 class Server(Embedded):
@@ -89,7 +89,7 @@ class TestGetMessageStatus:
         bodies = list(fixture_bodies().values()) * 2
         random.Random(7).shuffle(bodies)
         for body in bodies:
-            await server.append(parse_callback(body))
+            await server.append(parse_callback(body).callback)
         expected = {
             "1": (pb.MESSAGE_STATUS_SEEN, "Seen", ["Queued", "Delivered", "Seen"]),
             "2": (pb.MESSAGE_STATUS_FAILED, "Failed", ["QUEUED", "Failed"]),
@@ -132,7 +132,7 @@ class TestStream:
         call = server.stub.StreamStatusUpdates(pb2.StreamStatusUpdatesRequest(campaign_tracking_id=CAMPAIGN_B))
         await call.initial_metadata()
         for body in list(fixture_bodies().values()) * 2:
-            await server.append(parse_callback(body))
+            await server.append(parse_callback(body).callback)
         updates = await read_updates(call, 2)
         assert [u.tracking_id[-1] for u in updates] == ["4", "5"]
         assert updates[0].sequence < updates[1].sequence
@@ -163,7 +163,7 @@ class TestStream:
     async def test_snapshot_then_marker_then_live(self, server: Server) -> None:
         """include_snapshot sends every current status of the filter, the marker, then live updates."""
         for body in fixture_bodies().values():
-            await server.append(parse_callback(body))
+            await server.append(parse_callback(body).callback)
         call = server.stub.StreamStatusUpdates(
             pb2.StreamStatusUpdatesRequest(campaign_tracking_id=CAMPAIGN_A, include_snapshot=True)
         )

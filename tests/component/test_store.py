@@ -18,7 +18,7 @@ from http_ingress.schemas import parse_callback
 from routee.callbacks.v1 import callback_pb2 as pb
 from service.errors import StoreUnavailableError
 from service.events import EventFilter, StoredEvent
-from service.store import AppendStatus, Probe, PruneChunk, Store, open_store
+from service.store import AppendStatus, DropQuarantined, Probe, PruneChunk, Quarantine, Release, Store, open_store
 from support import fixture_bodies
 
 NOW_US = 1_700_000_000_000_000
@@ -29,7 +29,7 @@ def callback(tracking_id: str, name: str, date: str, campaign: str = "c1") -> pb
     return parse_callback(
         f'{{"trackingId": "{tracking_id}", "campaignTrackingId": "{campaign}",'
         f' "status": {{"name": "{name}", "updatedDate": "{date}"}}}}'.encode()
-    )
+    ).callback
 
 
 async def write(store: Store, *callbacks: pb.ViberCallback, now_us: int = NOW_US) -> list[StoredEvent | None]:
@@ -162,7 +162,7 @@ class TestCurrentStatus:
         rng = random.Random(11)
         while bodies:
             size = rng.randint(1, 5)
-            await write(store, *(parse_callback(body) for body in bodies[:size]))
+            await write(store, *(parse_callback(body).callback for body in bodies[:size]))
             bodies = bodies[size:]
         state = {}
         for index in range(1, 6):
@@ -190,7 +190,7 @@ class TestReads:
 
     async def test_events_keep_every_field(self, store: Store) -> None:
         """What is read back is what was written, callback bytes included."""
-        original = parse_callback(fixture_bodies()["06-m3-delivered-file.json"])
+        original = parse_callback(fixture_bodies()["06-m3-delivered-file.json"]).callback
         (written,) = await write(store, original)
         (read,) = await store.events_after(0, EventFilter(), 10)
         assert read == written
@@ -332,3 +332,54 @@ def _other_writer(database: str) -> Iterator[Callable[[], None]]:
         connection.execute("UPDATE meta SET value = 1 WHERE key = 'last_sequence'")
         yield lambda: connection.execute("COMMIT")
         connection.close()
+
+
+def quarantine(body: bytes, max_bytes: int = 10_000) -> Quarantine:
+    return Quarantine(body, "192.0.2.7", 422, "invalid_callback", "status.updatedDate: Field required", max_bytes)
+
+
+class TestQuarantine:
+    """Bodies refused for their content, kept for an operator."""
+
+    async def test_a_refused_body_is_kept_and_a_retry_only_counts(self, store: Store) -> None:
+        """The same body again raises its attempt count; it is not kept twice."""
+        first = (await store.write([quarantine(b'{"a": 1}')], 1000)).results[0]
+        again = (await store.write([quarantine(b'{"a": 1}')], 2000)).results[0]
+        other = (await store.write([quarantine(b'{"b": 2}')], 3000)).results[0]
+        assert first == again != other
+        held = await store.quarantined()
+        assert [(item.id, item.attempts, item.received_us, item.last_us) for item in held] == [
+            (first, 2, 1000, 2000),
+            (other, 1, 3000, 3000),
+        ]
+        assert (held[0].peer, held[0].status, held[0].reason, held[0].body) == (
+            "192.0.2.7",
+            422,
+            "invalid_callback",
+            b'{"a": 1}',
+        )
+        assert await store.quarantine_size() == (2, 16)
+
+    async def test_past_its_bound_the_longest_unseen_go_first(self, store: Store) -> None:
+        """The quarantine holds at most max_bytes; the entries seen longest ago make room."""
+        for number in range(5):
+            await store.write([quarantine(b"x" * 100 + str(number).encode(), max_bytes=350)], 1000 + number)
+        assert [item.body[-1:] for item in await store.quarantined()] == [b"2", b"3", b"4"]
+        assert await store.quarantine_size() == (3, 303)
+
+    async def test_drop_by_id_by_age_or_all(self, store: Store) -> None:
+        """Dropping removes what it names and frees its bytes."""
+        ids = [(await store.write([quarantine(b"%d" % number)], number)).results[0] for number in range(4)]
+        assert (await store.write([DropQuarantined(ids=(ids[1],))], 9)).results == [1]
+        assert (await store.write([DropQuarantined(seen_before_us=1)], 9)).results == [1]
+        assert [item.id for item in await store.quarantined()] == ids[2:]
+        assert (await store.write([DropQuarantined()], 9)).results == [2]
+        assert await store.quarantine_size() == (0, 0)
+
+    async def test_release_stores_the_event_and_empties_the_entry_together(self, store: Store) -> None:
+        """A body that now passes becomes a normal event and leaves the quarantine in the same transaction."""
+        (held,) = (await store.write([quarantine(b"{}")], 1000)).results
+        result = await store.write([Release(held, callback("m1", "Queued", "2024-05-01T10:00:00Z"))], 2000)
+        assert [entry.tracking_id for entry in result.entries] == ["m1"]
+        assert await store.quarantined() == []
+        assert [event.status_name for event in await store.history("m1")] == ["Queued"]

@@ -94,7 +94,7 @@ class TestDnsAllowlist:
         """Started while DNS fails: 503 and not ready, then recovery without a restart."""
         zone, port = dns_zone
         zone.mode = "servfail"
-        service = start_service(*dns_args(port))
+        service = start_service(*dns_args(port), ready_path="/healthz")
         assert status_from(service, "127.0.0.2") == 503
         answer = post_callback(service.http_port, BODY, source="127.0.0.2")
         assert answer.json()["reason"] == "allowlist_unavailable"

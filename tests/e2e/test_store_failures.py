@@ -7,6 +7,7 @@ import contextlib
 import json
 import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import grpc
 import pytest
 
 from conftest import StartService
-from support import OPEN, ServiceProcess, fixture, http_request, post_callback
+from support import OPEN, WITHOUT_FILE_PRIVILEGES, ServiceProcess, fixture, http_request, post_callback
 
 pytestmark = pytest.mark.e2e
 
@@ -103,3 +104,59 @@ def test_full_filesystem(start_service: StartService, tmp_path: Path) -> None:
         service.stop()
         with sqlite3.connect(tiny / "full.db") as connection:
             assert connection.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+
+
+def eventually_accepted(service: ServiceProcess, tracking_id: str, deadline: float = 10.0) -> None:
+    """After the condition is undone, callbacks are kept again (within a few tries), without a restart."""
+    end = time.monotonic() + deadline
+    while (answer := post_callback(service.http_port, callback(tracking_id))).status != 200:
+        assert answer.status == 503, answer.body
+        assert time.monotonic() < end, "did not recover"
+        time.sleep(0.2)
+    assert http_request(service.http_port, "GET", "/readyz").status == 200
+    assert service.get_status(tracking_id).status_name == "Delivered"
+
+
+def assert_read_only(service: ServiceProcess, tracking_id: str, what: str) -> None:
+    """503 within Routee's deadline, never 200; /readyz says the database is read-only; nothing is stored."""
+    started = time.monotonic()
+    answer = post_callback(service.http_port, callback(tracking_id))
+    assert answer.status == 503, answer.body
+    assert time.monotonic() - started < 2.0
+    ready = http_request(service.http_port, "GET", "/readyz")
+    assert ready.status == 503
+    assert what in ready.json()["checks"]["store"]["error"]
+    with pytest.raises(grpc.RpcError):
+        service.get_status(tracking_id)
+
+
+def test_read_only_storage_as_an_unprivileged_process(start_service: StartService, tmp_path: Path) -> None:
+    """Run without root's power over file modes: a database file made read-only at run time, its directory made
+    read-only, and a file read-only at start each give 503 and a /readyz reason; fixing the permission recovers
+    without a restart."""
+    directory = tmp_path / "data"
+    directory.mkdir()
+    database = directory / "routee.db"
+    service = start_service(*OPEN, database=database, wrapper=WITHOUT_FILE_PRIVILEGES)
+    assert post_callback(service.http_port, callback("before")).status == 200
+
+    database.chmod(0o444)
+    assert_read_only(service, "file-read-only", "read-only")
+    database.chmod(0o644)
+    eventually_accepted(service, "file-writable-again")
+
+    directory.chmod(0o555)
+    try:
+        assert_read_only(service, "directory-read-only", "read-only")
+    finally:
+        directory.chmod(0o755)
+    eventually_accepted(service, "directory-writable-again")
+
+    service.stop()
+    for path in directory.iterdir():
+        path.chmod(0o444)
+    restarted = start_service(*OPEN, database=database, wrapper=WITHOUT_FILE_PRIVILEGES, ready_path="/healthz")
+    assert_read_only(restarted, "read-only-at-start", "read")
+    for path in directory.iterdir():
+        path.chmod(0o644)
+    eventually_accepted(restarted, "writable-after-start")

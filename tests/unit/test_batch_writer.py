@@ -17,7 +17,7 @@ from service.store import AppendStatus, Job, Probe, WriteResult
 
 def append(tracking_id: str) -> AppendStatus:
     status = '{"name": "Queued", "updatedDate": "2024-05-01T10:00:00Z"}'
-    return AppendStatus(parse_callback(f'{{"trackingId": "{tracking_id}", "status": {status}}}'.encode()))
+    return AppendStatus(parse_callback(f'{{"trackingId": "{tracking_id}", "status": {status}}}'.encode()).callback)
 
 
 class FakeStore:

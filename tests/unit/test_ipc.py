@@ -6,7 +6,7 @@ import pytest
 
 from routee.callbacks.v1 import callback_pb2 as pb
 from service import ipc
-from service.errors import InvalidCallbackError, MalformedJsonError, StoreUnavailableError
+from service.errors import InvalidCallbackError, MalformedJsonError, StoreUnavailableError, UnsupportedMediaError
 from service.events import StoredEvent
 
 
@@ -15,13 +15,13 @@ class TestFrames:
 
     def test_frames_split_anywhere_come_out_whole(self) -> None:
         """Whatever the socket hands over, complete frames come out in order and the rest waits."""
-        stream = ipc.request(ipc.SUBMIT_STATUS, 1, b"body-one") + ipc.request(ipc.PROBE, 2)
+        stream = ipc.request(ipc.SUBMIT_STATUS, 1, b"body-one", "192.0.2.1") + ipc.request(ipc.PROBE, 2)
         buffer = bytearray()
         received = []
         for byte in stream:
             buffer.append(byte)
             received.extend((kind, ipc.parse_request(payload)) for kind, payload in ipc.frames(buffer))
-        assert received == [(ipc.SUBMIT_STATUS, (1, b"body-one")), (ipc.PROBE, (2, b""))]
+        assert received == [(ipc.SUBMIT_STATUS, (1, "192.0.2.1", b"body-one")), (ipc.PROBE, (2, "", b""))]
         assert buffer == bytearray()
 
     def test_an_oversized_frame_is_refused(self) -> None:
@@ -56,6 +56,19 @@ class TestAnswers:
         assert type(rebuilt) is type(error)
         assert str(rebuilt) == str(error)
         assert getattr(rebuilt, "field", None) == getattr(error, "field", None)
+
+
+class TestRefusals:
+    """A body a worker refused, on its way to the quarantine."""
+
+    def test_a_refusal_carries_the_sender_the_error_and_the_body(self) -> None:
+        """Everything the quarantine records survives the trip."""
+        error = UnsupportedMediaError("Content-Type must be application/json, got text/plain")
+        [(kind, payload)] = ipc.frames(bytearray(ipc.refusal(4, "2001:db8::1", error, b"\x00raw")))
+        request_id, peer, rebuilt, body = ipc.parse_refusal(payload)
+        assert (kind, request_id, peer, body) == (ipc.REFUSE, 4, "2001:db8::1", b"\x00raw")
+        assert isinstance(rebuilt, UnsupportedMediaError)
+        assert str(rebuilt) == str(error)
 
 
 class TestFeed:

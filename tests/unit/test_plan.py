@@ -14,7 +14,7 @@ def callback(tracking_id: str, name: str, date: str, campaign: str = "c1") -> pb
     return parse_callback(
         f'{{"trackingId": "{tracking_id}", "campaignTrackingId": "{campaign}",'
         f' "status": {{"name": "{name}", "updatedDate": "{date}"}}}}'.encode()
-    )
+    ).callback
 
 
 def plan_status(callbacks: Sequence[pb.ViberCallback], **state: object) -> StatusPlan:

@@ -42,7 +42,7 @@ class TestFixtures:
         """Each fixture keeps its tracking id, raw status name, parsed status and raw body."""
         body = fixture_bodies()[name]
         document = json.loads(body)
-        message = parse_callback(body)
+        message = parse_callback(body).callback
         assert message.tracking_id == document["trackingId"]
         assert message.campaign_tracking_id == document["campaignTrackingId"]
         assert message.status.status == status
@@ -51,7 +51,7 @@ class TestFixtures:
 
     def test_all_fields_of_a_rich_callback(self) -> None:
         """A file message keeps iosFallbackText, viberFile, a decimal ttl, price and dates."""
-        message = parse_callback(fixture_bodies()["06-m3-delivered-file.json"])
+        message = parse_callback(fixture_bodies()["06-m3-delivered-file.json"]).callback
         assert message.recipient == "+306900000003"
         assert message.sender == "Routee"
         assert list(message.groups) == ["vip", "athens"]
@@ -75,7 +75,7 @@ class TestFixtures:
 
     def test_action_button(self) -> None:
         """viberAction and imageURL are kept."""
-        message = parse_callback(fixture_bodies()["01-m1-queued.json"])
+        message = parse_callback(fixture_bodies()["01-m1-queued.json"]).callback
         assert message.body.image_url == "https://example.com/img/spring.png"
         assert message.body.viber_action.caption == "Shop now"
         assert message.body.viber_action.target_url == "https://example.com/shop"
@@ -83,7 +83,7 @@ class TestFixtures:
 
     def test_nulls_and_unknown_fields(self) -> None:
         """null fields become defaults; fields Routee did not document survive in raw_json."""
-        message = parse_callback(fixture_bodies()["09-m5-unsent-extra-fields.json"])
+        message = parse_callback(fixture_bodies()["09-m5-unsent-extra-fields.json"]).callback
         assert list(message.groups) == []
         assert message.label == ""
         assert message.body.image_url == ""
@@ -117,7 +117,7 @@ class TestTolerance:
     )
     def test_status_names(self, name: str, status: int) -> None:
         """Names compare case-insensitively; an unknown name is UNKNOWN with the raw name kept."""
-        message = parse_callback(_encode(self._with(status__name=name)))
+        message = parse_callback(_encode(self._with(status__name=name))).callback
         assert message.status.status == status
         assert message.status.name == name
 
@@ -132,14 +132,14 @@ class TestTolerance:
     )
     def test_dates(self, text: str, expected: str) -> None:
         """Dates with or without milliseconds or offset are instants in UTC."""
-        message = parse_callback(_encode(self._with(status__updatedDate=text)))
+        message = parse_callback(_encode(self._with(status__updatedDate=text))).callback
         assert message.status.update_time.ToJsonString() == expected
 
     def test_only_required_fields(self) -> None:
         """trackingId, status.name and status.updatedDate are enough."""
         message = parse_callback(
             b'{"trackingId": "t", "status": {"name": "Queued", "updatedDate": "2024-01-01T00:00:00Z"}}'
-        )
+        ).callback
         assert message.campaign_tracking_id == ""
         assert not message.HasField("ttl")
         assert not message.HasField("price")
@@ -147,7 +147,7 @@ class TestTolerance:
 
     def test_integer_ttl_and_price(self) -> None:
         """Whole numbers are accepted where decimals are documented, and the reverse."""
-        message = parse_callback(_encode(self._with(ttl=60, price=1)))
+        message = parse_callback(_encode(self._with(ttl=60, price=1))).callback
         assert message.ttl == 60.0
         assert message.price == 1.0
 
@@ -166,23 +166,9 @@ class TestRejections:
             ({"trackingId": "t", "status": {"name": "Queued", "updatedDate": "yesterday"}}, "status.updatedDate"),
             ({"trackingId": "t", "status": {"name": "Queued", "updatedDate": 1700000000}}, "status.updatedDate"),
             ({"trackingId": 42, "status": {"name": "Queued", "updatedDate": "2024-01-01T00:00:00Z"}}, "trackingId"),
-            (
-                {"trackingId": "t", "ttl": "long", "status": {"name": "Queued", "updatedDate": "2024-01-01T00:00:00Z"}},
-                "ttl",
-            ),
-            (
-                {"trackingId": "t", "price": True, "status": {"name": "Queued", "updatedDate": "2024-01-01T00:00:00Z"}},
-                "price",
-            ),
-            (
-                {
-                    "trackingId": "t",
-                    "groups": "vip",
-                    "status": {"name": "Queued", "updatedDate": "2024-01-01T00:00:00Z"},
-                },
-                "groups",
-            ),
-            ({"trackingId": "t", "body": [], "status": {"name": "Q", "updatedDate": "2024-01-01T00:00:00Z"}}, "body"),
+            ({"trackingId": "t\u0000", "status": {"name": "Q", "updatedDate": "2024-01-01T00:00:00Z"}}, "trackingId"),
+            ({"trackingId": "t", "status": {"name": "Q\u0000", "updatedDate": "2024-01-01T00:00:00Z"}}, "status.name"),
+            ({"trackingId": "t", "status": "Delivered"}, "status"),
             ([1, 2], ""),
         ],
     )
@@ -201,9 +187,81 @@ class TestRejections:
             parse_callback(body)
 
     @pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999"])
-    def test_non_finite_numbers(self, number: str) -> None:
-        """NaN and infinities are not prices."""
+    def test_non_finite_numbers_are_not_prices(self, number: str) -> None:
+        """NaN and infinities are not prices: the price is left unset, the callback is kept."""
         status = '{"name": "Q", "updatedDate": "2024-01-01T00:00:00Z"}'
-        body = f'{{"trackingId": "t", "price": {number}, "status": {status}}}'
-        with pytest.raises((InvalidCallbackError, MalformedJsonError)):
-            parse_callback(body.encode())
+        parsed = parse_callback(f'{{"trackingId": "t", "price": {number}, "status": {status}}}'.encode())
+        assert not parsed.callback.HasField("price")
+        assert parsed.adjusted == [("price", "dropped")]
+
+
+class TestTolerantFields:
+    """Only trackingId, status.name and status.updatedDate can refuse a callback; the rest is coerced or dropped."""
+
+    def _parse(self, **changes: Any) -> Any:
+        document = copy.deepcopy(fixture("02-m1-delivered.json"))
+        for path, value in changes.items():
+            target = document
+            *parents, last = path.split("__")
+            for parent in parents:
+                target = target[parent]
+            target[last] = value
+        return parse_callback(_encode(document))
+
+    @pytest.mark.parametrize(
+        ("changes", "check", "adjusted"),
+        [
+            ({"ttl": "3600"}, lambda m: m.ttl == 3600.0, [("ttl", "coerced")]),
+            ({"price": "0.01"}, lambda m: m.price == 0.01, [("price", "coerced")]),
+            ({"price": " 1e-3 "}, lambda m: m.price == 0.001, [("price", "coerced")]),
+            ({"groups": "vip"}, lambda m: list(m.groups) == ["vip"], [("groups", "coerced")]),
+            ({"groups": ["vip", 7, None]}, lambda m: list(m.groups) == ["vip", "7"], [("groups", "coerced")]),
+            ({"createdAt": "garbage"}, lambda m: not m.HasField("create_time"), [("createdAt", "dropped")]),
+            ({"createdAt": 1714558500}, lambda m: not m.HasField("create_time"), [("createdAt", "dropped")]),
+            (
+                {"status__reason": "Not Viber User"},
+                lambda m: m.status.reason.detailed_status == "Not Viber User",
+                [("status.reason", "coerced")],
+            ),
+            ({"body": "hi"}, lambda m: not m.HasField("body"), [("body", "dropped")]),
+            ({"body": []}, lambda m: not m.HasField("body"), [("body", "dropped")]),
+            ({"ttl": "long"}, lambda m: not m.HasField("ttl"), [("ttl", "dropped")]),
+            ({"price": True}, lambda m: not m.HasField("price"), [("price", "dropped")]),
+            ({"campaignTrackingId": 42}, lambda m: m.campaign_tracking_id == "42", [("campaignTrackingId", "coerced")]),
+            (
+                {"campaignTrackingId": "c\u0000"},
+                lambda m: m.campaign_tracking_id == "",
+                [("campaignTrackingId", "dropped")],
+            ),
+            ({"to": 306900000001}, lambda m: m.recipient == "306900000001", [("to", "coerced")]),
+            ({"label": {"a": 1}}, lambda m: m.label == "", [("label", "dropped")]),
+            (
+                {"body__viberAction": "Shop"},
+                lambda m: not m.body.HasField("viber_action"),
+                [("body.viberAction", "dropped")],
+            ),
+            ({"body__text": 5}, lambda m: m.body.text == "5", [("body.text", "coerced")]),
+            (
+                {"status__reason__description": False},
+                lambda m: m.status.reason.description == "",
+                [("status.reason.description", "dropped")],
+            ),
+        ],
+    )
+    def test_a_secondary_field_of_an_unexpected_type_never_refuses_the_callback(
+        self, changes: dict[str, Any], check: Any, adjusted: list[tuple[str, str]]
+    ) -> None:
+        """Coerced where unambiguous, otherwise unset; raw_json keeps the original; the adjustment is reported."""
+        parsed = self._parse(**changes)
+        assert check(parsed.callback)
+        assert parsed.adjusted == adjusted
+        original = json.loads(parsed.callback.raw_json)
+        for path, value in changes.items():
+            for part in path.split("__"):
+                original = original[part]
+            assert original == value, "raw_json keeps what Routee sent"
+
+    def test_nothing_is_adjusted_in_a_well_formed_callback(self) -> None:
+        """Every fixture parses with no adjustment."""
+        for body in fixture_bodies().values():
+            assert parse_callback(body).adjusted == []
