@@ -17,6 +17,14 @@ What a connection may do, decided before the app sees a request:
   arrives whole needs no timer at all.
 - **Capacity.** Past ``max_connections`` a new connection gets ``503`` and is
   closed; the connections already open are not disturbed.
+- **TLS after the door.** With a certificate, a peer is admitted before any
+  handshake and upgraded only then (the handshake within ``header_timeout``):
+  a stranger, or a connection past capacity, is closed unanswered and costs
+  no TLS work; plain HTTP to the port fails the handshake. The upgrade
+  happens in ``connection_made`` itself, so not a byte of the client's hello
+  can be read as plain data first (uvloop starts reading right after
+  ``connection_made`` whatever it paused, which rules out ``loop.start_tls``
+  from a task).
 - **One write per response.** uvicorn writes a response's head and body with
   two system calls; a coalescing transport sends them as one.
 """
@@ -25,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from asyncio.sslproto import SSLProtocol
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -33,6 +42,7 @@ from typing import Any, ClassVar
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from http_ingress.errors import PROBLEM_JSON, problem
+from service.tls import ReloadingContext
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -54,6 +64,8 @@ class ConnectionPolicy:
     max_connections: int = 10_000
     stranger_grace: float = 1.0
     stranger_budget: int = 64
+    #: Serve HTTPS: admitted peers are upgraded to TLS (within header_timeout); strangers never get a handshake.
+    tls: ReloadingContext | None = None
     #: Whether a peer address may open a connection at all.
     admit: Callable[[str], bool] = _admit_everyone
     #: Told the reason of every connection refused or cut off (for metrics).
@@ -121,15 +133,21 @@ class Connection(HttpToolsProtocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._deadline_kind = ""
         self._stranger: asyncio.Transport | None = None
+        self._upgrading = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Turn away strangers and connections past capacity; start the clock for the first request's headers."""
+        if self._upgrading:  # Called again by the TLS layer, its handshake done.
+            self._upgrading = False
+            self._serve(transport)
+            return
+        tls = self.policy.tls
         peer = transport.get_extra_info("peername")
         host = peer[0] if isinstance(peer, tuple) else ""
         if not self.policy.admit(host):
             self.policy.refused("source_not_allowed")
-            if type(self).waiting_strangers >= self.policy.stranger_budget:
-                transport.abort()  # Too many at once: no answer, no descriptor held.
+            if tls is not None or type(self).waiting_strangers >= self.policy.stranger_budget:
+                transport.abort()  # No answer a TLS client could read, or too many at once: no descriptor held.
                 return
             type(self).waiting_strangers += 1
             self._stranger = transport
@@ -137,9 +155,40 @@ class Connection(HttpToolsProtocol):
             return
         if len(self.server_state.connections) >= self.policy.max_connections:
             self.policy.refused("over_capacity")
+            if tls is not None:
+                transport.abort()
+                return
             _write_problem(transport, HTTPStatus.SERVICE_UNAVAILABLE, "over_capacity", "too many connections; retry")
             transport.close()
             return
+        if tls is not None:
+            self._start_tls(transport, tls)
+            return
+        self._serve(transport)
+
+    def _start_tls(self, transport: asyncio.Transport, tls: ReloadingContext) -> None:
+        """Put TLS under this protocol now; it calls ``connection_made`` again once the handshake is done."""
+        tls.refresh()  # A certificate renewed on disk is served from this handshake on.
+        handshake: asyncio.Future[None] = self.loop.create_future()
+        handshake.add_done_callback(self._handshake_done)
+        layer = SSLProtocol(
+            self.loop,
+            self,
+            tls.context,
+            handshake,
+            server_side=True,
+            ssl_handshake_timeout=self.policy.header_timeout,  # type: ignore[arg-type]  # typeshed: int; floats work
+            ssl_shutdown_timeout=self.policy.header_timeout,
+        )
+        self._upgrading = True
+        transport.set_protocol(layer)
+        layer.connection_made(transport)
+
+    def _handshake_done(self, handshake: asyncio.Future[None]) -> None:
+        if handshake.cancelled() or handshake.exception() is not None:  # Plain HTTP, a probe, too slow, gone.
+            self.policy.refused("tls_handshake")
+
+    def _serve(self, transport: asyncio.Transport) -> None:
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
         self._arm("header", self.policy.header_timeout)
 

@@ -90,6 +90,7 @@ def serve(settings: Settings) -> None:
     try:
         from service.logs import configure_logging
         from service.store import open_store
+        from service.tls import grpc_certificates, http_certificates
 
         configure_logging(settings.log_level, settings.log_format)
         # Fail in the foreground with one clear line rather than in a child after the fork; create or upgrade
@@ -97,11 +98,15 @@ def serve(settings: Settings) -> None:
         store = open_store(settings.database, synchronous=settings.sqlite_synchronous)
         store.open()
         asyncio.run(store.close())
+        http_certificates(settings)  # Unreadable or unusable TLS files: one line now, not a worker crash later.
+        grpc_certificates(settings)
         port_lock = lock_grpc_port(settings.grpc_bind)
         _check_port("HTTP", settings.http_bind.host, settings.http_bind.port)
         _check_port("gRPC", settings.grpc_bind.host, settings.grpc_bind.port)
         before, after = raise_open_files_limit()
-        logging.getLogger(__name__).info("open files limit raised", extra={"soft_before": before, "soft": after})
+        logging.getLogger(__name__).info(
+            "open files limit (soft) raised to the hard limit", extra={"soft_before": before, "soft": after}
+        )
         try:
             ServiceApplication(settings, instance).run()
         except SystemExit as ex:

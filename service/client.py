@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -32,6 +33,29 @@ def add_commands(commands: Any, default_target: str) -> None:
     watch.add_argument("--grpc-target", default=default_target, metavar="HOST:PORT", help="(default: %(default)s)")
     watch.add_argument("--json", action="store_true", help="print each update as JSON")
     watch.set_defaults(run=run_watch)
+    for command in (status, watch):
+        command.add_argument("--tls-ca", type=Path, metavar="FILE", help="CA certificate (PEM): connect over TLS")
+        command.add_argument("--tls-cert", type=Path, metavar="FILE", help="client certificate (PEM) for mutual TLS")
+        command.add_argument("--tls-key", type=Path, metavar="FILE", help="private key (PEM) of --tls-cert")
+
+
+def channel(args: argparse.Namespace) -> grpc.Channel:
+    """A channel to --grpc-target: over TLS when --tls-ca is given (with a client certificate when asked)."""
+    if args.tls_ca is None:
+        if args.tls_cert or args.tls_key:
+            raise SystemExit("routee-callbacks: error: --tls-cert and --tls-key need --tls-ca")
+        return grpc.insecure_channel(args.grpc_target)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise SystemExit("routee-callbacks: error: --tls-cert and --tls-key go together")
+    try:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=args.tls_ca.read_bytes(),
+            private_key=args.tls_key.read_bytes() if args.tls_key else None,
+            certificate_chain=args.tls_cert.read_bytes() if args.tls_cert else None,
+        )
+    except OSError as ex:
+        raise SystemExit(f"routee-callbacks: error: {ex.filename}: {ex.strerror}") from None
+    return grpc.secure_channel(args.grpc_target, credentials)
 
 
 def _status_name(value: int) -> str:
@@ -40,8 +64,8 @@ def _status_name(value: int) -> str:
 
 def run_status(args: argparse.Namespace) -> int:
     """Print one message's status; exit 1 when it is unknown or the server fails."""
-    with grpc.insecure_channel(args.grpc_target) as channel:
-        stub = pb2_grpc.MessageStatusServiceStub(channel)
+    with channel(args) as open_channel:
+        stub = pb2_grpc.MessageStatusServiceStub(open_channel)
         try:
             response = stub.GetMessageStatus(pb2.GetMessageStatusRequest(tracking_id=args.tracking_id), timeout=10)
         except grpc.RpcError as ex:
@@ -64,8 +88,8 @@ def run_watch(args: argparse.Namespace) -> int:
     """Tail updates, one line each, resuming from the last sequence after a broken stream."""
     after: int | None = args.after_sequence
     backoff = 0.5
-    with grpc.insecure_channel(args.grpc_target) as channel:
-        stub = pb2_grpc.MessageStatusServiceStub(channel)
+    with channel(args) as open_channel:
+        stub = pb2_grpc.MessageStatusServiceStub(open_channel)
         while True:
             request = pb2.StreamStatusUpdatesRequest(campaign_tracking_id=args.campaign)
             if after is not None:

@@ -6,6 +6,7 @@ import ipaddress
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -57,6 +58,11 @@ class Settings:
     body_timeout: float = 10.0
     header_timeout: float = 10.0
     workers: int = 1
+    http_tls_cert: Path | None = None
+    http_tls_key: Path | None = None
+    grpc_tls_cert: Path | None = None
+    grpc_tls_key: Path | None = None
+    grpc_client_ca: Path | None = None
     log_level: str = "INFO"
     log_format: str = "auto"
 
@@ -313,6 +319,29 @@ OPTIONS: tuple[Option, ...] = (
         "N",
     ),
     Option(
+        "--http-tls-cert",
+        "http_tls_cert",
+        Path,
+        "certificate chain (PEM) to serve HTTPS with; plain HTTP is then refused; re-read when renewed on disk",
+        "FILE",
+    ),
+    Option("--http-tls-key", "http_tls_key", Path, "private key (PEM) of --http-tls-cert", "FILE"),
+    Option(
+        "--grpc-tls-cert",
+        "grpc_tls_cert",
+        Path,
+        "certificate chain (PEM) to serve gRPC over TLS with; re-read when renewed on disk",
+        "FILE",
+    ),
+    Option("--grpc-tls-key", "grpc_tls_key", Path, "private key (PEM) of --grpc-tls-cert", "FILE"),
+    Option(
+        "--grpc-client-ca",
+        "grpc_client_ca",
+        Path,
+        "CA certificate (PEM): gRPC clients must present a certificate it signed (mutual TLS)",
+        "FILE",
+    ),
+    Option(
         "--header-timeout",
         "header_timeout",
         _positive(float),
@@ -363,5 +392,10 @@ def _check_combination(settings: Settings) -> None:
         raise ConfigError("--retention-hours", f"must be at least {MIN_RETENTION_HOURS:g} (Routee retries for ~40 h)")
     if settings.http_bind.port and settings.http_bind == settings.grpc_bind:
         raise ConfigError("--grpc-bind", f"must differ from --http-bind ({settings.http_bind})")
+    for port in ("http", "grpc"):
+        if (getattr(settings, f"{port}_tls_cert") is None) != (getattr(settings, f"{port}_tls_key") is None):
+            raise ConfigError(f"--{port}-tls-cert", f"--{port}-tls-cert and --{port}-tls-key go together")
+    if settings.grpc_client_ca is not None and settings.grpc_tls_cert is None:
+        raise ConfigError("--grpc-client-ca", "client certificates need TLS: give --grpc-tls-cert and --grpc-tls-key")
     if settings.workers > 1 and settings.grpc_bind.port == 0:
         raise ConfigError("--grpc-bind", "a fixed port is needed with more than one worker (they share it)")

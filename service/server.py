@@ -34,6 +34,7 @@ def create_server(
     *,
     max_streams: int,
     reuse_port: bool = False,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Build the gRPC server and bind it (port 0 picks a free port); return it with its port. It is not started.
 
@@ -53,7 +54,11 @@ def create_server(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
     try:
-        port = server.add_insecure_port(str(bind))
+        port = (
+            server.add_insecure_port(str(bind))
+            if credentials is None
+            else server.add_secure_port(str(bind), credentials)
+        )
     except RuntimeError as ex:
         raise StartupError(f"cannot listen for gRPC on {bind}: {ex}") from None
     if port == 0:

@@ -43,6 +43,7 @@ from service.process import WRITER_STOP_SIGNAL, Instance
 from service.server import create_server
 from service.servicer import SERVICE_NAME, MessageStatusServicer
 from service.store import Store, open_store
+from service.tls import ReloadingContext, grpc_certificates, grpc_credentials, http_certificates
 from service.writer_client import RemoteIngest, RemoteLog
 from service.writer_server import Feed, WriterServer
 
@@ -90,6 +91,7 @@ class WorkerRuntime:
             self._health,
             max_streams=self._settings.max_streams,
             reuse_port=self._settings.workers > 1,
+            credentials=grpc_credentials(files) if (files := grpc_certificates(self._settings)) else None,
         )
         await self._server.start()
         if self._allowlist.dns is not None:
@@ -175,6 +177,7 @@ def build_worker(settings: Settings, instance: Instance) -> WorkerParts:
         settings, store=store, log=log, broker=broker, servicer=servicer, allowlist=allowlist, metrics=metrics
     )
     policy = ConnectionPolicy(
+        tls=ReloadingContext(files) if (files := http_certificates(settings)) else None,
         header_timeout=settings.header_timeout,
         body_timeout=settings.body_timeout,
         max_connections=connection_capacity(),

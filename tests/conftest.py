@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from postgres import PostgresServer, postgres_server
@@ -57,6 +59,8 @@ def start_service(tmp_path: Path) -> Iterator[StartService]:
         wait: bool = True,
         env: dict[str, str] | None = None,
         wrapper: tuple[str, ...] = (),
+        http_context: ssl.SSLContext | None = None,
+        grpc_credentials: grpc.ChannelCredentials | None = None,
     ) -> ServiceProcess:
         http_port, grpc_port = free_port(http_host), free_port()
         host = f"[{http_host}]" if ":" in http_host else http_host
@@ -80,6 +84,8 @@ def start_service(tmp_path: Path) -> Iterator[StartService]:
             log_path=tmp_path / f"service-{len(started)}.log",
             env={**base_env, **(env or {})},
             wrapper=wrapper,
+            http_context=http_context,
+            grpc_credentials=grpc_credentials,
         )
         started.append(service)
         if wait:

@@ -32,11 +32,11 @@ def _bindir() -> Path:
 class PostgresServer:
     """A running throwaway cluster."""
 
-    def __init__(self, directory: Path, port: int, process: subprocess.Popen[bytes], user: str | None) -> None:
+    def __init__(self, directory: Path, port: int, process: subprocess.Popen[bytes], as_user: tuple[str, ...]) -> None:
         self.directory = directory
         self.port = port
         self.process = process
-        self._user = user
+        self._as_user = as_user
         self._numbers = itertools.count(1)
 
     @property
@@ -68,22 +68,22 @@ class PostgresServer:
 
     def start(self) -> None:
         """Start the server again after ``stop``."""
-        self.process = _launch(self.directory, self.port, self._user)
-        _wait_ready(self.port)
+        self.process = _launch(self.directory, self.port, self._as_user)
+        _wait_ready(self.port, self.directory)
 
     def _ctl(self, *args: str) -> None:
         subprocess.run(
-            [str(_bindir() / "pg_ctl"), "-D", str(self.directory / "data"), *args],
+            [*self._as_user, str(_bindir() / "pg_ctl"), "-D", str(self.directory / "data"), *args],
             check=True,
             capture_output=True,
-            user=self._user,
         )
 
 
-def _launch(directory: Path, port: int, user: str | None) -> subprocess.Popen[bytes]:
+def _launch(directory: Path, port: int, as_user: tuple[str, ...]) -> subprocess.Popen[bytes]:
     with (directory / "server.log").open("ab") as log:  # The server keeps its own copy of the descriptor.
         return subprocess.Popen(
             [
+                *as_user,
                 str(_bindir() / "postgres"),
                 "-D", str(directory / "data"),
                 "-p", str(port),
@@ -94,39 +94,41 @@ def _launch(directory: Path, port: int, user: str | None) -> subprocess.Popen[by
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
-            user=user,
             start_new_session=True,
         )  # fmt: skip
 
 
-def _wait_ready(port: int, deadline: float = 30.0) -> None:
+def _wait_ready(port: int, directory: Path, deadline: float = 30.0) -> None:
     end = time.monotonic() + deadline
     while True:
         try:
             with psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres", connect_timeout=1):
                 return
-        except psycopg.OperationalError:
+        except psycopg.OperationalError as ex:
             if time.monotonic() > end:
-                raise
+                log = (directory / "server.log").read_text(errors="replace")[-3000:]
+                raise AssertionError(f"PostgreSQL on port {port} did not start: {ex}\n{log}") from None
             time.sleep(0.1)
 
 
 @contextlib.contextmanager
 def postgres_server(port: int) -> Iterator[PostgresServer]:
     """Initialise and start a cluster on ``port``; stop it and delete it at the end."""
-    user = "postgres" if os.geteuid() == 0 else None
+    # Switched by a command rather than subprocess's user=: that makes Python fork instead of vfork, and a fork of
+    # a test process with live gRPC channels can crash in gRPC's fork handlers.
+    as_user = ("setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups") if os.geteuid() == 0 else ()
     directory = Path(tempfile.mkdtemp(prefix="routee-pg-"))
-    if user is not None:
-        shutil.chown(directory, user)
+    if as_user:
+        shutil.chown(directory, "postgres")
     subprocess.run(
-        [str(_bindir() / "initdb"), "-D", str(directory / "data"), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+        [*as_user, str(_bindir() / "initdb"), "-D", str(directory / "data"), "-U", "postgres", "--auth=trust"]
+        + ["-E", "UTF8"],
         check=True,
         capture_output=True,
-        user=user,
     )
-    server = PostgresServer(directory, port, _launch(directory, port, user), user)
+    server = PostgresServer(directory, port, _launch(directory, port, as_user), as_user)
     try:
-        _wait_ready(port)
+        _wait_ready(port, directory)
         yield server
     finally:
         with contextlib.suppress(subprocess.CalledProcessError):

@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -75,10 +76,15 @@ def http_request(
     host: str = "127.0.0.1",
     headers: dict[str, str] | None = None,
     timeout: float = 10.0,
+    context: ssl.SSLContext | None = None,
 ) -> HttpResult:
-    """Send one request, from the ``source`` address when given."""
+    """Send one request, from the ``source`` address when given; over TLS with ``context``."""
     source_address = (source, 0) if source else None
-    connection = http.client.HTTPConnection(host, port, timeout=timeout, source_address=source_address)
+    connection = (
+        http.client.HTTPConnection(host, port, timeout=timeout, source_address=source_address)
+        if context is None
+        else http.client.HTTPSConnection(host, port, timeout=timeout, source_address=source_address, context=context)
+    )
     try:
         connection.request(method, path, body=body, headers=headers or {})
         response = connection.getresponse()
@@ -163,6 +169,36 @@ def dns_server(zone: Zone) -> Iterator[int]:
 # -- the real service process ------------------------------------------------------------------
 
 
+# -- certificates, made with the repository's own script ---------------------------------------
+
+CERTIFICATES_SCRIPT = Path(__file__).resolve().parents[1] / "docs" / "tls" / "make-certificates.sh"
+
+
+def make_certificates(directory: Path, *, rotate: bool = False) -> Path:
+    """A CA, a server certificate (localhost, 127.0.0.1, ::1) and a client certificate in ``directory``;
+    ``rotate`` renews only the server certificate."""
+    env = {**os.environ, "ROTATE": "1"} if rotate else dict(os.environ)
+    subprocess.run(["bash", str(CERTIFICATES_SCRIPT), str(directory)], check=True, capture_output=True, env=env)
+    return directory
+
+
+def grpc_tls_options(certificates: Path) -> tuple[str, ...]:
+    """serve options for gRPC over mutual TLS with ``certificates``."""
+    return (
+        "--grpc-tls-cert", str(certificates / "server.crt"), "--grpc-tls-key", str(certificates / "server.key"),
+        "--grpc-client-ca", str(certificates / "ca.crt"),
+    )  # fmt: skip
+
+
+def grpc_client_credentials(certificates: Path, *, client: Path | None = None) -> grpc.ChannelCredentials:
+    """Channel credentials trusting the CA of ``certificates``, with the client certificate of ``client``."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=(certificates / "ca.crt").read_bytes(),
+        private_key=(client / "client.key").read_bytes() if client else None,
+        certificate_chain=(client / "client.crt").read_bytes() if client else None,
+    )
+
+
 def executable() -> str:
     """The installed console script of this environment."""
     return str(Path(sys.executable).with_name("routee-callbacks"))
@@ -181,11 +217,15 @@ class ServiceProcess:
         log_path: Path,
         env: dict[str, str],
         wrapper: tuple[str, ...] = (),
+        http_context: ssl.SSLContext | None = None,
+        grpc_credentials: grpc.ChannelCredentials | None = None,
     ):
         self.http_host = "127.0.0.1" if http_host in ("0.0.0.0", "::") else http_host
         self.http_port = http_port
         self.grpc_port = grpc_port
         self.log_path = log_path
+        self.http_context = http_context
+        self.grpc_credentials = grpc_credentials
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
             [*wrapper, executable(), "serve", *args],
@@ -211,14 +251,22 @@ class ServiceProcess:
             if self.process.poll() is not None:
                 raise AssertionError(f"routee-callbacks exited with {self.process.returncode}:\n{self.log()}")
             with contextlib.suppress(OSError, http.client.HTTPException):
-                answer = http_request(self.http_port, "GET", path, host=self.http_host, timeout=1)
+                answer = http_request(
+                    self.http_port, "GET", path, host=self.http_host, timeout=1, context=self.http_context
+                )
                 if answer.status == 200 and self._grpc_up():
                     return
             time.sleep(0.05)
         raise AssertionError(f"routee-callbacks did not become ready in {deadline}s:\n{self.log()}")
 
+    def channel(self) -> grpc.Channel:
+        """A channel to its gRPC server (over TLS when it serves TLS)."""
+        if self.grpc_credentials is None:
+            return grpc.insecure_channel(self.grpc_target)
+        return grpc.secure_channel(self.grpc_target, self.grpc_credentials)
+
     def _grpc_up(self) -> bool:
-        with grpc.insecure_channel(self.grpc_target) as channel:
+        with self.channel() as channel:
             try:
                 grpc.channel_ready_future(channel).result(timeout=1)
             except grpc.FutureTimeoutError:
@@ -244,7 +292,7 @@ class ServiceProcess:
 
     def get_status_from_stream(self) -> str:
         """The tracking id of the first stored update."""
-        with grpc.insecure_channel(self.grpc_target) as channel:
+        with self.channel() as channel:
             call = self.stub(channel).StreamStatusUpdates(pb2.StreamStatusUpdatesRequest(after_sequence=0), timeout=10)
             tracking_id: str = next(item.status_update.tracking_id for item in call if item.HasField("status_update"))
             call.cancel()
@@ -252,7 +300,7 @@ class ServiceProcess:
 
     def get_status(self, tracking_id: str) -> pb2.GetMessageStatusResponse:
         """Call GetMessageStatus once."""
-        with grpc.insecure_channel(self.grpc_target) as channel:
+        with self.channel() as channel:
             response: pb2.GetMessageStatusResponse = self.stub(channel).GetMessageStatus(
                 pb2.GetMessageStatusRequest(tracking_id=tracking_id), timeout=10
             )

@@ -1,12 +1,24 @@
-// Calls both RPCs with the generated client: node example.mjs HOST:PORT TRACKING_ID
+// Calls both RPCs with the generated client:
+//   node example.mjs HOST:PORT TRACKING_ID                                  plain gRPC (a mesh, a local try)
+//   node example.mjs HOST:PORT TRACKING_ID CA.crt                           TLS: the server's certificate is checked
+//   node example.mjs HOST:PORT TRACKING_ID CA.crt CLIENT.crt CLIENT.key     mutual TLS (--grpc-client-ca)
 // Prints one JSON line: the message's current status, then the first streamed update (replayed from sequence 0).
+import { readFileSync } from "node:fs";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { MessageStatus } from "./gen/routee/callbacks/v1/callback_pb.js";
 import { MessageStatusService } from "./gen/routee/callbacks/v1/message_status_service_pb.js";
 
-const [target, trackingId] = process.argv.slice(2);
-const transport = createGrpcTransport({ baseUrl: `http://${target}` });
+const [target, trackingId, ca, cert, key] = process.argv.slice(2);
+const transport = ca
+  ? createGrpcTransport({
+      baseUrl: `https://${target}`,
+      nodeOptions: {
+        ca: readFileSync(ca),
+        ...(cert && { cert: readFileSync(cert), key: readFileSync(key) }),
+      },
+    })
+  : createGrpcTransport({ baseUrl: `http://${target}` });
 const client = createClient(MessageStatusService, transport);
 
 const status = await client.getMessageStatus({ trackingId }, { timeoutMs: 10_000 });

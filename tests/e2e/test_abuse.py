@@ -1,5 +1,6 @@
-"""Clients that misbehave on purpose: idle and trickling HTTP connections, streams opened and dropped by the
-thousand. (Oversized gRPC requests, streams past the limit and malformed filters: tests/component/test_grpc.py.)"""
+"""Clients that misbehave on purpose: strangers by the thousand under a small open-files limit, idle, slow and
+trickling HTTP connections, streams opened and dropped by the thousand. (Oversized gRPC requests, streams past
+the limit and malformed filters: tests/component/test_grpc.py.)"""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import asyncio
 import contextlib
 import json
 import re
+import resource
+import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -51,6 +54,98 @@ def subscribers(service: ServiceProcess) -> float:
     match = re.search(r"^routee_callbacks_subscribers (\S+)$", text, re.MULTILINE)
     assert match, text
     return float(match.group(1))
+
+
+JSON_HEADERS = {"Content-Type": "application/json"}
+# Only 127.0.0.1 may post (and probe); every other loopback address is a stranger.
+ONLY_LOCALHOST = ("--allowlist-host", "", "--allow-cidr", "127.0.0.1/32", "--monitor-cidr", "127.0.0.1/32")
+
+
+@contextlib.contextmanager
+def stranger_connections(port: int, count: int, first_bytes: bytes, deadline: float = 60.0) -> Iterator[int]:
+    """``count`` connections from non-allowlisted addresses (127.0.2.x) that send ``first_bytes`` (half a request
+    line) and then nothing, held open by this side until the block ends. Yields how many were opened."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < count + 256:
+        pytest.skip(f"needs {count + 256} open files in the test process; the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, count + 256), hard))
+    sockets: list[socket.socket] = []
+    end = time.monotonic() + deadline
+    try:
+        for index in range(count):
+            if time.monotonic() > end:
+                break
+            sock = socket.socket()
+            sock.bind((f"127.0.2.{index % 200 + 1}", 0))
+            sock.settimeout(5)
+            with contextlib.suppress(OSError):  # Refused or reset on the spot: that is the point.
+                sock.connect(("127.0.0.1", port))
+                if first_bytes:
+                    sock.sendall(first_bytes)
+            sockets.append(sock)
+        yield len(sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs prlimit (util-linux)")
+class TestStrangers:
+    """Issue 12: under ``ulimit -n 1024``, 5 000 strangers that never finish their request cannot stop an allowed
+    sender's callback from getting 200 within 2 s; an allowed peer that stalls in its headers is cut off."""
+
+    WRAPPER = ("prlimit", "--nofile=1024:1024", "--")
+
+    @pytest.mark.parametrize("first_bytes", [b"POST /v1/callb", b""], ids=["half-request-line", "silent"])
+    def test_thousands_of_strangers_do_not_block_callbacks(
+        self, start_service: StartService, first_bytes: bytes
+    ) -> None:
+        service = start_service(*ONLY_LOCALHOST, wrapper=self.WRAPPER)
+        assert '"soft": 1024' in service.log()  # It says what limit it got.
+        body = json.dumps(fixture("01-m1-queued.json")).encode()
+        with stranger_connections(service.http_port, 5000, first_bytes) as opened:
+            assert opened == 5000
+            for _ in range(5):
+                started = time.monotonic()
+                answer = http_request(service.http_port, "POST", CALLBACKS_PATH, body, headers=JSON_HEADERS, timeout=2)
+                assert answer.status == 200, answer
+                assert time.monotonic() - started < 2.0
+        assert service.process.poll() is None
+        metrics = http_request(service.http_port, "GET", "/metrics").body.decode()
+        refused = re.search(
+            r'^routee_callbacks_http_connections_refused_total\{reason="source_not_allowed"\} (\S+)$',
+            metrics,
+            re.MULTILINE,
+        )
+        assert refused, metrics
+        assert float(refused.group(1)) >= 5000
+
+    def test_a_stranger_gets_403_before_its_request_is_read(self, start_service: StartService) -> None:
+        service = start_service(*ONLY_LOCALHOST)
+        with socket.create_connection(("127.0.0.1", service.http_port), source_address=("127.0.2.9", 0)) as sock:
+            sock.settimeout(5)
+            sock.sendall(b"POST /v1/callb")  # Half a request line: the answer does not wait for the rest.
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        head, _, problem = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 403"), answer
+        assert json.loads(problem)["reason"] == "source_not_allowed"
+
+    def test_half_headers_from_an_allowed_peer_are_cut_off(self, start_service: StartService) -> None:
+        service = start_service(*ONLY_LOCALHOST, "--header-timeout", "1")
+        with socket.create_connection(("127.0.0.1", service.http_port), timeout=10) as sock:
+            started = time.monotonic()
+            sock.sendall(f"POST {CALLBACKS_PATH} HTTP/1.1\r\nHost: routee\r\nContent-Ty".encode())
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+            elapsed = time.monotonic() - started
+        head, _, problem = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408"), answer
+        assert json.loads(problem)["reason"] == "header_timeout"
+        assert 0.9 < elapsed < 1.8
 
 
 class TestSlowHttpClients:

@@ -5,13 +5,21 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from conftest import StartService
 from routee.callbacks.v1 import message_status_service_pb2 as pb2
-from support import OPEN, StreamCollector, executable
+from support import (
+    OPEN,
+    StreamCollector,
+    executable,
+    grpc_client_credentials,
+    grpc_tls_options,
+    make_certificates,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -74,56 +82,71 @@ def generated_clients() -> Path:
 
 
 class TestGeneratedClients:
-    """The clients generated from protos/ only talk to a running server."""
+    """The clients generated from protos/ only talk to a running server: plain, and over mutual TLS."""
 
-    def _fill(self, start_service: StartService) -> tuple[str, str]:
-        service = start_service(*OPEN)
-        result = subprocess.run(
-            [executable(), "simulate", "--url", f"http://127.0.0.1:{service.http_port}/v1/callbacks/viber"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-        assert "accepted=" in result.stdout
-        first = service.get_status_from_stream()
-        return service.grpc_target, first
+    def _fill(self, start_service: StartService, certificates: Path) -> list[tuple[str, str]]:
+        """A plain service and one serving gRPC over mutual TLS, each filled by ``simulate``: their targets and
+        first tracking ids."""
+        targets: list[tuple[str, str]] = []
+        for options in [(), grpc_tls_options(certificates)]:
+            service = start_service(
+                *OPEN,
+                *options,
+                database=certificates.parent / f"clients-{len(targets)}.db",
+                grpc_credentials=grpc_client_credentials(certificates, client=certificates) if options else None,
+            )
+            result = subprocess.run(
+                [executable(), "simulate", "--url", f"http://127.0.0.1:{service.http_port}/v1/callbacks/viber"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            )
+            assert "accepted=" in result.stdout
+            targets.append((service.grpc_target, service.get_status_from_stream()))
+        return targets
+
+    def _check(self, run: Callable[..., str], certificates: Path, start_service: StartService) -> None:
+        (plain, plain_id), (secure, secure_id) = self._fill(start_service, certificates)
+        tls_files = [str(certificates / name) for name in ("ca.crt", "client.crt", "client.key")]
+        for target, tracking_id, extra in [(plain, plain_id, []), (secure, secure_id, tls_files)]:
+            answer = json.loads(run(target, tracking_id, *extra))
+            assert answer["trackingId"] == tracking_id
+            assert answer["firstSequence"] == 1
+            assert answer["firstTrackingId"] == tracking_id
+            assert answer["events"] >= 1
+            assert answer["status"] in {"QUEUED", "DELIVERED", "SEEN", "FAILED", "UNDELIVERED", "EXPIRED", "UNSENT"}
 
     def test_python_client_in_its_own_environment(
         self, generated_clients: Path, start_service: StartService, tmp_path: Path
     ) -> None:
         """clients/python installs into a fresh virtualenv and calls both RPCs."""
-        target, tracking_id = self._fill(start_service)
         venv = tmp_path / "client-venv"
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
         pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
         subprocess.run([*pip, str(generated_clients / "python")], check=True, timeout=600)
-        result = subprocess.run(
-            [str(venv / "bin" / "python"), str(generated_clients / "python" / "example.py"), target, tracking_id],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-            cwd=tmp_path,
-        )
-        answer = json.loads(result.stdout)
-        assert answer["trackingId"] == tracking_id
-        assert answer["firstSequence"] == 1
-        assert answer["firstTrackingId"] == tracking_id
-        assert answer["events"] >= 1
+        example = [str(venv / "bin" / "python"), str(generated_clients / "python" / "example.py")]
 
-    def test_typescript_client_through_connect_node(self, generated_clients: Path, start_service: StartService) -> None:
+        def run(*args: str) -> str:
+            return subprocess.run(
+                [*example, *args], capture_output=True, text=True, timeout=60, check=True, cwd=tmp_path
+            ).stdout
+
+        self._check(run, make_certificates(tmp_path / "tls"), start_service)
+
+    def test_typescript_client_through_connect_node(
+        self, generated_clients: Path, start_service: StartService, tmp_path: Path
+    ) -> None:
         """clients/typescript calls both RPCs through @connectrpc/connect-node."""
-        target, tracking_id = self._fill(start_service)
-        result = subprocess.run(
-            ["node", "example.mjs", target, tracking_id],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-            cwd=generated_clients / "typescript",
-        )
-        answer = json.loads(result.stdout)
-        assert answer["trackingId"] == tracking_id
-        assert answer["firstSequence"] == 1
-        assert answer["status"] in {"QUEUED", "DELIVERED", "SEEN", "FAILED", "UNDELIVERED", "EXPIRED", "UNSENT"}
+
+        def run(*args: str) -> str:
+            return subprocess.run(
+                ["node", "example.mjs", *args],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+                cwd=generated_clients / "typescript",
+            ).stdout
+
+        self._check(run, make_certificates(tmp_path / "tls"), start_service)
