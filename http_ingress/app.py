@@ -13,8 +13,10 @@ from http_ingress.resources import CallbacksResource, HealthResource, MetricsRes
 from service.errors import RouteeCallbacksError
 from service.ingest import Ingest
 from service.metrics import Metrics
+from service.store import INBOUND
 
 CALLBACKS_PATH = "/v1/callbacks/viber"
+INBOUND_PATH = "/v1/callbacks/viber/inbound"
 
 
 def create_app(
@@ -23,6 +25,7 @@ def create_app(
     """Build the ingress app; it starts nothing and reads no environment."""
     app = falcon.asgi.App(middleware=list(middleware))
     app.add_route(CALLBACKS_PATH, CallbacksResource(ingest, allowlist, metrics))
+    app.add_route(INBOUND_PATH, CallbacksResource(ingest, allowlist, metrics, kind=INBOUND))
     app.add_route("/healthz", HealthResource())
     app.add_route("/readyz", ReadyResource(ingest, allowlist))
     app.add_route("/metrics", MetricsResource(metrics))

@@ -11,7 +11,7 @@ from typing import Any
 
 import falcon.asgi
 
-from http_ingress.schemas import ViberCallback
+from http_ingress.schemas import InboundMessage, ViberCallback
 
 _PROBLEM = {"$ref": "#/components/schemas/Problem"}
 _PROBLEMS = {
@@ -20,7 +20,7 @@ _PROBLEMS = {
     HTTPStatus.REQUEST_TIMEOUT: "The body did not arrive within --body-timeout; the connection is closed.",
     HTTPStatus.REQUEST_ENTITY_TOO_LARGE: "The body is longer than 64 KiB.",
     HTTPStatus.UNSUPPORTED_MEDIA_TYPE: "The Content-Type is not application/json.",
-    HTTPStatus.UNPROCESSABLE_ENTITY: "The body is JSON but not a Viber callback; `field` names the first problem.",
+    HTTPStatus.UNPROCESSABLE_ENTITY: "The body is JSON but cannot be identified; `field` names the first problem.",
     HTTPStatus.SERVICE_UNAVAILABLE: "The callback could not be kept now (store, allowlist); Routee retries.",
 }
 
@@ -33,11 +33,32 @@ def _json_response(description: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def _post(operation: str, summary: str, schema: str) -> dict[str, Any]:
+    return {
+        "post": {
+            "operationId": operation,
+            "summary": summary,
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+            },
+            "responses": {
+                "200": _json_response(
+                    "Stored (accepted) or already stored (duplicate).", {"$ref": "#/components/schemas/Outcome"}
+                ),
+                **{str(status.value): _problem_response(text) for status, text in _PROBLEMS.items()},
+            },
+        }
+    }
+
+
 def document() -> dict[str, Any]:
     """Build the OpenAPI document."""
-    callback_schema = ViberCallback.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
-    schemas: dict[str, Any] = callback_schema.pop("$defs", {})
-    schemas["ViberCallback"] = callback_schema
+    schemas: dict[str, Any] = {}
+    for model in (ViberCallback, InboundMessage):
+        schema = model.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
     schemas["Outcome"] = {
         "type": "object",
         "required": ["status"],
@@ -65,25 +86,22 @@ def document() -> dict[str, Any]:
         "info": {
             "title": "routee-callbacks ingress",
             "version": "1",
-            "description": "Receives Routee's Viber delivery-status callbacks. Only Routee's addresses may post.",
+            "description": "Receives Routee's Viber delivery-status callbacks and inbound messages (replies). Only"
+            " Routee's addresses may post.",
         },
         "paths": {
-            "/v1/callbacks/viber": {
-                "post": {
-                    "operationId": "postViberCallback",
-                    "summary": "Keep one Routee Viber status callback; 200 only once it is durably stored.",
-                    "requestBody": {
-                        "required": True,
-                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ViberCallback"}}},
-                    },
-                    "responses": {
-                        "200": _json_response(
-                            "Stored (accepted) or already stored (duplicate).", {"$ref": "#/components/schemas/Outcome"}
-                        ),
-                        **{str(status.value): _problem_response(text) for status, text in _PROBLEMS.items()},
-                    },
-                }
-            },
+            "/v1/callbacks/viber": _post(
+                "postViberCallback",
+                "Keep one Routee Viber status callback (the campaign's `callbackUrl`); 200 only once it is durably"
+                " stored.",
+                "ViberCallback",
+            ),
+            "/v1/callbacks/viber/inbound": _post(
+                "postViberInbound",
+                "Keep one inbound Viber message, a reply (the campaign's `inboundUrl`); 200 only once it is durably"
+                " stored. It has no id: the same content again is a duplicate.",
+                "InboundMessage",
+            ),
             "/healthz": {
                 "get": {"operationId": "health", "responses": {"200": _json_response("The process is up.", probe)}}
             },

@@ -1,4 +1,5 @@
-"""Falcon resources of the ingress: the callback endpoint, probes and metrics."""
+"""Falcon resources of the ingress: the callback endpoints (status callbacks, inbound messages), probes and
+metrics."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from service.errors import (
 )
 from service.ingest import Ingest
 from service.metrics import Metrics
+from service.store import INBOUND, STATUS
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -36,7 +38,8 @@ def _is_json(content_type: str | None) -> bool:
 
 
 class CallbacksResource:
-    """``POST /v1/callbacks/viber``: keep one Routee Viber callback, then answer 200."""
+    """``POST /v1/callbacks/viber`` (``kind`` STATUS) or ``/v1/callbacks/viber/inbound`` (INBOUND): keep one body
+    Routee posted, then answer 200."""
 
     def __init__(
         self,
@@ -44,9 +47,12 @@ class CallbacksResource:
         allowlist: Allowlist,
         metrics: Metrics,
         *,
+        kind: str = STATUS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._ingest = ingest
+        self._kind = kind
+        self._counter = metrics.inbound_messages if kind == INBOUND else metrics.callbacks
         self._allowlist = allowlist
         self._metrics = metrics
         self._clock = clock
@@ -61,23 +67,26 @@ class CallbacksResource:
             body = await self._read(req)
             if (refused := _refusal(req, body)) is not None:
                 # From an allowed sender, so possibly Routee: kept for an operator before it is refused.
-                await self._ingest.refuse(body[:MAX_BODY_BYTES], sender, refused)
+                await self._ingest.refuse(self._kind, body[:MAX_BODY_BYTES], sender, refused)
                 raise refused
-            kept = await self._ingest.status_callback(body, sender)
+            kept = await self._ingest.keep(self._kind, body, sender)
         except RejectedError as ex:
-            self._metrics.callbacks.labels("rejected", ex.reason).inc()
+            self._counter.labels("rejected", ex.reason).inc()
             self._log_rejection(ex, req.remote_addr)
             raise
         except RouteeCallbacksError as ex:
-            self._metrics.callbacks.labels("unavailable", ex.reason).inc()
+            self._counter.labels("unavailable", ex.reason).inc()
             raise
         if _LOGGER.isEnabledFor(logging.DEBUG):
-            _LOGGER.debug("callback kept", extra={"tracking_id": kept.tracking_id, "sequence": kept.sequence})
+            _LOGGER.debug(f"{self._kind} kept", extra={"tracking_id": kept.tracking_id, "sequence": kept.sequence})
         if kept.sequence is None:
             resp.data = _DUPLICATE
         else:
             resp.data = b'{"status": "accepted", "sequence": %d}' % kept.sequence
-        self._metrics.callback_kept(kept.sequence is None, time.perf_counter() - started)
+        if self._kind == STATUS:  # The hot path: counted in bulk.
+            self._metrics.callback_kept(kept.sequence is None, time.perf_counter() - started)
+        else:
+            self._counter.labels("duplicate" if kept.sequence is None else "accepted", "").inc()
         resp.content_type = JSON
 
     def _log_rejection(self, error: RejectedError, peer: str) -> None:
@@ -88,7 +97,8 @@ class CallbacksResource:
             return
         self._next_log[error.reason] = now + REJECTION_LOG_INTERVAL
         _LOGGER.warning(
-            "callback rejected: %s",
+            "%s rejected: %s",
+            "inbound message" if self._kind == INBOUND else "callback",
             error,
             extra={"reason": error.reason, "peer": peer, "similar_not_logged": self._suppressed.pop(error.reason, 0)},
         )

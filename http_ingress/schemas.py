@@ -1,4 +1,5 @@
-"""The Routee Viber callback as a pydantic model, and its conversion to protobuf.
+"""What Routee posts — the Viber status callback and the inbound message (a reply) — as pydantic models, and
+their conversion to protobuf.
 
 Only three fields decide whether a callback can be kept: ``trackingId``,
 ``status.name`` and ``status.updatedDate`` identify and order it (422 when
@@ -9,6 +10,10 @@ unexpected type is coerced where that is unambiguous (``"3600"`` → 3600,
 anything else is left unset in the protobuf. The raw body is always kept
 whole (``raw_json``), so nothing is lost; ``ParsedCallback.adjusted`` says what
 was coerced or dropped, by field.
+
+An inbound message is kept on the same terms: ``from`` and ``sentDate`` are
+required (who sent it, and when: with the text they recognise a retry), every
+other field is tolerant.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -33,13 +38,14 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     ValidatorFunctionWrapHandler,
+    WithJsonSchema,
 )
 from pydantic_core import core_schema
 
 from routee.callbacks.v1 import callback_pb2 as pb
-from service.convert import status_from_name, to_micros
+from service.convert import status_from_name, timestamp_from_micros, to_micros
 from service.errors import InvalidCallbackError, MalformedJsonError
-from service.ingest import Adjustment, ParsedCallback
+from service.ingest import Adjustment, ParsedCallback, ParsedInbound
 
 
 def _as_utc(moment: datetime) -> datetime:
@@ -311,8 +317,16 @@ def parse_callback(body: bytes) -> ParsedCallback:
     not a JSON object).
     """
     adjusted: list[Adjustment] = []
+    model = _validate(ViberCallback, body, adjusted)
+    return ParsedCallback(model.to_proto(body.decode("utf-8")), adjusted)
+
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def _validate(model: type[_Model], body: bytes, adjusted: list[Adjustment]) -> _Model:
     try:
-        model = ViberCallback.model_validate_json(body, context={"adjusted": adjusted})
+        return model.model_validate_json(body, context={"adjusted": adjusted})
     except ValidationError as ex:
         errors = ex.errors(include_url=False, include_input=False)
         first = errors[0]
@@ -322,4 +336,75 @@ def parse_callback(body: bytes) -> ParsedCallback:
             ) from None
         field_path = ".".join(str(part) for part in first["loc"])
         raise InvalidCallbackError(field_path, first["msg"]) from None
-    return ParsedCallback(model.to_proto(body.decode("utf-8")), adjusted)
+
+
+# -- inbound messages ------------------------------------------------------------------------------------------
+
+
+def _number_as_text(value: Any) -> Any:
+    """A phone number sent as a JSON number is still the number."""
+    return _to_text(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
+class InboundMessage(_RouteeModel):
+    """One inbound Viber message (a reply) as Routee posts it to a campaign's ``inboundUrl``."""
+
+    sender: Annotated[
+        RequiredText,
+        BeforeValidator(_number_as_text),
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "string", "minLength": 1, "maxLength": 256, "pattern": "^[^\\x00]*$"},
+                    {"type": "number"},
+                ],
+                "description": "The user's number; a JSON number is taken as its digits.",
+            }
+        ),
+    ] = Field(alias="from")
+    sent_date: RouteeDatetime = Field(alias="sentDate")
+    to: Annotated[str | None, Strict(), _Tolerant("inbound.to", _to_text)] = None
+    message: Annotated[str | None, Strict(), _Tolerant("inbound.message", _to_text)] = None
+    campaign_name: Annotated[str | None, Strict(), _Tolerant("inbound.campaignName", _to_text)] = Field(
+        None, alias="campaignName"
+    )
+    campaign_tracking_id: Annotated[
+        str | None, Strict(), AfterValidator(_no_nul), _Tolerant("inbound.campaignTrackingId", _to_campaign)
+    ] = Field(None, alias="campaignTrackingId")
+    reference_tracking_id: Annotated[
+        str | None, Strict(), AfterValidator(_no_nul), _Tolerant("inbound.referenceTrackingId", _to_campaign)
+    ] = Field(None, alias="referenceTrackingId")
+    direction: Annotated[str | None, Strict(), _Tolerant("inbound.direction", _to_text)] = None
+    media: Annotated[str | None, Strict(), _Tolerant("inbound.media", _to_text)] = None
+    # Routee's example spells it `filename`, its field table `fileName`: both are taken.
+    filename: Annotated[str | None, Strict(), _Tolerant("inbound.filename", _to_text)] = None
+    file_name: Annotated[str | None, Strict(), _Tolerant("inbound.fileName", _to_text)] = Field(None, alias="fileName")
+    label: Annotated[str | None, Strict(), _Tolerant("inbound.label", _to_text)] = None
+
+    def to_proto(self, raw_json: str) -> pb.InboundMessage:
+        """Build the protobuf message (no sequence or receive time yet: the store sets them)."""
+        return pb.InboundMessage(
+            sender=self.sender,
+            recipient=self.to or "",
+            text=self.message or "",
+            send_time=timestamp_from_micros(to_micros(self.sent_date)),
+            campaign_name=self.campaign_name or "",
+            campaign_tracking_id=self.campaign_tracking_id or "",
+            reference_tracking_id=self.reference_tracking_id or "",
+            media_url=self.media or "",
+            file_name=self.filename or self.file_name or "",
+            label=self.label or "",
+            direction=self.direction or "",
+            raw_json=raw_json,
+        )
+
+
+def parse_inbound(body: bytes) -> ParsedInbound:
+    """Validate a raw inbound message body and convert it to protobuf, tolerating what can be tolerated.
+
+    Raises MalformedJsonError when the body is not JSON (or not UTF-8) and InvalidCallbackError, naming the
+    field, when ``from`` or ``sentDate`` is missing or unusable (or the body is not a JSON object).
+    """
+    adjusted: list[Adjustment] = []
+    model = _validate(InboundMessage, body, adjusted)
+    return ParsedInbound(model.to_proto(body.decode("utf-8")), adjusted)

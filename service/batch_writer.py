@@ -20,13 +20,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from service.errors import StoreUnavailableError
-from service.events import StoredEvent
+from service.events import Entry
 from service.store import Job, LogWriter
 
 _LOGGER = logging.getLogger(__name__)
 
 
-def _ignore_commit(entries: Sequence[StoredEvent]) -> None:
+def _ignore_commit(entries: Sequence[Entry]) -> None:
     pass
 
 
@@ -49,7 +49,7 @@ class BatchWriter:
         self,
         store: LogWriter,
         *,
-        on_commit: Callable[[Sequence[StoredEvent]], None] = _ignore_commit,
+        on_commit: Callable[[Sequence[Entry]], None] = _ignore_commit,
         observe_commit: Callable[[float, int], None] = _ignore_observation,
         after_batch: Callable[[], None] = _nothing,
         clock: Callable[[], float] = time.time,

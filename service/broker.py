@@ -1,4 +1,4 @@
-"""The in-process broker: fans committed status events out to stream subscribers.
+"""The in-process broker: fans committed entries (status events, inbound messages) out to stream subscribers.
 
 Policy for a full queue: each subscription buffers at most ``queue_size``
 updates. When one more arrives, the subscription is marked *lagged* and its
@@ -15,31 +15,35 @@ import logging
 from collections import deque
 from collections.abc import Sequence
 
-from service.convert import stream_item
+from service.convert import inbound_stream_item, stream_item
 from service.errors import ShuttingDownError
-from service.events import EventFilter, StoredEvent
+from service.events import Entry, EventFilter, StoredEvent
 
 _LOGGER = logging.getLogger(__name__)
 
 
 class Update:
-    """One committed event as the broker fans it out; its stream item is serialized once, when first needed."""
+    """One committed entry as the broker fans it out; its stream item is serialized once, when first needed."""
 
-    __slots__ = ("_payload", "campaign_tracking_id", "event", "sequence", "status")
+    __slots__ = ("_payload", "campaign_tracking_id", "entry", "inbound", "sequence", "status")
 
-    def __init__(self, event: StoredEvent) -> None:
-        self.event = event
+    def __init__(self, entry: Entry) -> None:
+        self.entry = entry
         # Copied for the fan-out loop, which reads them for every subscription.
-        self.sequence = event.sequence
-        self.campaign_tracking_id = event.campaign_tracking_id
-        self.status = event.status
+        self.sequence = entry.sequence
+        self.campaign_tracking_id = entry.campaign_tracking_id
+        if isinstance(entry, StoredEvent):
+            self.status, self.inbound = entry.status, False
+        else:
+            self.status, self.inbound = 0, True
         self._payload: bytes | None = None
 
     @property
     def payload(self) -> bytes:
-        """The event as a serialized StreamStatusUpdatesResponse."""
+        """The entry as a serialized stream item (StreamStatusUpdatesResponse or StreamInboundMessagesResponse)."""
         if self._payload is None:
-            self._payload = stream_item(self.event)
+            entry = self.entry
+            self._payload = stream_item(entry) if isinstance(entry, StoredEvent) else inbound_stream_item(entry)
         return self._payload
 
 
@@ -104,13 +108,29 @@ class Subscription:
             self._wakeup.set_result(None)
 
 
+class _Index:
+    """The subscriptions to one kind of entry, by campaign."""
+
+    __slots__ = ("by_campaign", "every_campaign")
+
+    def __init__(self) -> None:
+        self.by_campaign: dict[str, set[Subscription]] = {}
+        self.every_campaign: set[Subscription] = set()
+
+    def __len__(self) -> int:
+        return len(self.every_campaign) + sum(len(subs) for subs in self.by_campaign.values())
+
+    def all(self) -> list[Subscription]:
+        return [*self.every_campaign, *(s for subs in self.by_campaign.values() for s in subs)]
+
+
 class Broker:
-    """Fans published events out to subscriptions, indexed by campaign."""
+    """Fans published entries out to subscriptions, indexed by kind and campaign."""
 
     def __init__(self, queue_size: int = 1024) -> None:
         self._queue_size = queue_size
-        self._by_campaign: dict[str, set[Subscription]] = {}
-        self._every_campaign: set[Subscription] = set()
+        self._status = _Index()
+        self._inbound = _Index()
         self._closed = False
         #: The greatest sequence published so far.
         self.last_sequence = 0
@@ -118,35 +138,38 @@ class Broker:
     @property
     def subscriber_count(self) -> int:
         """How many subscriptions are open."""
-        return len(self._every_campaign) + sum(len(subs) for subs in self._by_campaign.values())
+        return len(self._status) + len(self._inbound)
 
     def subscribe(self, event_filter: EventFilter) -> Subscription:
         """Register a subscription; it receives every update published from now on that passes the filter."""
         if self._closed:
             raise ShuttingDownError("the server is shutting down")
         subscription = Subscription(event_filter, self._queue_size, self.last_sequence)
+        index = self._inbound if event_filter.inbound else self._status
         if event_filter.campaign_tracking_id is None:
-            self._every_campaign.add(subscription)
+            index.every_campaign.add(subscription)
         else:
-            self._by_campaign.setdefault(event_filter.campaign_tracking_id, set()).add(subscription)
+            index.by_campaign.setdefault(event_filter.campaign_tracking_id, set()).add(subscription)
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
         """Remove a subscription; removing it twice is harmless."""
+        index = self._inbound if subscription.event_filter.inbound else self._status
         campaign = subscription.event_filter.campaign_tracking_id
         if campaign is None:
-            self._every_campaign.discard(subscription)
+            index.every_campaign.discard(subscription)
             return
-        subscribers = self._by_campaign.get(campaign)
+        subscribers = index.by_campaign.get(campaign)
         if subscribers is not None:
             subscribers.discard(subscription)
             if not subscribers:
-                del self._by_campaign[campaign]
+                del index.by_campaign[campaign]
 
     def publish(self, updates: Sequence[Update]) -> None:
         """Offer committed updates, in sequence order, to every matching subscription; never blocks."""
         for update in updates:
-            for subscribers in (self._every_campaign, self._by_campaign.get(update.campaign_tracking_id, ())):
+            index = self._inbound if update.inbound else self._status
+            for subscribers in (index.every_campaign, index.by_campaign.get(update.campaign_tracking_id, ())):
                 for subscription in subscribers:
                     if not subscription.event_filter.statuses or update.status in subscription.event_filter.statuses:
                         subscription.offer(update)
@@ -159,5 +182,5 @@ class Broker:
     def close(self) -> None:
         """Close every subscription and refuse new ones."""
         self._closed = True
-        for subscription in [*self._every_campaign, *(s for subs in self._by_campaign.values() for s in subs)]:
+        for subscription in [*self._status.all(), *self._inbound.all()]:
             subscription.close()

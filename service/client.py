@@ -1,4 +1,4 @@
-"""Client subcommands of ``routee-callbacks``: ``status`` and ``watch``, over gRPC."""
+"""Client subcommands of ``routee-callbacks``: ``status`` and ``watch`` (status updates or replies), over gRPC."""
 
 from __future__ import annotations
 
@@ -27,7 +27,10 @@ def add_commands(commands: Any, default_target: str) -> None:
     status.add_argument("--json", action="store_true", help="print the response as JSON")
     status.set_defaults(run=run_status)
 
-    watch = commands.add_parser("watch", help="print status updates as they arrive; resumes by itself")
+    watch = commands.add_parser(
+        "watch", help="print status updates (or, with --inbound, replies) as they arrive; resumes by itself"
+    )
+    watch.add_argument("--inbound", action="store_true", help="inbound messages (replies) instead of status updates")
     watch.add_argument("--campaign", default="", metavar="ID", help="only this campaign (default: every campaign)")
     watch.add_argument("--after-sequence", type=int, metavar="N", help="replay what follows sequence N first")
     watch.add_argument("--grpc-target", default=default_target, metavar="HOST:PORT", help="(default: %(default)s)")
@@ -81,7 +84,35 @@ def run_status(args: argparse.Namespace) -> int:
             f"  {event.update_time.ToJsonString()}  {_status_name(event.status):<11} {event.status_name:<12}"
             f" seq {event.sequence}"
         )
+    for reply in response.replies:
+        print(f"  reply {_reply_line(reply)}")
     return 0
+
+
+def _reply_line(reply: pb.InboundMessage) -> str:
+    media = f"  [{reply.file_name or 'media'}: {reply.media_url}]" if reply.media_url else ""
+    return f"{reply.send_time.ToJsonString()}  from {reply.sender}  seq {reply.sequence}  {reply.text!r}{media}"
+
+
+def _status_line(update: pb2.StatusUpdate) -> str:
+    current = "" if update.is_current else "  (late: not current)"
+    return (
+        f"{update.sequence:>8}  {update.update_time.ToJsonString()}  {update.tracking_id}"
+        f"  {_status_name(update.status)} ({update.status_name}){current}"
+    )
+
+
+def _stream(stub: pb2_grpc.MessageStatusServiceStub, args: argparse.Namespace, after: int | None) -> Any:
+    """The stream ``watch`` follows, from after ``after``."""
+    if args.inbound:
+        inbound = pb2.StreamInboundMessagesRequest(campaign_tracking_id=args.campaign)
+        if after is not None:
+            inbound.after_sequence = after
+        return stub.StreamInboundMessages(inbound)
+    request = pb2.StreamStatusUpdatesRequest(campaign_tracking_id=args.campaign)
+    if after is not None:
+        request.after_sequence = after
+    return stub.StreamStatusUpdates(request)
 
 
 def run_watch(args: argparse.Namespace) -> int:
@@ -91,26 +122,24 @@ def run_watch(args: argparse.Namespace) -> int:
     with channel(args) as open_channel:
         stub = pb2_grpc.MessageStatusServiceStub(open_channel)
         while True:
-            request = pb2.StreamStatusUpdatesRequest(campaign_tracking_id=args.campaign)
-            if after is not None:
-                request.after_sequence = after
             try:
-                for item in stub.StreamStatusUpdates(request):
+                for item in _stream(stub, args, after):
                     backoff = 0.5
-                    if item.HasField("status_update"):
-                        update = item.status_update
-                        after = update.sequence
-                        if args.json:
-                            print(json.dumps(MessageToDict(update)), flush=True)
-                        else:
-                            current = "" if update.is_current else "  (late: not current)"
-                            print(
-                                f"{update.sequence:>8}  {update.update_time.ToJsonString()}  {update.tracking_id}"
-                                f"  {_status_name(update.status)} ({update.status_name}){current}",
-                                flush=True,
-                            )
-                    elif item.HasField("progress"):
+                    kind = item.WhichOneof("item")
+                    if kind == "progress":
                         after = max(after or 0, item.progress.sequence)
+                        continue
+                    entry = getattr(item, kind)
+                    after = entry.sequence
+                    if args.json:
+                        print(json.dumps(MessageToDict(entry)), flush=True)
+                    elif kind == "inbound_message":
+                        print(
+                            f"{entry.sequence:>8}  {entry.reference_tracking_id or '-'}  {_reply_line(entry)}",
+                            flush=True,
+                        )
+                    else:
+                        print(_status_line(entry), flush=True)
             except grpc.RpcError as ex:
                 if ex.code() not in _RETRYABLE:
                     print(f"routee-callbacks: error: {ex.code().name}: {ex.details()}", file=sys.stderr)

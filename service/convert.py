@@ -8,7 +8,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from routee.callbacks.v1 import callback_pb2 as pb
 from routee.callbacks.v1 import message_status_service_pb2 as pb2
-from service.events import StoredEvent
+from service.events import StoredEvent, StoredInbound
 
 _STATUS_BY_NAME: dict[str, int] = {
     "queued": pb.MESSAGE_STATUS_QUEUED,
@@ -63,6 +63,13 @@ def status_update(event: StoredEvent) -> pb2.StatusUpdate:
 def stream_item(event: StoredEvent) -> bytes:
     """Serialize a stored event as one StreamStatusUpdatesResponse."""
     return pb2.StreamStatusUpdatesResponse(status_update=status_update(event)).SerializeToString()
+
+
+def inbound_stream_item(entry: StoredInbound) -> bytes:
+    """Serialize a stored inbound message as one StreamInboundMessagesResponse."""
+    item = pb2.StreamInboundMessagesResponse()
+    item.inbound_message.MergeFromString(entry.message)
+    return item.SerializeToString()
 
 
 def status_event(event: StoredEvent) -> pb2.StatusEvent:

@@ -1,4 +1,5 @@
-"""The stored status event and the filter that selects events, shared by store, broker and servicer."""
+"""The entries of the log as stored — status events and inbound messages — and the filter that selects them,
+shared by store, broker and servicer."""
 
 from __future__ import annotations
 
@@ -21,8 +22,25 @@ class StoredEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredInbound:
+    """One distinct inbound message (a reply) as stored; it takes its sequence from the same log."""
+
+    sequence: int
+    campaign_tracking_id: str
+    reference_tracking_id: str
+    receive_us: int
+    message: bytes  # InboundMessage, serialized, with its sequence and receive time
+
+
+#: An entry of the log.
+Entry = StoredEvent | StoredInbound
+
+
+@dataclass(frozen=True, slots=True)
 class EventFilter:
-    """Which events a reader wants: one campaign or all (``None``), some statuses or all (empty)."""
+    """Which entries a reader wants: status events or inbound messages, of one campaign or all (``None``), of
+    some statuses or all (empty; status events only)."""
 
     campaign_tracking_id: str | None = None
     statuses: frozenset[int] = frozenset()
+    inbound: bool = False

@@ -1,7 +1,9 @@
 """Keeping what Routee posts: the interface the HTTP ingress calls, and its in-process implementation.
 
-The ingress checks the sender and reads the body; an ``Ingest`` validates it,
-stores it durably and says what became of it. ``LocalIngest`` does that on
+Routee posts two kinds of body (``service.store.STATUS`` callbacks and
+``INBOUND`` messages, the replies). The ingress checks the sender and reads
+the body; an ``Ingest`` validates it, stores it durably and says what became
+of it. ``LocalIngest`` does that on
 this process's own log; the service's workers use ``writer_client.RemoteIngest``,
 which asks the writer process to.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -19,7 +21,7 @@ from routee.callbacks.v1 import callback_pb2 as pb
 from service.batch_writer import BatchWriter
 from service.errors import RejectedError, RouteeCallbacksError
 from service.metrics import Metrics
-from service.store import AppendStatus, Probe, Quarantine
+from service.store import AppendInbound, AppendStatus, Probe, Quarantine
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -35,18 +37,44 @@ class ParsedCallback:
     callback: pb.ViberCallback
     adjusted: list[Adjustment] = field(default_factory=list)
 
+    @property
+    def job(self) -> AppendStatus:
+        """The job that stores it."""
+        return AppendStatus(self.callback)
 
-#: Turns a raw body into a callback; raises MalformedJsonError or InvalidCallbackError.
-ParseCallback = Callable[[bytes], pb.ViberCallback]
+
+@dataclass(frozen=True)
+class ParsedInbound:
+    """An inbound message ready to store, and what had to be adjusted to get it (raw_json keeps the original)."""
+
+    message: pb.InboundMessage
+    adjusted: list[Adjustment] = field(default_factory=list)
+
+    @property
+    def job(self) -> AppendInbound:
+        """The job that stores it."""
+        return AppendInbound(self.message)
+
+
+Append = AppendStatus | AppendInbound
+#: Turns a raw body into the job that stores it; raises MalformedJsonError or InvalidCallbackError.
+ParseBody = Callable[[bytes], Append]
+#: A parser for each kind of body (STATUS, INBOUND).
+Parsers = Mapping[str, ParseBody]
+
+
+def identity(job: Append) -> str:
+    """The tracking id a stored body is about: the message of a status callback, the message a reply answers."""
+    return job.callback.tracking_id if isinstance(job, AppendStatus) else job.message.reference_tracking_id
 
 
 class AdjustmentRecorder:
-    """Wraps the ingress's parser: counts the fields it coerced or dropped, and says so in the log, at most once a
-    minute (a format change at Routee would otherwise write a line per callback)."""
+    """Wraps one of the ingress's parsers: counts the fields it coerced or dropped, and says so in the log, at most
+    once a minute (a format change at Routee would otherwise write a line per body)."""
 
     def __init__(
         self,
-        parse: Callable[[bytes], ParsedCallback],
+        parse: Callable[[bytes], ParsedCallback | ParsedInbound],
         metrics: Metrics,
         *,
         clock: Callable[[], float] = time.monotonic,
@@ -57,7 +85,7 @@ class AdjustmentRecorder:
         self._next_log = 0.0
         self._unlogged: Counter[Adjustment] = Counter()
 
-    def __call__(self, body: bytes) -> pb.ViberCallback:
+    def __call__(self, body: bytes) -> Append:
         """Parse, and record what was adjusted."""
         parsed = self._parse(body)
         if parsed.adjusted:
@@ -67,18 +95,18 @@ class AdjustmentRecorder:
             if self._clock() >= self._next_log:
                 self._next_log = self._clock() + ADJUSTMENT_LOG_INTERVAL
                 _LOGGER.warning(
-                    "callback fields of an unexpected type were coerced or left unset (raw_json keeps them)",
+                    "fields of an unexpected type were coerced or left unset (raw_json keeps them)",
                     extra={
-                        "tracking_id": parsed.callback.tracking_id,
+                        "tracking_id": identity(parsed.job),
                         "fields": {f"{path} ({action})": count for (path, action), count in self._unlogged.items()},
                     },
                 )
                 self._unlogged.clear()
-        return parsed.callback
+        return parsed.job
 
 
 class Kept(NamedTuple):
-    """A callback that was kept: its new event's sequence, or None when it was a duplicate."""
+    """A body that was kept: its new entry's sequence, or None when it was a duplicate; and its tracking id."""
 
     sequence: int | None
     tracking_id: str
@@ -92,22 +120,22 @@ class Refusals:
     status_of: Callable[[RouteeCallbacksError], int]
     max_bytes: int = 64 * 1024 * 1024
 
-    def job(self, body: bytes, peer: str, error: RejectedError) -> Quarantine:
-        """The quarantine job for a refused body."""
-        return Quarantine(body, peer, self.status_of(error), error.reason, str(error), self.max_bytes)
+    def job(self, kind: str, body: bytes, peer: str, error: RejectedError) -> Quarantine:
+        """The quarantine job for a refused body of a kind."""
+        return Quarantine(body, peer, self.status_of(error), error.reason, str(error), self.max_bytes, kind)
 
 
 class Ingest(Protocol):
-    """What the HTTP ingress needs to keep a callback."""
+    """What the HTTP ingress needs to keep what Routee posts."""
 
-    async def status_callback(self, body: bytes, peer: str) -> Kept:
-        """Validate and durably store one status callback body from an allowed sender.
+    async def keep(self, kind: str, body: bytes, peer: str) -> Kept:
+        """Validate and durably store one body of a kind (STATUS or INBOUND) from an allowed sender.
 
         Raises a RejectedError when the body can never be kept (it is in quarantine by then), or an
         UnavailableError (try again later; also when even the quarantine could not keep it).
         """
 
-    async def refuse(self, body: bytes, peer: str, error: RejectedError) -> None:
+    async def refuse(self, kind: str, body: bytes, peer: str, error: RejectedError) -> None:
         """Keep a body the ingress refused itself (413, 415) in quarantine; raise an UnavailableError if it cannot."""
 
     async def probe(self) -> None:
@@ -117,24 +145,24 @@ class Ingest(Protocol):
 class LocalIngest:
     """Validates here and writes through this process's batch writer."""
 
-    def __init__(self, writer: BatchWriter, parse: ParseCallback, refusals: Refusals) -> None:
+    def __init__(self, writer: BatchWriter, parsers: Parsers, refusals: Refusals) -> None:
         self._writer = writer
-        self._parse = parse
+        self._parsers = parsers
         self._refusals = refusals
 
-    async def status_callback(self, body: bytes, peer: str) -> Kept:
+    async def keep(self, kind: str, body: bytes, peer: str) -> Kept:
         """Validate, then store with group commit; a body that cannot be kept goes to quarantine."""
         try:
-            callback = self._parse(body)
+            job = self._parsers[kind](body)
         except RejectedError as ex:
-            await self.refuse(body, peer, ex)
+            await self.refuse(kind, body, peer, ex)
             raise
-        event = await self._writer.submit(AppendStatus(callback))
-        return Kept(None if event is None else event.sequence, callback.tracking_id)
+        entry = await self._writer.submit(job)
+        return Kept(None if entry is None else entry.sequence, identity(job))
 
-    async def refuse(self, body: bytes, peer: str, error: RejectedError) -> None:
+    async def refuse(self, kind: str, body: bytes, peer: str, error: RejectedError) -> None:
         """Keep the refused body in quarantine."""
-        await self._writer.submit(self._refusals.job(body, peer, error))
+        await self._writer.submit(self._refusals.job(kind, body, peer, error))
 
     async def probe(self) -> None:
         """Write a heartbeat through the batch writer."""

@@ -3,7 +3,7 @@
 A frame is a 4-byte big-endian length, a 1-byte kind and the payload. Workers
 send bodies to keep and probes; the writer answers each with a result carrying
 the same request id, and pushes the log as it is committed (``FEED``): every
-stored event, field by field. A worker builds an event's stream item only
+stored entry (status event or inbound message), field by field. A worker builds an event's stream item only
 when one of its streams receives it.
 
 Only processes of one service instance speak this, through a socket in a
@@ -18,12 +18,14 @@ from collections.abc import Iterator, Sequence
 
 from service.broker import Update
 from service.errors import RouteeCallbacksError, error_from_reason
-from service.events import StoredEvent
+from service.events import Entry, StoredEvent, StoredInbound
+from service.store import STATUS
 
 # Worker to writer.
 SUBMIT_STATUS = 1
 PROBE = 2
 REFUSE = 3
+SUBMIT_INBOUND = 4
 # Writer to worker.
 KEPT = 10
 FAILED = 11
@@ -32,7 +34,11 @@ FEED = 12
 _HEADER = struct.Struct("!IB")
 _REQUEST = struct.Struct("!I")
 _KEPT = struct.Struct("!IQ")
-_EVENT = struct.Struct("!QBBqqHHHI")
+# A feed entry starts with its kind.
+_EVENT_ENTRY = 1
+_INBOUND_ENTRY = 2
+_EVENT = struct.Struct("!BQBBqqHHHI")
+_INBOUND = struct.Struct("!BQqHHI")
 _RANGE = struct.Struct("!QQ")
 #: The largest frame either side accepts: a 64 KiB body, or a feed page.
 MAX_FRAME = 64 * 1024 * 1024
@@ -86,20 +92,20 @@ def parse_request(payload: memoryview) -> tuple[int, str, bytes]:
     return request_id, bytes(payload[_SUBMIT.size : start]).decode(), bytes(payload[start:])
 
 
-def refusal(request_id: int, peer: str, error: RouteeCallbacksError, body: bytes) -> bytes:
-    """A worker's request to keep a body it refused, with why."""
-    header = json.dumps({"peer": peer, **_wire(error)}).encode()
+def refusal(request_id: int, peer: str, error: RouteeCallbacksError, body: bytes, kind: str = STATUS) -> bytes:
+    """A worker's request to keep a body it refused, with why and what it was posted as."""
+    header = json.dumps({"peer": peer, "kind": kind, **_wire(error)}).encode()
     return frame(REFUSE, _SUBMIT.pack(request_id, 0) + struct.pack("!I", len(header)) + header + body)
 
 
-def parse_refusal(payload: memoryview) -> tuple[int, str, RouteeCallbacksError, bytes]:
-    """Read a refusal: request id, sender, the error, the body."""
+def parse_refusal(payload: memoryview) -> tuple[int, str, RouteeCallbacksError, bytes, str]:
+    """Read a refusal: request id, sender, the error, the body, what it was posted as."""
     request_id = _SUBMIT.unpack_from(payload)[0]
     (length,) = struct.unpack_from("!I", payload, _SUBMIT.size)
     start = _SUBMIT.size + 4
     header = json.loads(bytes(payload[start : start + length]))
     error = error_from_reason(header["reason"], header["message"], header["field"])
-    return request_id, header["peer"], error, bytes(payload[start + length :])
+    return request_id, header["peer"], error, bytes(payload[start + length :]), header["kind"]
 
 
 def _wire(error: RouteeCallbacksError) -> dict[str, str]:
@@ -138,7 +144,7 @@ def parse_failed(payload: memoryview) -> tuple[int, RouteeCallbacksError]:
 
 
 class FeedFrame:
-    """A received FEED frame: the range of sequences it covers, its events decoded only when asked for."""
+    """A received FEED frame: the range of sequences it covers, its entries decoded only when asked for."""
 
     __slots__ = ("_payload", "first", "last")
 
@@ -147,58 +153,78 @@ class FeedFrame:
         self._payload = payload
 
     def updates(self) -> list[Update]:
-        """The frame's events, as updates."""
+        """The frame's entries, as updates."""
         return parse_feed(self._payload)
 
 
-def feed(events: Sequence[StoredEvent]) -> bytes:
-    """Committed events, in sequence order, for every worker; the range first, so a worker may skip the rest."""
-    parts: list[bytes] = [_RANGE.pack(events[0].sequence, events[-1].sequence)]
-    for event in events:
-        campaign, tracking_id, name = (
-            event.campaign_tracking_id.encode(),
-            event.tracking_id.encode(),
-            event.status_name.encode(),
-        )
-        parts.append(
-            _EVENT.pack(
-                event.sequence,
-                event.status,
-                event.is_current,
-                event.update_us,
-                event.receive_us,
-                len(campaign),
-                len(tracking_id),
-                len(name),
-                len(event.callback),
+def feed(entries: Sequence[Entry]) -> bytes:
+    """Committed entries, in sequence order, for every worker; the range first, so a worker may skip the rest."""
+    parts: list[bytes] = [_RANGE.pack(entries[0].sequence, entries[-1].sequence)]
+    for entry in entries:
+        if isinstance(entry, StoredEvent):
+            campaign, tracking_id, name = (
+                entry.campaign_tracking_id.encode(),
+                entry.tracking_id.encode(),
+                entry.status_name.encode(),
             )
-        )
-        parts += (campaign, tracking_id, name, event.callback)
+            parts.append(
+                _EVENT.pack(
+                    _EVENT_ENTRY,
+                    entry.sequence,
+                    entry.status,
+                    entry.is_current,
+                    entry.update_us,
+                    entry.receive_us,
+                    len(campaign),
+                    len(tracking_id),
+                    len(name),
+                    len(entry.callback),
+                )
+            )
+            parts += (campaign, tracking_id, name, entry.callback)
+        else:
+            campaign, reference = entry.campaign_tracking_id.encode(), entry.reference_tracking_id.encode()
+            parts.append(
+                _INBOUND.pack(
+                    _INBOUND_ENTRY, entry.sequence, entry.receive_us, len(campaign), len(reference), len(entry.message)
+                )
+            )
+            parts += (campaign, reference, entry.message)
     return frame(FEED, b"".join(parts))
 
 
+def _fields(payload: memoryview, offset: int, lengths: Sequence[int]) -> tuple[list[bytes], int]:
+    fields = []
+    for length in lengths:
+        fields.append(bytes(payload[offset : offset + length]))
+        offset += length
+    return fields, offset
+
+
 def parse_feed(payload: memoryview) -> list[Update]:
-    """Read a FEED frame back into updates of stored events (stream items built when first needed)."""
+    """Read a FEED frame back into updates of stored entries (stream items built when first needed)."""
     updates = []
     offset = _RANGE.size
     while offset < len(payload):
-        sequence, status, is_current, update_us, receive_us, *lengths = _EVENT.unpack_from(payload, offset)
-        offset += _EVENT.size
-        fields = []
-        for length in lengths:
-            fields.append(bytes(payload[offset : offset + length]))
-            offset += length
-        campaign, tracking_id, name, callback = fields
-        event = StoredEvent(
-            sequence,
-            tracking_id.decode(),
-            campaign.decode(),
-            status,
-            name.decode(),
-            update_us,
-            receive_us,
-            bool(is_current),
-            callback,
-        )
-        updates.append(Update(event))
+        if payload[offset] == _EVENT_ENTRY:
+            _, sequence, status, is_current, update_us, receive_us, *lengths = _EVENT.unpack_from(payload, offset)
+            (campaign, tracking_id, name, callback), offset = _fields(payload, offset + _EVENT.size, lengths)
+            entry: Entry = StoredEvent(
+                sequence,
+                tracking_id.decode(),
+                campaign.decode(),
+                status,
+                name.decode(),
+                update_us,
+                receive_us,
+                bool(is_current),
+                callback,
+            )
+        elif payload[offset] == _INBOUND_ENTRY:
+            _, sequence, receive_us, *lengths = _INBOUND.unpack_from(payload, offset)
+            (campaign, reference, message), offset = _fields(payload, offset + _INBOUND.size, lengths)
+            entry = StoredInbound(sequence, campaign.decode(), reference.decode(), receive_us, message)
+        else:
+            raise FrameError(f"unknown feed entry kind {payload[offset]}")
+        updates.append(Update(entry))
     return updates

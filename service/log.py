@@ -46,7 +46,7 @@ class LocalLog:
         self.tailer = Tailer(self._read_after, publish, position=0)
         self.writer = BatchWriter(
             store,
-            on_commit=lambda events: self.tailer.committed([Update(event) for event in events]),
+            on_commit=lambda entries: self.tailer.committed([Update(entry) for entry in entries]),
             observe_commit=observe_commit,
             after_batch=after_batch,
             clock=clock,
@@ -77,7 +77,7 @@ class LocalLog:
         await self.tailer.stop()
 
     async def _read_after(self, position: int, limit: int) -> list[Update]:
-        return [Update(event) for event in await self.store.entries_after(position, limit)]
+        return [Update(entry) for entry in await self.store.entries_after(position, limit)]
 
     async def _watch(self) -> None:
         while True:

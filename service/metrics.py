@@ -56,6 +56,12 @@ class Metrics:
             ["outcome", "reason"],
             registry=self.registry,
         )
+        self.inbound_messages = Counter(
+            "routee_callbacks_inbound_messages",
+            "Inbound messages (replies) received, by outcome (accepted, duplicate, rejected, unavailable) and reason.",
+            ["outcome", "reason"],
+            registry=self.registry,
+        )
         self.connections_refused = Counter(
             "routee_callbacks_http_connections_refused",
             "HTTP connections turned away or cut off before the app saw a request, by reason (source_not_allowed,"
@@ -90,7 +96,7 @@ class Metrics:
         )
         self.subscribers = Gauge(
             "routee_callbacks_subscribers",
-            "Open StreamStatusUpdates streams.",
+            "Open streams (StreamStatusUpdates and StreamInboundMessages).",
             registry=self.registry,
             multiprocess_mode="livesum",
         )

@@ -21,20 +21,20 @@ from typing import Any
 from service.batch_writer import BatchWriter
 from service.config import ENV_PREFIX, Settings, parse_database, redact
 from service.errors import ConfigError, RejectedError, RouteeCallbacksError
-from service.events import StoredEvent
-from service.ingest import ParseCallback
+from service.events import Entry
+from service.ingest import Parsers
 from service.store import DropQuarantined, Quarantined, Release, Store, open_store
 
 
 @dataclass
 class ReplayReport:
-    """What a replay did: the bodies now stored (with their event, None for a duplicate) and those still refused."""
+    """What a replay did: the bodies now stored (with their entry, None for a duplicate) and those still refused."""
 
-    stored: list[tuple[Quarantined, StoredEvent | None]] = field(default_factory=list)
+    stored: list[tuple[Quarantined, Entry | None]] = field(default_factory=list)
     refused: list[tuple[Quarantined, RejectedError]] = field(default_factory=list)
 
 
-async def replay(store: Store, parse: ParseCallback, ids: Sequence[int] | None) -> ReplayReport:
+async def replay(store: Store, parsers: Parsers, ids: Sequence[int] | None) -> ReplayReport:
     """Validate quarantined bodies again; store what passes now (and release it from quarantine)."""
     report = ReplayReport()
     writer = BatchWriter(store)
@@ -42,11 +42,11 @@ async def replay(store: Store, parse: ParseCallback, ids: Sequence[int] | None) 
     try:
         for item in await store.quarantined(ids):
             try:
-                callback = parse(item.body)
+                job = parsers[item.kind](item.body)
             except RejectedError as ex:
                 report.refused.append((item, ex))
                 continue
-            report.stored.append((item, await writer.submit(Release(item.id, callback))))
+            report.stored.append((item, await writer.submit(Release(item.id, job))))
     finally:
         await writer.stop()
     return report
@@ -101,11 +101,11 @@ async def _run(args: argparse.Namespace, database: str) -> int:
             dropped = await _write_one(store, DropQuarantined(ids=None if ids is None else tuple(ids)))
             print(f"dropped {dropped}")
             return 0
-        from service.wiring import quarantine_parser  # The ingress's parser, as the running service uses it.
+        from service.wiring import parsers  # The ingress's parsers, as the running service uses them.
 
-        report = await replay(store, quarantine_parser(), ids)
+        report = await replay(store, parsers(), ids)
         for item, event in report.stored:
-            what = "a duplicate of a stored event" if event is None else f"sequence {event.sequence}"
+            what = "a duplicate of a stored entry" if event is None else f"sequence {event.sequence}"
             print(f"replayed {item.id}: stored as {what}")
         for item, error in report.refused:
             print(f"still refused {item.id}: {error.reason}: {error}")
@@ -142,6 +142,7 @@ def _print_list(items: list[Quarantined], *, as_json: bool) -> None:
                         "reason": item.reason,
                         "detail": item.detail,
                         "attempts": item.attempts,
+                        "kind": item.kind,
                         "body": item.body.decode("utf-8", errors="replace"),
                         "body_base64": base64.b64encode(item.body).decode(),
                     }
@@ -153,7 +154,8 @@ def _print_list(items: list[Quarantined], *, as_json: bool) -> None:
         return
     for item in items:
         print(
-            f"{item.id:>6}  {_when(item.received_us)}  {item.peer:<15}  {item.status}  {item.reason:<22}"
+            f"{item.id:>6}  {_when(item.received_us)}  {item.kind:<7}  {item.peer:<15}  {item.status}"
+            f"  {item.reason:<22}"
             f"  x{item.attempts:<3}  {len(item.body):>6} B  {item.detail}"
         )
     if not items:

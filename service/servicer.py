@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -75,6 +75,7 @@ class MessageStatusServicer:
         history = await self._store.history(request.tracking_id)
         if not history:
             raise NotFoundError(f"no callback received for tracking_id {request.tracking_id!r}")
+        replies = await self._store.replies(request.tracking_id)
         current = history[-1]
         return pb2.GetMessageStatusResponse(
             tracking_id=current.tracking_id,
@@ -84,6 +85,7 @@ class MessageStatusServicer:
             sequence=current.sequence,
             callback=pb.ViberCallback.FromString(current.callback),
             events=[status_event(event) for event in history],
+            replies=[pb.InboundMessage.FromString(reply.message) for reply in replies],
         )
 
     async def StreamStatusUpdates(  # noqa: N802 (the RPC's name)
@@ -92,29 +94,53 @@ class MessageStatusServicer:
         """Stream status updates: replay or snapshot first when asked, then live."""
         try:
             event_filter = _event_filter(request)
-            if self._streams >= self._max_streams:
-                raise ResourceExhaustedError(f"the server already serves {self._max_streams} streams; retry later")
         except RouteeCallbacksError as ex:
             await context.abort(grpc_code(ex), str(ex))
+        after = request.after_sequence if request.HasField("after_sequence") else None
+        async for item in self._follow(context, event_filter, after, _status_progress, request.include_snapshot):
+            yield item
+
+    async def StreamInboundMessages(  # noqa: N802 (the RPC's name)
+        self, request: pb2.StreamInboundMessagesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[bytes]:
+        """Stream inbound messages (replies): replay first when asked, then live."""
+        event_filter = EventFilter(request.campaign_tracking_id or None, inbound=True)
+        after = request.after_sequence if request.HasField("after_sequence") else None
+        async for item in self._follow(context, event_filter, after, _inbound_progress):
+            yield item
+
+    async def _follow(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        event_filter: EventFilter,
+        after_sequence: int | None,
+        progress: Callable[[int], bytes],
+        snapshot: bool = False,
+    ) -> AsyncIterator[bytes]:
+        """The entries of the filter: those after ``after_sequence`` (or a snapshot) first, then live, in order."""
+        if self._streams >= self._max_streams:
+            error = ResourceExhaustedError(f"the server already serves {self._max_streams} streams; retry later")
+            await context.abort(grpc_code(error), str(error))
         self._streams += 1
         self._metrics.subscribers.inc()
         subscription = self._broker.subscribe(event_filter)
         position = subscription.start_sequence
         try:
             await context.send_initial_metadata(())
-            catch_up = request.HasField("after_sequence")
-            if catch_up:
-                position = request.after_sequence
+            catch_up = after_sequence is not None
+            if after_sequence is not None:
+                position = after_sequence
                 last = await self._store.last_sequence()
                 if position > last:
                     raise InvalidArgumentError(f"after_sequence {position} is beyond the last stored sequence {last}")
                 pruned = await self._store.pruned_through()
                 if position < pruned:
                     raise OutOfRangeError(
-                        f"updates after sequence {position} are no longer all kept; the oldest resume point is"
-                        f" after_sequence={pruned}: take a snapshot (include_snapshot) instead"
+                        f"entries after sequence {position} are no longer all kept; the oldest resume point is"
+                        f" after_sequence={pruned}"
+                        + (": take a snapshot (include_snapshot) instead" if not event_filter.inbound else "")
                     )
-            elif request.include_snapshot:
+            elif snapshot:
                 events, position = await self._store.snapshot(event_filter)
                 for event in events:
                     yield Update(event).payload
@@ -136,7 +162,7 @@ class MessageStatusServicer:
                 catch_up = False
                 if not batch:
                     position = max(position, self._broker.last_sequence)
-                    yield pb2.StreamStatusUpdatesResponse(progress=pb2.Progress(sequence=position)).SerializeToString()
+                    yield progress(position)
                     continue
                 for update in batch:
                     if update.sequence > position:
@@ -157,12 +183,20 @@ class MessageStatusServicer:
 
     async def _replay(self, event_filter: EventFilter, after_sequence: int) -> AsyncIterator[Update]:
         while True:
-            events = await self._store.events_after(after_sequence, event_filter, REPLAY_PAGE)
-            for event in events:
-                yield Update(event)
-            if len(events) < REPLAY_PAGE:
+            entries = await self._store.events_after(after_sequence, event_filter, REPLAY_PAGE)
+            for entry in entries:
+                yield Update(entry)
+            if len(entries) < REPLAY_PAGE:
                 return
-            after_sequence = events[-1].sequence
+            after_sequence = entries[-1].sequence
+
+
+def _status_progress(sequence: int) -> bytes:
+    return pb2.StreamStatusUpdatesResponse(progress=pb2.Progress(sequence=sequence)).SerializeToString()
+
+
+def _inbound_progress(sequence: int) -> bytes:
+    return pb2.StreamInboundMessagesResponse(progress=pb2.Progress(sequence=sequence)).SerializeToString()
 
 
 def _event_filter(request: pb2.StreamStatusUpdatesRequest) -> EventFilter:
@@ -195,6 +229,11 @@ def method_handlers(servicer: MessageStatusServicer) -> grpc.GenericRpcHandler[A
             servicer.StreamStatusUpdates,
             request_deserializer=pb2.StreamStatusUpdatesRequest.FromString,
             response_serializer=None,  # Items are serialized once, for every subscriber.
+        ),
+        "StreamInboundMessages": grpc.unary_stream_rpc_method_handler(
+            servicer.StreamInboundMessages,
+            request_deserializer=pb2.StreamInboundMessagesRequest.FromString,
+            response_serializer=None,
         ),
     }
     return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)

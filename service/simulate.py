@@ -1,9 +1,11 @@
-"""``routee-callbacks simulate``: post realistic Routee Viber callbacks to a running service.
+"""``routee-callbacks simulate``: post realistic Routee Viber callbacks (and replies) to a running service.
 
 Each message follows a realistic life (Queued → Delivered → Seen, failures with
 reasons, expire-on-delivery), posted with Routee's quirks: status names in
 varying case, dates with and without milliseconds, decimal TTLs, nulls and
-undocumented fields, and retries of callbacks already sent.
+undocumented fields, and retries of callbacks already sent. With ``--replies``
+some recipients of delivered messages answer, as Routee posts to the
+campaign's ``inboundUrl``.
 """
 
 from __future__ import annotations
@@ -57,6 +59,12 @@ def add_command(commands: Any) -> None:
     simulate.add_argument("--url", required=True, help="callback URL, e.g. http://127.0.0.1:8080/v1/callbacks/viber")
     simulate.add_argument("--messages", type=int, default=10, metavar="N", help="messages to simulate (default: 10)")
     simulate.add_argument("--campaign", default=None, metavar="ID", help="campaign tracking id (default: a new one)")
+    simulate.add_argument(
+        "--replies", type=int, default=0, metavar="N", help="recipients of delivered messages who reply (default: 0)"
+    )
+    simulate.add_argument(
+        "--inbound-url", default=None, metavar="URL", help="where replies go (default: --url followed by /inbound)"
+    )
     simulate.add_argument("--duplicates", action="store_true", help="send about a third of the callbacks twice")
     simulate.add_argument("--shuffle", action="store_true", help="send in random order, as Routee's retries do")
     simulate.add_argument("--rate", type=float, default=0.0, metavar="R", help="callbacks per second (0: unlimited)")
@@ -82,6 +90,7 @@ def build_callbacks(messages: int, campaign: str, rng: random.Random, start: dat
     callbacks = []
     for index in range(messages):
         tracking_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        recipient = f"+3069{rng.randint(0, 99_999_999):08d}"
         steps = rng.choices([steps for _, steps in SCENARIOS], weights)[0]
         moment = start + timedelta(seconds=index * 0.05)
         ttl: float = rng.choice([3600, 86400, 30.5])
@@ -94,7 +103,7 @@ def build_callbacks(messages: int, campaign: str, rng: random.Random, start: dat
                 {
                     "trackingId": tracking_id,
                     "campaignTrackingId": campaign,
-                    "to": f"+3069{rng.randint(0, 99_999_999):08d}",
+                    "to": recipient,
                     "from": "Routee",
                     "groups": rng.choice([["vip"], [], None]),
                     "country": "GR",
@@ -114,33 +123,68 @@ def build_callbacks(messages: int, campaign: str, rng: random.Random, start: dat
     return callbacks
 
 
+REPLY_TEXTS = ["YES", "yes please", "No thanks", "STOP", "Tell me more \U0001f44d", ""]
+
+
+def build_replies(callbacks: list[dict[str, Any]], count: int, rng: random.Random) -> list[dict[str, Any]]:
+    """Replies from the recipients of ``count`` delivered messages, as Routee posts them to ``inboundUrl``."""
+    delivered: dict[str, dict[str, Any]] = {}
+    for callback in callbacks:
+        if callback["status"]["name"].lower() in ("delivered", "seen"):
+            delivered[callback["trackingId"]] = callback  # The last one: the reply comes after it.
+    replies = []
+    for callback in rng.sample(list(delivered.values()), k=min(count, len(delivered))):
+        seen = datetime.fromisoformat(callback["status"]["updatedDate"].replace("Z", "+00:00"))
+        text = rng.choice(REPLY_TEXTS)
+        reply: dict[str, Any] = {
+            "from": callback["to"],
+            "to": "Routee",
+            "message": text,
+            "sentDate": _date(seen + timedelta(seconds=rng.randint(5, 600), milliseconds=rng.randint(0, 999)), rng),
+            "campaignName": "Spring sale",
+            "campaignTrackingId": callback["campaignTrackingId"],
+            "referenceTrackingId": callback["trackingId"],
+            "direction": "Inbound",
+            "label": "simulated",
+        }
+        if not text:  # A picture instead of words; Routee's two spellings of the file name.
+            reply["media"] = "https://media.example.com/viber/receipt.jpg"
+            reply["fileName" if rng.random() < 0.5 else "filename"] = "receipt.jpg"
+        replies.append(reply)
+    return replies
+
+
 @dataclass
 class _Sender:
-    url: str
     rate: float
     results: Counter[str]
     lock: threading.Lock
     start: float
 
-    def send_all(self, bodies: list[bytes], next_index: list[int]) -> None:
-        parts = urlsplit(self.url)
-        connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        connection = connection_class(parts.hostname or "127.0.0.1", parts.port, timeout=10)
+    def send_all(self, posts: list[tuple[str, bytes]], next_index: list[int]) -> None:
+        """Post (URL, body) pairs, taking the next one until none is left; one connection per server."""
+        connections: dict[str, http.client.HTTPConnection] = {}
         headers = {"Content-Type": "application/json"}
         try:
             while True:
                 with self.lock:
                     index = next_index[0]
                     next_index[0] += 1
-                if index >= len(bodies):
+                if index >= len(posts):
                     return
                 if self.rate > 0:
                     time.sleep(max(0.0, self._due(index) - time.monotonic()))
-                outcome = self._post(connection, parts.path or "/", bodies[index], headers)
+                url, body = posts[index]
+                parts = urlsplit(url)
+                if parts.netloc not in connections:
+                    kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+                    connections[parts.netloc] = kind(parts.hostname or "127.0.0.1", parts.port, timeout=10)
+                outcome = self._post(connections[parts.netloc], parts.path or "/", body, headers)
                 with self.lock:
                     self.results[outcome] += 1
         finally:
-            connection.close()
+            for connection in connections.values():
+                connection.close()
 
     def _due(self, index: int) -> float:
         return self.start + index / self.rate
@@ -163,15 +207,19 @@ def run_simulate(args: argparse.Namespace) -> int:
     rng = random.Random(args.seed)
     campaign = args.campaign or str(uuid.UUID(int=rng.getrandbits(128), version=4))
     callbacks = build_callbacks(args.messages, campaign, rng, datetime.now(UTC).replace(microsecond=0))
+    replies = build_replies(callbacks, args.replies, rng)
+    inbound_url = args.inbound_url or args.url.rstrip("/") + "/inbound"
+    posts = [(args.url, callback, callback["status"]["updatedDate"]) for callback in callbacks]
+    posts += [(inbound_url, reply, reply["sentDate"]) for reply in replies]
     distinct = len(callbacks)
     if args.duplicates:
-        callbacks += rng.sample(callbacks, k=len(callbacks) // 3)
+        posts += rng.sample(posts, k=len(posts) // 3)
     if args.shuffle:
-        rng.shuffle(callbacks)
-    elif args.duplicates:
-        callbacks.sort(key=lambda callback: callback["status"]["updatedDate"])
-    bodies = [json.dumps(callback).encode() for callback in callbacks]
-    sender = _Sender(args.url, args.rate, Counter(), threading.Lock(), start=time.monotonic())
+        rng.shuffle(posts)
+    else:
+        posts.sort(key=lambda post: post[2])
+    bodies = [(url, json.dumps(document).encode()) for url, document, _ in posts]
+    sender = _Sender(args.rate, Counter(), threading.Lock(), start=time.monotonic())
     next_index = [0]
     threads = [
         threading.Thread(target=sender.send_all, args=(bodies, next_index)) for _ in range(max(1, args.concurrency))
@@ -186,6 +234,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         "campaign_tracking_id": campaign,
         "messages": args.messages,
         "distinct_events": distinct,
+        "replies": len(replies),
         "sent": len(bodies),
         "outcomes": dict(sorted(sender.results.items())),
         "seconds": round(elapsed, 3),
@@ -194,7 +243,10 @@ def run_simulate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"campaign {campaign}: {args.messages} messages, {distinct} distinct callbacks, {len(bodies)} sent")
+        print(
+            f"campaign {campaign}: {args.messages} messages, {distinct} distinct callbacks, {len(replies)} replies,"
+            f" {len(bodies)} sent"
+        )
         print(f"outcomes: {', '.join(f'{k}={v}' for k, v in summary['outcomes'].items())}")
         print(f"{elapsed:.2f}s, {summary['per_second']} callbacks/s")
     ok = sum(count for outcome, count in sender.results.items() if outcome in ("accepted", "duplicate"))

@@ -32,17 +32,17 @@ from http_ingress.allowlist import Allowlist, DnsAllowlist, DnspythonResolver
 from http_ingress.app import create_app
 from http_ingress.connections import Connection, ConnectionPolicy, connection_class
 from http_ingress.errors import http_status
-from http_ingress.schemas import parse_callback
+from http_ingress.schemas import parse_callback, parse_inbound
 from service.broker import Broker
 from service.config import Settings, redact
 from service.errors import RouteeCallbacksError
-from service.ingest import AdjustmentRecorder, ParseCallback, Refusals
+from service.ingest import AdjustmentRecorder, Parsers, Refusals
 from service.log import LocalLog
 from service.metrics import Metrics
 from service.process import WRITER_STOP_SIGNAL, Instance
 from service.server import create_server
 from service.servicer import SERVICE_NAME, MessageStatusServicer
-from service.store import Store, open_store
+from service.store import INBOUND, STATUS, Store, open_store
 from service.tls import ReloadingContext, grpc_certificates, grpc_credentials, http_certificates
 from service.writer_client import RemoteIngest, RemoteLog
 from service.writer_server import Feed, WriterServer
@@ -188,9 +188,12 @@ def build_worker(settings: Settings, instance: Instance) -> WorkerParts:
     return WorkerParts(app, connection_class(policy))
 
 
-def quarantine_parser() -> ParseCallback:
-    """The ingress's parser, for ``quarantine replay``: today's rules applied to bodies refused earlier."""
-    return lambda body: parse_callback(body).callback
+def parsers(metrics: Metrics | None = None) -> Parsers:
+    """The ingress's parsers, by kind of body; with ``metrics``, the fields they adjust are counted and logged.
+    (``quarantine replay`` uses them without: today's rules applied to bodies refused earlier.)"""
+    if metrics is None:
+        return {STATUS: lambda body: parse_callback(body).job, INBOUND: lambda body: parse_inbound(body).job}
+    return {STATUS: AdjustmentRecorder(parse_callback, metrics), INBOUND: AdjustmentRecorder(parse_inbound, metrics)}
 
 
 def refusals(settings: Settings) -> Refusals:
@@ -230,9 +233,7 @@ async def _writer_main(settings: Settings, instance: Instance) -> None:
     log = LocalLog(
         store, metrics.published(feed.broadcast), observe_commit=metrics.observe_commit, after_batch=feed.flush
     )
-    server = WriterServer(
-        log.writer, AdjustmentRecorder(parse_callback, metrics), refusals(settings), instance.writer_socket, feed
-    )
+    server = WriterServer(log.writer, parsers(metrics), refusals(settings), instance.writer_socket, feed)
     await log.start(
         retention_seconds=settings.retention_hours * 3600, quarantine_seconds=settings.quarantine_days * 86400
     )

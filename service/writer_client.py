@@ -22,9 +22,8 @@ from typing import cast
 from service import ipc
 from service.broker import Update
 from service.errors import RejectedError, StoreUnavailableError
-from service.events import EventFilter
 from service.ingest import Kept
-from service.store import LogReader
+from service.store import INBOUND, LogReader
 from service.tail import Tailer
 
 _LOGGER = logging.getLogger(__name__)
@@ -193,17 +192,18 @@ class RemoteIngest:
     def __init__(self, client: WriterClient) -> None:
         self._client = client
 
-    async def status_callback(self, body: bytes, peer: str) -> Kept:
+    async def keep(self, kind: str, body: bytes, peer: str) -> Kept:
         """Send the body; the writer process validates and stores it (or quarantines it and says why not)."""
+        frame_kind = ipc.SUBMIT_INBOUND if kind == INBOUND else ipc.SUBMIT_STATUS
         sequence, tracking_id = await self._client.request(
-            lambda request_id: ipc.request(ipc.SUBMIT_STATUS, request_id, body, peer)
+            lambda request_id: ipc.request(frame_kind, request_id, body, peer)
         )
         return Kept(sequence, tracking_id)
 
-    async def refuse(self, body: bytes, peer: str, error: RejectedError) -> None:
+    async def refuse(self, kind: str, body: bytes, peer: str, error: RejectedError) -> None:
         """Have the writer process quarantine a body this worker refused; its answer is the refusal itself."""
         try:
-            await self._client.request(lambda request_id: ipc.refusal(request_id, peer, error, body))
+            await self._client.request(lambda request_id: ipc.refusal(request_id, peer, error, body, kind))
         except RejectedError:
             return  # Kept: the writer answers with the refusal it recorded.
 
@@ -249,4 +249,4 @@ class RemoteLog:
         await self.tailer.stop()
 
     async def _read_after(self, position: int, limit: int) -> list[Update]:
-        return [Update(event) for event in await self._reader.events_after(position, EventFilter(), limit)]
+        return [Update(entry) for entry in await self._reader.entries_after(position, limit)]

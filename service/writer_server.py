@@ -20,8 +20,8 @@ from service import ipc
 from service.batch_writer import BatchWriter
 from service.broker import Update
 from service.errors import RejectedError, RouteeCallbacksError
-from service.ingest import ParseCallback, Refusals
-from service.store import AppendStatus, Probe
+from service.ingest import Parsers, Refusals, identity
+from service.store import INBOUND, STATUS, Probe
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class Feed:
     def broadcast(self, updates: Sequence[Update]) -> None:
         """Push committed entries to every worker."""
         if self.connections:
-            data = ipc.feed([update.event for update in updates])
+            data = ipc.feed([update.entry for update in updates])
             for connection in list(self.connections):
                 connection.send(data)
 
@@ -51,9 +51,9 @@ class Feed:
 class WriterServer:
     """Serves the workers of one instance on a Unix socket."""
 
-    def __init__(self, writer: BatchWriter, parse: ParseCallback, refusals: Refusals, path: Path, feed: Feed) -> None:
+    def __init__(self, writer: BatchWriter, parsers: Parsers, refusals: Refusals, path: Path, feed: Feed) -> None:
         self._writer = writer
-        self._parse = parse
+        self._parsers = parsers
         self._refusals = refusals
         self._path = path
         self._server: asyncio.AbstractServer | None = None
@@ -77,22 +77,22 @@ class WriterServer:
 
     def handle(self, connection: _WorkerConnection, kind: int, payload: memoryview) -> None:
         """Act on one frame from a worker."""
-        if kind == ipc.SUBMIT_STATUS:
+        if kind in (ipc.SUBMIT_STATUS, ipc.SUBMIT_INBOUND):
+            body_kind = STATUS if kind == ipc.SUBMIT_STATUS else INBOUND
             request_id, peer, body = ipc.parse_request(payload)
             try:
-                callback = self._parse(body)
+                job = self._parsers[body_kind](body)
             except RejectedError as ex:
-                self._keep_refused(connection, request_id, body, peer, ex)
+                self._keep_refused(connection, request_id, body_kind, body, peer, ex)
                 return
             self._writer.enqueue_with(
-                AppendStatus(callback),
-                lambda event, error: _answer(connection, request_id, callback.tracking_id, event, error),
+                job, lambda entry, error: _answer(connection, request_id, identity(job), entry, error)
             )
         elif kind == ipc.REFUSE:
-            request_id, peer, refused, body = ipc.parse_refusal(payload)
-            if not isinstance(refused, RejectedError):
-                raise ipc.FrameError(f"a refusal must name a rejection, not {refused.reason}")
-            self._keep_refused(connection, request_id, body, peer, refused)
+            request_id, peer, refused, body, body_kind = ipc.parse_refusal(payload)
+            if not isinstance(refused, RejectedError) or body_kind not in (STATUS, INBOUND):
+                raise ipc.FrameError(f"a refusal must name a rejection and a kind, not {refused.reason} {body_kind}")
+            self._keep_refused(connection, request_id, body_kind, body, peer, refused)
         elif kind == ipc.PROBE:
             request_id = ipc.parse_request(payload)[0]
             self._writer.enqueue_with(Probe(), lambda result, error: _answer(connection, request_id, "", None, error))
@@ -100,20 +100,20 @@ class WriterServer:
             raise ipc.FrameError(f"unknown frame kind {kind}")
 
     def _keep_refused(
-        self, connection: _WorkerConnection, request_id: int, body: bytes, peer: str, refused: RejectedError
+        self, connection: _WorkerConnection, request_id: int, kind: str, body: bytes, peer: str, refused: RejectedError
     ) -> None:
         """Quarantine the body, then answer the refusal; if it cannot be kept, answer why (503: Routee retries)."""
         self._writer.enqueue_with(
-            self._refusals.job(body, peer, refused),
+            self._refusals.job(kind, body, peer, refused),
             lambda result, error: connection.send(ipc.failed(request_id, refused if error is None else error)),
         )
 
 
 def _answer(
-    connection: _WorkerConnection, request_id: int, tracking_id: str, event: Any, error: RouteeCallbacksError | None
+    connection: _WorkerConnection, request_id: int, tracking_id: str, entry: Any, error: RouteeCallbacksError | None
 ) -> None:
     if error is None:
-        connection.send(ipc.kept(request_id, getattr(event, "sequence", None), tracking_id))
+        connection.send(ipc.kept(request_id, getattr(entry, "sequence", None), tracking_id))
     else:
         connection.send(ipc.failed(request_id, error))
 

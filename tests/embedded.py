@@ -14,14 +14,14 @@ import falcon.asgi
 from http_ingress.allowlist import Allowlist
 from http_ingress.app import create_app
 from http_ingress.errors import http_status
-from http_ingress.schemas import parse_callback
+from http_ingress.schemas import parse_callback, parse_inbound
 from routee.callbacks.v1 import callback_pb2 as pb
 from service.broker import Broker
-from service.events import StoredEvent
+from service.events import StoredEvent, StoredInbound
 from service.ingest import AdjustmentRecorder, LocalIngest, Refusals
 from service.log import LocalLog
 from service.metrics import Metrics
-from service.store import AppendStatus, Store, open_store
+from service.store import INBOUND, STATUS, AppendInbound, AppendStatus, Store, open_store
 
 _T = TypeVar("_T")
 LOOPBACK = Allowlist(allow_cidrs=[ipaddress.ip_network("127.0.0.0/8")])
@@ -39,7 +39,10 @@ class Embedded:
         )
         self.ingest = LocalIngest(
             self.log.writer,
-            AdjustmentRecorder(parse_callback, self.metrics),
+            {
+                STATUS: AdjustmentRecorder(parse_callback, self.metrics),
+                INBOUND: AdjustmentRecorder(parse_inbound, self.metrics),
+            },
             Refusals(lambda error: int(http_status(error)), 1024 * 1024),
         )
         self.app: falcon.asgi.App = create_app(self.ingest, allowlist, self.metrics)
@@ -61,6 +64,11 @@ class Embedded:
             callback = parse_callback(callback).callback
         event: StoredEvent | None = await self.log.writer.submit(AppendStatus(callback))
         return event
+
+    async def append_inbound(self, body: bytes) -> StoredInbound | None:
+        """Store one inbound message (a raw body) through group commit."""
+        entry: StoredInbound | None = await self.log.writer.submit(AppendInbound(parse_inbound(body).message))
+        return entry
 
     async def settle(self, deadline: float = 5.0) -> None:
         """Wait until everything committed so far has been published."""

@@ -120,12 +120,8 @@ def postgres_server(port: int) -> Iterator[PostgresServer]:
     directory = Path(tempfile.mkdtemp(prefix="routee-pg-"))
     if as_user:
         shutil.chown(directory, "postgres")
-    subprocess.run(
-        [*as_user, str(_bindir() / "initdb"), "-D", str(directory / "data"), "-U", "postgres", "--auth=trust"]
-        + ["-E", "UTF8"],
-        check=True,
-        capture_output=True,
-    )
+    initdb = [str(_bindir() / "initdb"), "-D", str(directory / "data"), "-U", "postgres", "--auth=trust", "-E", "UTF8"]
+    subprocess.run([*as_user, *initdb], check=True, capture_output=True)
     server = PostgresServer(directory, port, _launch(directory, port, as_user), as_user)
     try:
         _wait_ready(port, directory)

@@ -28,7 +28,9 @@ from routee.callbacks.v1 import message_status_service_pb2 as pb2
 from routee.callbacks.v1 import message_status_service_pb2_grpc as pb2_grpc
 
 FIXTURES = Path(__file__).parent / "fixtures" / "viber"
+INBOUND_FIXTURES = Path(__file__).parent / "fixtures" / "viber_inbound"
 CALLBACKS_PATH = "/v1/callbacks/viber"
+INBOUND_PATH = "/v1/callbacks/viber/inbound"
 # serve options for tests that are not about the allowlist: no DNS, every loopback address may post.
 OPEN = ("--allowlist-host", "", "--allow-cidr", "127.0.0.0/8")
 
@@ -36,6 +38,11 @@ OPEN = ("--allowlist-host", "", "--allow-cidr", "127.0.0.0/8")
 def fixture_bodies() -> dict[str, bytes]:
     """Every fixture callback by file name."""
     return {path.name: path.read_bytes() for path in sorted(FIXTURES.glob("*.json"))}
+
+
+def inbound_bodies() -> dict[str, bytes]:
+    """Every fixture inbound message (a reply) by file name."""
+    return {path.name: path.read_bytes() for path in sorted(INBOUND_FIXTURES.glob("*.json"))}
 
 
 def fixture(name: str) -> dict[str, Any]:
@@ -308,14 +315,24 @@ class ServiceProcess:
 
 
 class StreamCollector:
-    """Reads a StreamStatusUpdates stream on a thread and keeps every item."""
+    """Reads a StreamStatusUpdates (or StreamInboundMessages) stream on a thread and keeps every item."""
 
-    def __init__(self, target: str, request: pb2.StreamStatusUpdatesRequest, *, own_connection: bool = False) -> None:
+    def __init__(
+        self,
+        target: str,
+        request: pb2.StreamStatusUpdatesRequest | pb2.StreamInboundMessagesRequest,
+        *,
+        own_connection: bool = False,
+    ) -> None:
         # Channels of one process share their TCP connections unless told not to (gRPC's global subchannel pool).
         options = [("grpc.use_local_subchannel_pool", 1)] if own_connection else []
         self._channel = grpc.insecure_channel(target, options=options)
-        self._call = pb2_grpc.MessageStatusServiceStub(self._channel).StreamStatusUpdates(request)
-        self.items: list[pb2.StreamStatusUpdatesResponse] = []
+        stub = pb2_grpc.MessageStatusServiceStub(self._channel)
+        if isinstance(request, pb2.StreamInboundMessagesRequest):
+            self._call = stub.StreamInboundMessages(request)
+        else:
+            self._call = stub.StreamStatusUpdates(request)
+        self.items: list[Any] = []
         self.error: grpc.RpcError | None = None
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._call.initial_metadata()  # The subscription is registered once headers arrive.
@@ -329,11 +346,15 @@ class StreamCollector:
             self.error = ex
 
     @property
-    def updates(self) -> list[pb2.StatusUpdate]:
-        """The status updates received so far."""
-        return [item.status_update for item in self.items if item.HasField("status_update")]
+    def updates(self) -> list[Any]:
+        """The status updates (or inbound messages) received so far."""
+        return [
+            getattr(item, kind)
+            for item in list(self.items)
+            if (kind := item.WhichOneof("item")) in ("status_update", "inbound_message")
+        ]
 
-    def wait_for(self, count: int, timeout: float = 10.0) -> list[pb2.StatusUpdate]:
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[Any]:
         """Wait until ``count`` updates arrived; fail with what arrived otherwise."""
         end = time.monotonic() + timeout
         while len(self.updates) < count and time.monotonic() < end and self._thread.is_alive():

@@ -1,6 +1,7 @@
 """The store is the log: the contract every engine (``sqlite``, ``postgres``) keeps.
 
-Every distinct status event gets a sequence. **Sequences become visible in
+Every distinct status event and every distinct inbound message (a reply)
+gets a sequence, from one counter: together they are the log. **Sequences become visible in
 commit order**: when a reader can see sequence ``n``, every sequence below
 ``n`` that will ever exist is already visible (or was pruned). Each engine
 serialises the assignment of sequences inside its write transaction to keep
@@ -31,7 +32,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from routee.callbacks.v1 import callback_pb2 as pb
-from service.events import EventFilter, StoredEvent
+from service.events import Entry, EventFilter, StoredEvent, StoredInbound
+
+#: What a body posted to the service is: a status callback, or an inbound message (a reply).
+STATUS = "status"
+INBOUND = "inbound"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +44,14 @@ class AppendStatus:
     """Store one validated status callback; the result is its StoredEvent, or None for a duplicate."""
 
     callback: pb.ViberCallback
+
+
+@dataclass(frozen=True, slots=True)
+class AppendInbound:
+    """Store one validated inbound message; the result is its StoredInbound, or None for a duplicate (the same
+    content stored before: it has no id of its own)."""
+
+    message: pb.InboundMessage
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,15 +81,16 @@ class Quarantine:
     reason: str
     detail: str
     max_bytes: int
+    kind: str = STATUS  #: What it was posted as: STATUS or INBOUND.
 
 
 @dataclass(frozen=True, slots=True)
 class Release:
-    """Store a quarantined body that now passes as a normal event, and take it out of the quarantine, in one
-    transaction; the result is its StoredEvent, or None when it was a duplicate by now."""
+    """Store a quarantined body that now passes, and take it out of the quarantine, in one transaction; the result
+    is that of ``append``."""
 
     quarantine_id: int
-    callback: pb.ViberCallback
+    append: AppendStatus | AppendInbound
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +102,7 @@ class DropQuarantined:
     seen_before_us: int | None = None
 
 
-Job = AppendStatus | Probe | PruneChunk | Quarantine | Release | DropQuarantined
+Job = AppendStatus | AppendInbound | Probe | PruneChunk | Quarantine | Release | DropQuarantined
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +118,7 @@ class Quarantined:
     detail: str
     attempts: int
     body: bytes
+    kind: str  #: What it was posted as: STATUS or INBOUND.
 
 
 @dataclass(slots=True)
@@ -111,7 +126,7 @@ class WriteResult:
     """What one committed transaction did: a result per job, in job order, and the new entries in sequence order."""
 
     results: list[Any] = field(default_factory=list)
-    entries: list[StoredEvent] = field(default_factory=list)
+    entries: list[Entry] = field(default_factory=list)
 
 
 class LogWriter(Protocol):
@@ -127,9 +142,6 @@ class LogWriter(Protocol):
     async def head(self) -> int:
         """Return the greatest sequence committed by anyone (0 when none)."""
 
-    async def entries_after(self, after_sequence: int, limit: int) -> list[StoredEvent]:
-        """Return up to ``limit`` committed entries with a greater sequence, in order."""
-
     async def wait_for_commits(self, within: float) -> None:
         """Return when another process may have committed, or after ``within`` seconds."""
 
@@ -143,8 +155,15 @@ class LogReader(Protocol):
     async def history(self, tracking_id: str) -> list[StoredEvent]:
         """Return every event of a message, in precedence order (its current status last)."""
 
-    async def events_after(self, after_sequence: int, event_filter: EventFilter, limit: int) -> list[StoredEvent]:
-        """Return up to ``limit`` events of the filter with a greater sequence, in order."""
+    async def entries_after(self, after_sequence: int, limit: int) -> list[Entry]:
+        """Return up to ``limit`` committed entries (of both kinds) with a greater sequence, in order."""
+
+    async def replies(self, tracking_id: str) -> list[StoredInbound]:
+        """Return the inbound messages that answer a message, oldest first."""
+
+    async def events_after(self, after_sequence: int, event_filter: EventFilter, limit: int) -> Sequence[Entry]:
+        """Return up to ``limit`` entries of the filter (status events, or inbound messages) with a greater
+        sequence, in order."""
 
     async def snapshot(self, event_filter: EventFilter) -> tuple[list[StoredEvent], int]:
         """Return the current-status event of every message of the filter and the sequence it is consistent with."""
@@ -170,6 +189,13 @@ class Store(LogWriter, LogReader, Protocol):
 
     async def close(self) -> None:
         """Close every connection."""
+
+
+def merge_entries(events: Sequence[StoredEvent], inbound: Sequence[StoredInbound], limit: int) -> list[Entry]:
+    """The first ``limit`` entries of two pages read after the same sequence, each in order, in sequence order."""
+    merged: list[Entry] = [*events, *inbound]
+    merged.sort(key=lambda entry: entry.sequence)
+    return merged[:limit]
 
 
 def body_digest(body: bytes) -> str:

@@ -1,16 +1,20 @@
-"""Plans a batch of status callbacks without a database: which are duplicates, which sequence each new event
-gets, and which becomes its message's current status. Engines read what the plan needs, then write what it says.
+"""Plans a batch without a database: which callbacks and inbound messages are duplicates, which sequence each
+new entry gets, and which event becomes its message's current status. Engines read what the plan needs, then
+write what it says.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from routee.callbacks.v1 import callback_pb2 as pb
 from service.convert import normalise_status_name
-from service.events import StoredEvent
+from service.events import StoredEvent, StoredInbound
 from service.order import lifecycle_rank, precedence
+from service.store import AppendInbound, AppendStatus, Job, Release
 
 #: A distinct event: tracking id, case-folded status name, ``updatedDate`` in microseconds.
 EventKey = tuple[str, str, int]
@@ -119,4 +123,89 @@ def plan_status(
             state[tracking_id] = plan.messages[tracking_id] = Current(
                 callback.campaign_tracking_id, status, update_us, rank, sequence
             )
+    return plan
+
+
+# -- inbound messages ---------------------------------------------------------------------------------------------
+
+
+def appends(jobs: Sequence[Job]) -> tuple[list[pb.ViberCallback], list[pb.InboundMessage]]:
+    """The status callbacks and the inbound messages a batch appends (releases from quarantine included)."""
+    callbacks: list[pb.ViberCallback] = []
+    messages: list[pb.InboundMessage] = []
+    for job in jobs:
+        append = job.append if isinstance(job, Release) else job
+        if isinstance(append, AppendStatus):
+            callbacks.append(append.callback)
+        elif isinstance(append, AppendInbound):
+            messages.append(append.message)
+    return callbacks, messages
+
+
+def inbound_key(message: pb.InboundMessage) -> str:
+    """What an inbound message is recognised by when Routee posts it again (it has no id): who sent what, when,
+    in answer to which message."""
+    sent = message.send_time
+    parts = [
+        message.sender,
+        message.recipient,
+        sent.seconds * 1_000_000 + sent.nanos // 1000,
+        message.reference_tracking_id,
+        message.text,
+        message.media_url,
+        message.file_name,
+    ]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class NewInbound:
+    """An inbound message to insert, with the key it is recognised by."""
+
+    entry: StoredInbound
+    key: str
+
+
+@dataclass(slots=True)
+class InboundPlan:
+    """What to write for a batch of inbound messages."""
+
+    #: Per message, in batch order: its new entry, or None for a duplicate.
+    results: list[StoredInbound | None] = field(default_factory=list)
+    #: New entries, in sequence order.
+    entries: list[NewInbound] = field(default_factory=list)
+    #: The greatest sequence after the batch.
+    last_sequence: int = 0
+
+
+def plan_inbound(
+    messages: Sequence[pb.InboundMessage],
+    keys: Sequence[str],
+    *,
+    existing: set[str],
+    last_sequence: int,
+    receive_us: int,
+) -> InboundPlan:
+    """Plan a batch of inbound messages, ``keys`` their inbound keys; sequences follow ``last_sequence``."""
+    plan = InboundPlan(last_sequence=last_sequence)
+    seen = set(existing)
+    for message, key in zip(messages, keys, strict=True):
+        if key in seen:
+            plan.results.append(None)
+            continue
+        seen.add(key)
+        plan.last_sequence += 1
+        stored = pb.InboundMessage()
+        stored.CopyFrom(message)
+        stored.sequence = plan.last_sequence
+        stored.receive_time.FromMicroseconds(receive_us)
+        entry = StoredInbound(
+            plan.last_sequence,
+            message.campaign_tracking_id,
+            message.reference_tracking_id,
+            receive_us,
+            stored.SerializeToString(),
+        )
+        plan.entries.append(NewInbound(entry, key))
+        plan.results.append(entry)
     return plan

@@ -27,9 +27,10 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from service.errors import StartupError, StoreUnavailableError
-from service.events import EventFilter, StoredEvent
+from service.events import Entry, EventFilter, StoredEvent, StoredInbound
 from service.order import order_by
 from service.store import (
+    AppendInbound,
     AppendStatus,
     DropQuarantined,
     Job,
@@ -40,9 +41,20 @@ from service.store import (
     Release,
     WriteResult,
     body_digest,
+    merge_entries,
     oldest_beyond,
 )
-from service.store.plan import Current, StatusPlan, event_key, plan_status, tracking_ids
+from service.store.plan import (
+    Current,
+    InboundPlan,
+    StatusPlan,
+    appends,
+    event_key,
+    inbound_key,
+    plan_inbound,
+    plan_status,
+    tracking_ids,
+)
 
 _LOGGER = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -116,9 +128,24 @@ _MIGRATIONS = (
     CREATE INDEX IF NOT EXISTS quarantine_by_last ON quarantine (last_us, id);
     INSERT INTO meta (key, value) VALUES ('quarantine_bytes', 0) ON CONFLICT (key) DO NOTHING;
     """,
+    # Inbound messages (replies): entries of the same log, their sequences from the same counter.
+    """
+    CREATE TABLE IF NOT EXISTS inbound (
+        sequence BIGINT PRIMARY KEY,
+        content_key TEXT NOT NULL UNIQUE,
+        campaign_tracking_id TEXT NOT NULL,
+        reference_tracking_id TEXT NOT NULL,
+        receive_us BIGINT NOT NULL,
+        message BYTEA NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS inbound_by_campaign ON inbound (campaign_tracking_id, sequence);
+    CREATE INDEX IF NOT EXISTS inbound_by_reference ON inbound (reference_tracking_id, sequence);
+    ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS kind TEXT NOT NULL DEFAULT 'status';
+    """,
 )
 
-_QUARANTINE_COLUMNS = "id, received_us, last_us, peer, status, reason, detail, attempts, body"
+_QUARANTINE_COLUMNS = "id, received_us, last_us, peer, status, reason, detail, attempts, body, kind"
+_INBOUND_COLUMNS = "sequence, campaign_tracking_id, reference_tracking_id, receive_us, message"
 _EVENT_COLUMNS = (
     "sequence, tracking_id, campaign_tracking_id, status, status_name, update_us, receive_us, was_current, callback"
 )
@@ -199,20 +226,20 @@ class PostgresStore:
             raise
 
     async def _run(self, connection: psycopg.AsyncConnection[Any], jobs: Sequence[Job], now_us: int) -> WriteResult:
-        callbacks = [job.callback for job in jobs if isinstance(job, AppendStatus | Release)]
-        result = WriteResult()
-        plan = StatusPlan()
-        if callbacks:
-            plan = await _plan(connection, callbacks, now_us)
-            if plan.events:
-                await _apply(connection, plan)
-                result.entries = [new.event for new in plan.events]
-        planned = iter(plan.results)
+        callbacks, messages = appends(jobs)
+        plan, inbound = StatusPlan(), InboundPlan()
+        if callbacks or messages:
+            plan, inbound = await _plan(connection, callbacks, messages, now_us)
+            await _apply(connection, plan, inbound)
+        result = WriteResult(entries=[new.event for new in plan.events] + [new.entry for new in inbound.entries])
+        statuses, replies = iter(plan.results), iter(inbound.results)
         for job in jobs:
             if isinstance(job, AppendStatus):
-                result.results.append(next(planned))
+                result.results.append(next(statuses))
+            elif isinstance(job, AppendInbound):
+                result.results.append(next(replies))
             elif isinstance(job, Release):
-                result.results.append(next(planned))
+                result.results.append(next(statuses if isinstance(job.append, AppendStatus) else replies))
                 await _drop_quarantined(connection, DropQuarantined(ids=(job.quarantine_id,)))
             elif isinstance(job, Quarantine):
                 result.results.append(await _quarantine(connection, job, now_us))
@@ -232,9 +259,21 @@ class PostgresStore:
         # Reads go through the reading pool: the writing connection may be in the middle of a transaction.
         return await self.last_sequence()
 
-    async def entries_after(self, after_sequence: int, limit: int) -> list[StoredEvent]:
-        """Return up to ``limit`` committed entries after ``after_sequence``."""
-        return await self.events_after(after_sequence, EventFilter(), limit)
+    async def entries_after(self, after_sequence: int, limit: int) -> list[Entry]:
+        """Return up to ``limit`` committed entries of both kinds after ``after_sequence``, in order."""
+
+        async def read(connection: psycopg.AsyncConnection[Any]) -> list[Entry]:
+            events = await connection.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE sequence > %s ORDER BY sequence LIMIT %s",
+                (after_sequence, limit),
+            )
+            inbound = await connection.execute(
+                f"SELECT {_INBOUND_COLUMNS} FROM inbound WHERE sequence > %s ORDER BY sequence LIMIT %s",
+                (after_sequence, limit),
+            )
+            return merge_entries(_events(await events.fetchall()), _inbound(await inbound.fetchall()), limit)
+
+        return await self._read(read)
 
     async def wait_for_commits(self, within: float) -> None:
         """Wait for another process's NOTIFY, or ``within`` seconds; while the server is away, just wait."""
@@ -296,16 +335,31 @@ class PostgresStore:
 
         return await self._read(read)
 
-    async def events_after(self, after_sequence: int, event_filter: EventFilter, limit: int) -> list[StoredEvent]:
-        """Return up to ``limit`` events of the filter with a sequence greater than ``after_sequence``, in order."""
-        where, params = _where(event_filter, "")
+    async def replies(self, tracking_id: str) -> list[StoredInbound]:
+        """Return the inbound messages that answer a message, oldest first."""
 
-        async def read(connection: psycopg.AsyncConnection[Any]) -> list[StoredEvent]:
+        async def read(connection: psycopg.AsyncConnection[Any]) -> list[StoredInbound]:
             cursor = await connection.execute(
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE sequence > %s{where} ORDER BY sequence LIMIT %s",
+                f"SELECT {_INBOUND_COLUMNS} FROM inbound WHERE reference_tracking_id = %s ORDER BY sequence",
+                (tracking_id,),
+            )
+            return _inbound(await cursor.fetchall())
+
+        return await self._read(read)
+
+    async def events_after(self, after_sequence: int, event_filter: EventFilter, limit: int) -> Sequence[Entry]:
+        """Return up to ``limit`` entries of the filter with a sequence greater than ``after_sequence``, in order."""
+        where, params = _where(event_filter, "")
+        table, columns, build = (
+            ("inbound", _INBOUND_COLUMNS, _inbound) if event_filter.inbound else ("events", _EVENT_COLUMNS, _events)
+        )
+
+        async def read(connection: psycopg.AsyncConnection[Any]) -> Sequence[Entry]:
+            cursor = await connection.execute(
+                f"SELECT {columns} FROM {table} WHERE sequence > %s{where} ORDER BY sequence LIMIT %s",
                 (after_sequence, *params, limit),
             )
-            return _events(await cursor.fetchall())
+            return build(await cursor.fetchall())
 
         return await self._read(read)
 
@@ -357,7 +411,7 @@ class PostgresStore:
 
 
 def _quarantined(row: Any) -> Quarantined:
-    return Quarantined(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], bytes(row[8]))
+    return Quarantined(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], bytes(row[8]), row[9])
 
 
 def _name(conninfo: str) -> str:
@@ -381,8 +435,14 @@ def _migrate(connection: psycopg.Connection[Any]) -> None:
             connection.execute("INSERT INTO schema_version (version) VALUES (%s)", (number,))
 
 
-async def _plan(connection: psycopg.AsyncConnection[Any], callbacks: Sequence[Any], receive_us: int) -> StatusPlan:
+async def _plan(
+    connection: psycopg.AsyncConnection[Any],
+    callbacks: Sequence[Any],
+    messages: Sequence[Any],
+    receive_us: int,
+) -> tuple[StatusPlan, InboundPlan]:
     keys = [event_key(callback) for callback in callbacks]
+    content_keys = [inbound_key(message) for message in messages]
     # The log's lock first: held until commit, so sequences become visible in commit order. The reads after it
     # run once it is held (each statement sees what committed before it started).
     head = await connection.execute("SELECT value FROM meta WHERE key = 'last_sequence' FOR UPDATE")
@@ -394,15 +454,19 @@ async def _plan(connection: psycopg.AsyncConnection[Any], callbacks: Sequence[An
         " AND e.status_key = batch.status_key AND e.update_us = batch.update_us) AS found",
         ([key[0] for key in keys], [key[1] for key in keys], [key[2] for key in keys]),
     )
-    messages = await connection.execute(
+    current_rows = await connection.execute(
         "SELECT m.tracking_id, m.campaign_tracking_id, e.status, m.update_us, m.rank, m.current_sequence"
         " FROM messages m JOIN events e ON e.sequence = m.current_sequence WHERE m.tracking_id = ANY(%b)",
         (tracking_ids(callbacks),),
     )
-    row = await head.fetchone()  # The first fetch sends all three and waits once.
+    inbound_rows = await connection.execute(
+        "SELECT content_key FROM inbound WHERE content_key = ANY(%b)", (content_keys,)
+    )
+    row = await head.fetchone()  # The first fetch sends them all and waits once.
     existing = {(row[0], row[1], row[2]) for row in await stored.fetchall()}
-    current = {row[0]: Current(row[1], row[2], row[3], row[4], row[5]) for row in await messages.fetchall()}
-    return plan_status(
+    current = {row[0]: Current(row[1], row[2], row[3], row[4], row[5]) for row in await current_rows.fetchall()}
+    existing_inbound = {row[0] for row in await inbound_rows.fetchall()}
+    plan = plan_status(
         callbacks,
         keys,
         existing=existing,
@@ -410,46 +474,67 @@ async def _plan(connection: psycopg.AsyncConnection[Any], callbacks: Sequence[An
         last_sequence=int(row[0]) if row else 0,
         receive_us=receive_us,
     )
+    inbound = plan_inbound(
+        messages, content_keys, existing=existing_inbound, last_sequence=plan.last_sequence, receive_us=receive_us
+    )
+    return plan, inbound
 
 
-async def _apply(connection: psycopg.AsyncConnection[Any], plan: StatusPlan) -> None:
+async def _apply(connection: psycopg.AsyncConnection[Any], plan: StatusPlan, inbound: InboundPlan) -> None:
     # Binary parameters (%b): arrays of bytea sent as text would be hex, twice the size and parsed (measured 3x).
-    events = [new.event for new in plan.events]
-    await connection.execute(
-        "INSERT INTO events (sequence, tracking_id, campaign_tracking_id, status_key, status, status_name, rank,"
-        " update_us, receive_us, was_current, callback)"
-        " SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::smallint[], %b::text[],"
-        " %b::smallint[], %b::bigint[], %b::bigint[], %b::boolean[], %b::bytea[])",
-        (
-            [event.sequence for event in events],
-            [event.tracking_id for event in events],
-            [event.campaign_tracking_id for event in events],
-            [new.status_key for new in plan.events],
-            [event.status for event in events],
-            [event.status_name for event in events],
-            [new.rank for new in plan.events],
-            [event.update_us for event in events],
-            [event.receive_us for event in events],
-            [event.is_current for event in events],
-            [event.callback for event in events],
-        ),
-    )
-    messages = list(plan.messages.items())
-    await connection.execute(
-        "INSERT INTO messages (tracking_id, campaign_tracking_id, current_sequence, update_us, rank)"
-        " SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::smallint[])"
-        " ON CONFLICT (tracking_id) DO UPDATE SET campaign_tracking_id = excluded.campaign_tracking_id,"
-        " current_sequence = excluded.current_sequence, update_us = excluded.update_us, rank = excluded.rank",
-        (
-            [tracking_id for tracking_id, _ in messages],
-            [now.campaign_tracking_id for _, now in messages],
-            [now.sequence for _, now in messages],
-            [now.update_us for _, now in messages],
-            [now.rank for _, now in messages],
-        ),
-    )
-    await _set_meta(connection, "last_sequence", plan.last_sequence)
-    await connection.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(plan.last_sequence)))
+    if plan.events:
+        events = [new.event for new in plan.events]
+        await connection.execute(
+            "INSERT INTO events (sequence, tracking_id, campaign_tracking_id, status_key, status, status_name, rank,"
+            " update_us, receive_us, was_current, callback)"
+            " SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::smallint[], %b::text[],"
+            " %b::smallint[], %b::bigint[], %b::bigint[], %b::boolean[], %b::bytea[])",
+            (
+                [event.sequence for event in events],
+                [event.tracking_id for event in events],
+                [event.campaign_tracking_id for event in events],
+                [new.status_key for new in plan.events],
+                [event.status for event in events],
+                [event.status_name for event in events],
+                [new.rank for new in plan.events],
+                [event.update_us for event in events],
+                [event.receive_us for event in events],
+                [event.is_current for event in events],
+                [event.callback for event in events],
+            ),
+        )
+        messages = list(plan.messages.items())
+        await connection.execute(
+            "INSERT INTO messages (tracking_id, campaign_tracking_id, current_sequence, update_us, rank)"
+            " SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::smallint[])"
+            " ON CONFLICT (tracking_id) DO UPDATE SET campaign_tracking_id = excluded.campaign_tracking_id,"
+            " current_sequence = excluded.current_sequence, update_us = excluded.update_us, rank = excluded.rank",
+            (
+                [tracking_id for tracking_id, _ in messages],
+                [now.campaign_tracking_id for _, now in messages],
+                [now.sequence for _, now in messages],
+                [now.update_us for _, now in messages],
+                [now.rank for _, now in messages],
+            ),
+        )
+    if inbound.entries:
+        entries = [new.entry for new in inbound.entries]
+        await connection.execute(
+            "INSERT INTO inbound (sequence, content_key, campaign_tracking_id, reference_tracking_id, receive_us,"
+            " message) SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::bigint[],"
+            " %b::bytea[])",
+            (
+                [entry.sequence for entry in entries],
+                [new.key for new in inbound.entries],
+                [entry.campaign_tracking_id for entry in entries],
+                [entry.reference_tracking_id for entry in entries],
+                [entry.receive_us for entry in entries],
+                [entry.message for entry in entries],
+            ),
+        )
+    if plan.events or inbound.entries:
+        await _set_meta(connection, "last_sequence", inbound.last_sequence)
+        await connection.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(inbound.last_sequence)))
 
 
 def _where(event_filter: EventFilter, prefix: str) -> tuple[str, tuple[object, ...]]:
@@ -468,6 +553,10 @@ def _events(rows: Any) -> list[StoredEvent]:
     return [
         StoredEvent(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]), bytes(row[8])) for row in rows
     ]
+
+
+def _inbound(rows: Any) -> list[StoredInbound]:
+    return [StoredInbound(row[0], row[1], row[2], row[3], bytes(row[4])) for row in rows]
 
 
 async def _ameta(connection: psycopg.AsyncConnection[Any], key: str) -> int:
@@ -498,8 +587,8 @@ async def _quarantine(connection: psycopg.AsyncConnection[Any], job: Quarantine,
     inserted = await (
         await connection.execute(
             "INSERT INTO quarantine (body_hash, received_us, last_us, peer, status, reason, detail, attempts, size,"
-            " body) VALUES (%s, %s, %s, %s, %s, %s, %s, 1, %s, %b) RETURNING id",
-            (digest, now_us, now_us, job.peer, job.status, job.reason, job.detail, len(job.body), job.body),
+            " body, kind) VALUES (%s, %s, %s, %s, %s, %s, %s, 1, %s, %b, %s) RETURNING id",
+            (digest, now_us, now_us, job.peer, job.status, job.reason, job.detail, len(job.body), job.body, job.kind),
         )
     ).fetchone()
     assert inserted is not None
@@ -531,7 +620,8 @@ async def _drop_quarantined(connection: psycopg.AsyncConnection[Any], job: DropQ
 
 
 async def _prune_chunk(connection: psycopg.AsyncConnection[Any], cutoff_us: int, chunk: int) -> int:
-    """Delete up to ``chunk`` of the oldest events received before the cutoff; one instance at a time."""
+    """Delete up to ``chunk`` of the oldest entries of each kind received before the cutoff; one instance at a
+    time."""
     row = await (await connection.execute("SELECT pg_try_advisory_xact_lock(%s)", (_PRUNE_LOCK,))).fetchone()
     if not row or not row[0]:
         return 0  # Another instance is pruning now.
@@ -543,12 +633,19 @@ async def _prune_chunk(connection: psycopg.AsyncConnection[Any], cutoff_us: int,
             (cutoff_us, chunk),
         )
     ).fetchall()
-    if not deleted:
+    replies = await (
+        await connection.execute(
+            "DELETE FROM inbound WHERE sequence IN"
+            " (SELECT sequence FROM inbound WHERE receive_us < %s ORDER BY sequence LIMIT %s) RETURNING sequence",
+            (cutoff_us, chunk),
+        )
+    ).fetchall()
+    if not deleted and not replies:
         return 0
     await connection.execute(
         "INSERT INTO meta (key, value) VALUES ('pruned_through', %s)"
         " ON CONFLICT (key) DO UPDATE SET value = GREATEST(meta.value, excluded.value)",
-        (max(sequence for sequence, _ in deleted),),
+        (max(row[0] for row in [*deleted, *replies]),),
     )
     # A message whose current event was pruned takes its best remaining event as current, or is forgotten.
     orphaned = [
@@ -568,4 +665,4 @@ async def _prune_chunk(connection: psycopg.AsyncConnection[Any], cutoff_us: int,
             f" FROM events WHERE tracking_id = ANY(%s) ORDER BY tracking_id, {order_by(descending=True)}",
             (orphaned,),
         )
-    return len(deleted)
+    return len(deleted) + len(replies)

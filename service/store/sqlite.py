@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from service.errors import StartupError, StoreUnavailableError
-from service.events import EventFilter, StoredEvent
+from service.events import Entry, EventFilter, StoredEvent, StoredInbound
 from service.order import order_by
 from service.store import (
+    AppendInbound,
     AppendStatus,
     DropQuarantined,
     Job,
@@ -34,14 +35,27 @@ from service.store import (
     Release,
     WriteResult,
     body_digest,
+    merge_entries,
     oldest_beyond,
 )
-from service.store.plan import Current, EventKey, StatusPlan, event_key, plan_status, tracking_ids
+from service.store.plan import (
+    Current,
+    EventKey,
+    InboundPlan,
+    StatusPlan,
+    appends,
+    event_key,
+    inbound_key,
+    plan_inbound,
+    plan_status,
+    tracking_ids,
+)
 
 _LOGGER = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-# Each entry upgrades the schema by one version (PRAGMA user_version); never edit one that has shipped.
+# Each entry upgrades the schema by one version (PRAGMA user_version); never edit one that has shipped. Scripts
+# are split into statements at semicolons: none in comments.
 _MIGRATIONS = (
     """
     CREATE TABLE IF NOT EXISTS events (
@@ -92,9 +106,24 @@ _MIGRATIONS = (
     CREATE INDEX IF NOT EXISTS quarantine_by_last ON quarantine (last_us, id);
     INSERT OR IGNORE INTO meta (key, value) VALUES ('quarantine_bytes', 0);
     """,
+    # Inbound messages (replies): entries of the same log, their sequences from the same counter.
+    """
+    CREATE TABLE IF NOT EXISTS inbound (
+        sequence INTEGER PRIMARY KEY,
+        content_key TEXT NOT NULL UNIQUE,            -- plan.inbound_key: a retry is recognised by its content
+        campaign_tracking_id TEXT NOT NULL,          -- '' when it has none
+        reference_tracking_id TEXT NOT NULL,         -- the message it answers, '' when unknown
+        receive_us INTEGER NOT NULL,
+        message BLOB NOT NULL                        -- InboundMessage, serialized protobuf
+    );
+    CREATE INDEX IF NOT EXISTS inbound_by_campaign ON inbound (campaign_tracking_id, sequence);
+    CREATE INDEX IF NOT EXISTS inbound_by_reference ON inbound (reference_tracking_id, sequence);
+    ALTER TABLE quarantine ADD COLUMN kind TEXT NOT NULL DEFAULT 'status';
+    """,
 )
 
-_QUARANTINE_COLUMNS = "id, received_us, last_us, peer, status, reason, detail, attempts, body"
+_QUARANTINE_COLUMNS = "id, received_us, last_us, peer, status, reason, detail, attempts, body, kind"
+_INBOUND_COLUMNS = "sequence, campaign_tracking_id, reference_tracking_id, receive_us, message"
 _EVENT_COLUMNS = (
     "sequence, tracking_id, campaign_tracking_id, status, status_name, update_us, receive_us, was_current, callback"
 )
@@ -204,17 +233,23 @@ class SqliteStore:
 
     def _run(self, connection: sqlite3.Connection, jobs: Sequence[Job], now_us: int) -> WriteResult:
         last = _meta(connection, "last_sequence")
-        callbacks = [job.callback for job in jobs if isinstance(job, AppendStatus | Release)]
+        callbacks, messages = appends(jobs)
         plan = _plan(connection, callbacks, last, now_us) if callbacks else StatusPlan(last_sequence=last)
-        if plan.events:
-            _apply(connection, plan)
-        planned = iter(plan.results)
-        result = WriteResult(entries=[new.event for new in plan.events])
+        inbound = (
+            _plan_inbound(connection, messages, plan.last_sequence, now_us)
+            if messages
+            else InboundPlan(last_sequence=plan.last_sequence)
+        )
+        _apply(connection, plan, inbound)
+        statuses, replies = iter(plan.results), iter(inbound.results)
+        result = WriteResult(entries=[new.event for new in plan.events] + [new.entry for new in inbound.entries])
         for job in jobs:
             if isinstance(job, AppendStatus):
-                result.results.append(next(planned))
+                result.results.append(next(statuses))
+            elif isinstance(job, AppendInbound):
+                result.results.append(next(replies))
             elif isinstance(job, Release):
-                result.results.append(next(planned))
+                result.results.append(next(statuses if isinstance(job.append, AppendStatus) else replies))
                 _drop_quarantined(connection, DropQuarantined(ids=(job.quarantine_id,)))
             elif isinstance(job, Quarantine):
                 result.results.append(_quarantine(connection, job, now_us))
@@ -248,9 +283,23 @@ class SqliteStore:
         """Return the greatest sequence committed by anyone (on a reader thread, like every read of the log)."""
         return await self._read(lambda connection: _meta(connection, "last_sequence"))
 
-    async def entries_after(self, after_sequence: int, limit: int) -> list[StoredEvent]:
-        """Return up to ``limit`` committed entries after ``after_sequence``."""
-        return await self.events_after(after_sequence, EventFilter(), limit)
+    async def entries_after(self, after_sequence: int, limit: int) -> list[Entry]:
+        """Return up to ``limit`` committed entries of both kinds after ``after_sequence``, in order."""
+
+        def read(connection: sqlite3.Connection) -> list[Entry]:
+            events = _events(
+                connection,
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE sequence > ? ORDER BY sequence LIMIT ?",
+                (after_sequence, limit),
+            )
+            inbound = _inbound(
+                connection,
+                f"SELECT {_INBOUND_COLUMNS} FROM inbound WHERE sequence > ? ORDER BY sequence LIMIT ?",
+                (after_sequence, limit),
+            )
+            return merge_entries(events, inbound, limit)
+
+        return await self._read(read)
 
     async def wait_for_commits(self, within: float) -> None:
         """Poll ``PRAGMA data_version`` until another connection commits, or time is up.
@@ -320,9 +369,28 @@ class SqliteStore:
             inline=True,
         )
 
-    async def events_after(self, after_sequence: int, event_filter: EventFilter, limit: int) -> list[StoredEvent]:
-        """Return up to ``limit`` events of the filter with a sequence greater than ``after_sequence``, in order."""
+    async def replies(self, tracking_id: str) -> list[StoredInbound]:
+        """Return the inbound messages that answer a message, oldest first."""
+        return await self._read(
+            lambda connection: _inbound(
+                connection,
+                f"SELECT {_INBOUND_COLUMNS} FROM inbound WHERE reference_tracking_id = ? ORDER BY sequence",
+                (tracking_id,),
+            ),
+            inline=True,
+        )
+
+    async def events_after(self, after_sequence: int, event_filter: EventFilter, limit: int) -> Sequence[Entry]:
+        """Return up to ``limit`` entries of the filter with a sequence greater than ``after_sequence``, in order."""
         where, params = _where(event_filter, "")
+        if event_filter.inbound:
+            return await self._read(
+                lambda connection: _inbound(
+                    connection,
+                    f"SELECT {_INBOUND_COLUMNS} FROM inbound WHERE sequence > ?{where} ORDER BY sequence LIMIT ?",
+                    (after_sequence, *params, limit),
+                )
+            )
         return await self._read(
             lambda connection: _events(
                 connection,
@@ -419,38 +487,67 @@ def _plan(connection: sqlite3.Connection, callbacks: Sequence[Any], last: int, r
     return plan_status(callbacks, keys, existing=existing, current=current, last_sequence=last, receive_us=receive_us)
 
 
-def _apply(connection: sqlite3.Connection, plan: StatusPlan) -> None:
-    connection.executemany(
-        "INSERT INTO events (sequence, tracking_id, campaign_tracking_id, status_key, status, status_name, rank,"
-        " update_us, receive_us, was_current, callback) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [
-            (
-                new.event.sequence,
-                new.event.tracking_id,
-                new.event.campaign_tracking_id,
-                new.status_key,
-                new.event.status,
-                new.event.status_name,
-                new.rank,
-                new.event.update_us,
-                new.event.receive_us,
-                new.event.is_current,
-                new.event.callback,
-            )
-            for new in plan.events
-        ],
-    )
-    connection.executemany(
-        "INSERT INTO messages (tracking_id, campaign_tracking_id, current_sequence, update_us, rank)"
-        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (tracking_id) DO UPDATE SET"
-        " campaign_tracking_id = excluded.campaign_tracking_id, current_sequence = excluded.current_sequence,"
-        " update_us = excluded.update_us, rank = excluded.rank",
-        [
-            (tracking_id, now.campaign_tracking_id, now.sequence, now.update_us, now.rank)
-            for tracking_id, now in plan.messages.items()
-        ],
-    )
-    _set_meta(connection, "last_sequence", plan.last_sequence)
+def _plan_inbound(connection: sqlite3.Connection, messages: Sequence[Any], last: int, receive_us: int) -> InboundPlan:
+    keys = [inbound_key(message) for message in messages]
+    existing = {
+        row[0]
+        for row in connection.execute(
+            f"SELECT content_key FROM inbound WHERE content_key IN ({', '.join('?' * len(keys))})", keys
+        )
+    }
+    return plan_inbound(messages, keys, existing=existing, last_sequence=last, receive_us=receive_us)
+
+
+def _apply(connection: sqlite3.Connection, plan: StatusPlan, inbound: InboundPlan) -> None:
+    if plan.events:
+        connection.executemany(
+            "INSERT INTO events (sequence, tracking_id, campaign_tracking_id, status_key, status, status_name, rank,"
+            " update_us, receive_us, was_current, callback) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    new.event.sequence,
+                    new.event.tracking_id,
+                    new.event.campaign_tracking_id,
+                    new.status_key,
+                    new.event.status,
+                    new.event.status_name,
+                    new.rank,
+                    new.event.update_us,
+                    new.event.receive_us,
+                    new.event.is_current,
+                    new.event.callback,
+                )
+                for new in plan.events
+            ],
+        )
+        connection.executemany(
+            "INSERT INTO messages (tracking_id, campaign_tracking_id, current_sequence, update_us, rank)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (tracking_id) DO UPDATE SET"
+            " campaign_tracking_id = excluded.campaign_tracking_id, current_sequence = excluded.current_sequence,"
+            " update_us = excluded.update_us, rank = excluded.rank",
+            [
+                (tracking_id, now.campaign_tracking_id, now.sequence, now.update_us, now.rank)
+                for tracking_id, now in plan.messages.items()
+            ],
+        )
+    if inbound.entries:
+        connection.executemany(
+            "INSERT INTO inbound (sequence, content_key, campaign_tracking_id, reference_tracking_id, receive_us,"
+            " message) VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    new.entry.sequence,
+                    new.key,
+                    new.entry.campaign_tracking_id,
+                    new.entry.reference_tracking_id,
+                    new.entry.receive_us,
+                    new.entry.message,
+                )
+                for new in inbound.entries
+            ],
+        )
+    if plan.events or inbound.entries:
+        _set_meta(connection, "last_sequence", inbound.last_sequence)
 
 
 def _where(event_filter: EventFilter, prefix: str) -> tuple[str, tuple[object, ...]]:
@@ -471,6 +568,10 @@ def _events(connection: sqlite3.Connection, sql: str, params: Sequence[object]) 
         StoredEvent(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]), row[8])
         for row in connection.execute(sql, params)
     ]
+
+
+def _inbound(connection: sqlite3.Connection, sql: str, params: Sequence[object]) -> list[StoredInbound]:
+    return [StoredInbound(*row) for row in connection.execute(sql, params)]
 
 
 def _meta(connection: sqlite3.Connection, key: str) -> int:
@@ -496,9 +597,9 @@ def _quarantine(connection: sqlite3.Connection, job: Quarantine, now_us: int) ->
     if row is not None:
         return int(row[0])
     (quarantine_id,) = connection.execute(
-        "INSERT INTO quarantine (body_hash, received_us, last_us, peer, status, reason, detail, attempts, size, body)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?) RETURNING id",
-        (digest, now_us, now_us, job.peer, job.status, job.reason, job.detail, len(job.body), job.body),
+        "INSERT INTO quarantine (body_hash, received_us, last_us, peer, status, reason, detail, attempts, size, body,"
+        " kind) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?) RETURNING id",
+        (digest, now_us, now_us, job.peer, job.status, job.reason, job.detail, len(job.body), job.body, job.kind),
     ).fetchone()
     total = _meta(connection, "quarantine_bytes") + len(job.body)
     if total > job.max_bytes:
@@ -525,19 +626,25 @@ def _drop_quarantined(connection: sqlite3.Connection, job: DropQuarantined) -> i
 
 
 def _prune_chunk(connection: sqlite3.Connection, cutoff_us: int, chunk: int) -> int:
-    """Delete up to ``chunk`` of the oldest events received before the cutoff, and repair what pointed at them."""
+    """Delete up to ``chunk`` of the oldest entries of each kind received before the cutoff, and repair what
+    pointed at them."""
     deleted = connection.execute(
         "DELETE FROM events WHERE sequence IN"
         " (SELECT sequence FROM events WHERE receive_us < ? ORDER BY sequence LIMIT ?)"
         " RETURNING sequence, tracking_id",
         (cutoff_us, chunk),
     ).fetchall()
-    if not deleted:
+    replies = connection.execute(
+        "DELETE FROM inbound WHERE sequence IN"
+        " (SELECT sequence FROM inbound WHERE receive_us < ? ORDER BY sequence LIMIT ?) RETURNING sequence",
+        (cutoff_us, chunk),
+    ).fetchall()
+    if not deleted and not replies:
         return 0
     connection.execute(
         "INSERT INTO meta (key, value) VALUES ('pruned_through', ?)"
         " ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
-        (max(sequence for sequence, _ in deleted),),
+        (max(row[0] for row in deleted + replies),),
     )
     # A message whose current event was pruned takes its best remaining event as current, or is forgotten.
     for (tracking_id,) in connection.execute(
@@ -552,4 +659,4 @@ def _prune_chunk(connection: sqlite3.Connection, cutoff_us: int, chunk: int) -> 
             f" WHERE tracking_id = ? ORDER BY {order_by(descending=True)} LIMIT 1",
             (tracking_id,),
         )
-    return len(deleted)
+    return len(deleted) + len(replies)

@@ -13,9 +13,10 @@ import pytest
 
 from embedded import Embedded
 from http_ingress.allowlist import Allowlist
-from http_ingress.app import CALLBACKS_PATH
+from http_ingress.app import CALLBACKS_PATH, INBOUND_PATH
 from service.events import EventFilter
-from support import fixture, fixture_bodies
+from service.store import INBOUND, STATUS
+from support import fixture, fixture_bodies, inbound_bodies
 
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -44,10 +45,12 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     await harness.stop()
 
 
-async def post(harness: Harness, body: bytes, headers: dict[str, str] | None = None, **kwargs: Any) -> Any:
+async def post(
+    harness: Harness, body: bytes, headers: dict[str, str] | None = None, path: str = CALLBACKS_PATH, **kwargs: Any
+) -> Any:
     async with falcon.testing.ASGIConductor(harness.app) as conductor:
         return await conductor.simulate_post(
-            CALLBACKS_PATH, body=body, headers=JSON_HEADERS if headers is None else headers, **kwargs
+            path, body=body, headers=JSON_HEADERS if headers is None else headers, **kwargs
         )
 
 
@@ -297,21 +300,72 @@ class TestNothingRouteeSendsIsLost:
             await harness.stop()
 
 
+class TestInbound:
+    """POST /v1/callbacks/viber/inbound: the same answers and guarantees as the status endpoint."""
+
+    async def test_accepted_then_duplicate_and_published_as_a_reply(self, harness: Harness) -> None:
+        replies = harness.broker.subscribe(EventFilter(inbound=True))
+        body = inbound_bodies()["01-m1-reply-text.json"]
+        first = await post(harness, body, path=INBOUND_PATH)
+        assert (first.status_code, first.json) == (200, {"status": "accepted", "sequence": 1})
+        again = await post(harness, body, path=INBOUND_PATH)
+        assert (again.status_code, again.json) == (200, {"status": "duplicate"})
+        await harness.settle()
+        assert [update.sequence for update in await replies.next_batch(0.01) or []] == [1]
+        assert await harness.published() == [], "status subscribers do not get replies"
+        counted = harness.metrics.registry.get_sample_value(
+            "routee_callbacks_inbound_messages_total", {"outcome": "duplicate", "reason": ""}
+        )
+        assert counted == 1
+
+    async def test_a_reply_that_cannot_be_identified_is_422_and_quarantined_as_a_reply(self, harness: Harness) -> None:
+        body = b'{"message": "yes", "sentDate": "2024-05-01T10:00:00Z"}'
+        response = await post(harness, body, path=INBOUND_PATH, remote_addr="127.0.0.9")
+        assert (response.status_code, response.json["field"]) == (422, "from")
+        [held] = await harness.store.quarantined()
+        assert (held.kind, held.status, held.body) == (INBOUND, 422, body)
+        refused = await post(harness, b"{}", {"Content-Type": "text/plain"}, path=INBOUND_PATH)
+        assert refused.status_code == 415
+        assert [item.kind for item in await harness.store.quarantined()] == [INBOUND, INBOUND]
+
+    async def test_a_stranger_gets_403_and_nothing_is_kept(self, tmp_path: Path) -> None:
+        harness = Harness(tmp_path, Allowlist(allow_cidrs=[ipaddress.ip_network("10.0.0.0/8")]))
+        await harness.start()
+        try:
+            response = await post(harness, inbound_bodies()["01-m1-reply-text.json"], path=INBOUND_PATH)
+            assert response.status_code == 403
+            assert await harness.store.quarantined() == []
+            assert await harness.store.replies("a1b2c3d4-0000-4000-8000-000000000001") == []
+        finally:
+            await harness.stop()
+
+
 class TestReplay:
     """Replaying the quarantine after the rules changed."""
 
     async def test_what_passes_now_is_stored_published_and_released(self, harness: Harness) -> None:
         """A body refused under old rules is stored as a normal event once the rules accept it; the rest stays."""
-        from http_ingress.schemas import parse_callback
         from service.errors import InvalidCallbackError
         from service.quarantine import replay
+        from service.wiring import parsers
 
         good = fixture_bodies()["01-m1-queued.json"]
         bad = b'{"trackingId": "t", "status": {"name": "Queued"}}'
         for body in (good, bad):  # Refused by stricter rules than today's (an older version, say).
-            await harness.ingest.refuse(body, "127.0.0.2", InvalidCallbackError("ttl", "old rules"))
-        report = await replay(harness.store, lambda body: parse_callback(body).callback, None)
+            await harness.ingest.refuse(STATUS, body, "127.0.0.2", InvalidCallbackError("ttl", "old rules"))
+        report = await replay(harness.store, parsers(), None)
         assert [(item.body, event is not None) for item, event in report.stored] == [(good, True)]
         assert [item.body for item, _ in report.refused] == [bad]
         assert [item.body for item in await harness.store.quarantined()] == [bad]
         assert await harness.published() == [1], "the log's follower publishes what another writer stored"
+
+    async def test_a_quarantined_reply_is_replayed_as_a_reply(self, harness: Harness) -> None:
+        from service.errors import InvalidCallbackError
+        from service.quarantine import replay
+        from service.wiring import parsers
+
+        body = inbound_bodies()["01-m1-reply-text.json"]
+        await harness.ingest.refuse(INBOUND, body, "127.0.0.2", InvalidCallbackError("from", "old rules"))
+        report = await replay(harness.store, parsers(), None)
+        assert [item.kind for item, _ in report.stored] == [INBOUND]
+        assert len(await harness.store.replies("a1b2c3d4-0000-4000-8000-000000000001")) == 1

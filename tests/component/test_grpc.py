@@ -20,7 +20,7 @@ from routee.callbacks.v1 import message_status_service_pb2_grpc as pb2_grpc
 from service.config import HostPort
 from service.server import create_server
 from service.servicer import MessageStatusServicer
-from support import fixture_bodies
+from support import fixture_bodies, inbound_bodies
 
 CAMPAIGN_A = "c0ffee00-0000-4000-8000-0000000000a1"
 CAMPAIGN_B = "c0ffee00-0000-4000-8000-0000000000b2"
@@ -308,5 +308,80 @@ class TestSlowAndMany:
             assert all([u.sequence for u in updates] == list(range(1, 21)) for updates in results)
             for call in calls:
                 call.cancel()
+        finally:
+            await running.stop()
+
+
+async def read_inbound(call: grpc.aio.UnaryStreamCall, count: int, seconds: float = 10) -> list[pb.InboundMessage]:
+    """Read items until ``count`` inbound messages arrived."""
+    messages: list[pb.InboundMessage] = []
+    async with asyncio.timeout(seconds):
+        while len(messages) < count:
+            item = await call.read()
+            assert item is not grpc.aio.EOF, f"stream ended after {len(messages)} inbound messages"
+            if item.HasField("inbound_message"):
+                messages.append(item.inbound_message)
+    return messages
+
+
+class TestInbound:
+    """Replies: in GetMessageStatus, and on StreamInboundMessages (never on status streams)."""
+
+    async def test_replies_are_joined_to_the_message_they_answer(self, server: Server) -> None:
+        for body in fixture_bodies().values():
+            await server.append(body)
+        for body in inbound_bodies().values():
+            await server.append_inbound(body)
+        first = await server.stub.GetMessageStatus(
+            pb2.GetMessageStatusRequest(tracking_id="a1b2c3d4-0000-4000-8000-000000000001")
+        )
+        assert [reply.text for reply in first.replies] == ["YES please, keep me posted", ""]
+        assert first.replies[1].file_name == "receipt.jpg"
+        assert first.replies[0].sequence < first.replies[1].sequence
+        assert all(reply.receive_time.seconds > 0 for reply in first.replies)
+        other = await server.stub.GetMessageStatus(
+            pb2.GetMessageStatusRequest(tracking_id="a1b2c3d4-0000-4000-8000-000000000002")
+        )
+        assert list(other.replies) == []
+
+    async def test_a_campaign_stream_replays_then_goes_live_without_status_updates(self, server: Server) -> None:
+        bodies = inbound_bodies()
+        await server.append_inbound(bodies["01-m1-reply-text.json"])
+        await server.append(callback(1, campaign=CAMPAIGN_A))
+        await server.append_inbound(bodies["03-m4-reply-other-campaign.json"])
+        call = server.stub.StreamInboundMessages(
+            pb2.StreamInboundMessagesRequest(campaign_tracking_id=CAMPAIGN_A, after_sequence=0)
+        )
+        (replayed,) = await read_inbound(call, 1)
+        assert (replayed.sequence, replayed.text) == (1, "YES please, keep me posted")
+        await server.append(callback(2, campaign=CAMPAIGN_A))
+        await server.append_inbound(bodies["02-m1-reply-file.json"])
+        (live,) = await read_inbound(call, 1)
+        assert (live.sequence, live.file_name) == (5, "receipt.jpg")
+        call.cancel()
+
+    async def test_a_status_stream_carries_no_replies(self, server: Server) -> None:
+        call = server.stub.StreamStatusUpdates(pb2.StreamStatusUpdatesRequest(after_sequence=0))
+        await server.append_inbound(inbound_bodies()["01-m1-reply-text.json"])
+        await server.append(callback(1))
+        (update,) = await read_updates(call, 1)
+        assert (update.sequence, update.tracking_id) == (2, "m1")
+        call.cancel()
+
+    async def test_progress_and_resume_rules(self, tmp_path: Path) -> None:
+        """An idle inbound stream gets progress items; resuming beyond the log is INVALID_ARGUMENT."""
+        running = await start(tmp_path, progress=0.1)
+        try:
+            await running.append_inbound(inbound_bodies()["01-m1-reply-text.json"])
+            call = running.stub.StreamInboundMessages(pb2.StreamInboundMessagesRequest())
+            async with asyncio.timeout(5):
+                item = await call.read()
+            assert item.HasField("progress")
+            assert item.progress.sequence == 1
+            call.cancel()
+            beyond = running.stub.StreamInboundMessages(pb2.StreamInboundMessagesRequest(after_sequence=5))
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await beyond.read()
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         finally:
             await running.stop()

@@ -14,11 +14,23 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import psycopg
 import pytest
 
-from http_ingress.schemas import parse_callback
+from http_ingress.schemas import parse_callback, parse_inbound
 from routee.callbacks.v1 import callback_pb2 as pb
 from service.errors import StoreUnavailableError
-from service.events import EventFilter, StoredEvent
-from service.store import AppendStatus, DropQuarantined, Probe, PruneChunk, Quarantine, Release, Store, open_store
+from service.events import EventFilter, StoredEvent, StoredInbound
+from service.store import (
+    INBOUND,
+    STATUS,
+    AppendInbound,
+    AppendStatus,
+    DropQuarantined,
+    Probe,
+    PruneChunk,
+    Quarantine,
+    Release,
+    Store,
+    open_store,
+)
 from support import fixture_bodies
 
 NOW_US = 1_700_000_000_000_000
@@ -30,6 +42,14 @@ def callback(tracking_id: str, name: str, date: str, campaign: str = "c1") -> pb
         f'{{"trackingId": "{tracking_id}", "campaignTrackingId": "{campaign}",'
         f' "status": {{"name": "{name}", "updatedDate": "{date}"}}}}'.encode()
     ).callback
+
+
+def reply(reference: str, text: str, sent: str = "2024-05-01T10:01:00Z", campaign: str = "c1") -> pb.InboundMessage:
+    """A minimal inbound message answering ``reference``."""
+    return parse_inbound(
+        f'{{"from": "+306900000000", "to": "sender", "message": "{text}", "sentDate": "{sent}",'
+        f' "campaignTrackingId": "{campaign}", "referenceTrackingId": "{reference}"}}'.encode()
+    ).message
 
 
 async def write(store: Store, *callbacks: pb.ViberCallback, now_us: int = NOW_US) -> list[StoredEvent | None]:
@@ -232,6 +252,82 @@ class TestRetention:
         assert again.sequence == 5, "a sequence is never reused"
 
 
+class TestInbound:
+    """Inbound messages: entries of the same log, recognised by their content, joined to the message answered."""
+
+    async def test_replies_take_sequences_from_the_log_and_retries_are_duplicates(self, store: Store) -> None:
+        result = await store.write(
+            [
+                AppendStatus(callback("m1", "Queued", "2024-05-01T10:00:00Z")),
+                AppendInbound(reply("m1", "yes")),
+                AppendInbound(reply("m1", "yes")),  # Posted twice in one batch.
+                AppendInbound(reply("m1", "no", sent="2024-05-01T10:02:00Z")),
+            ],
+            NOW_US,
+        )
+        event, first, again, second = result.results
+        assert isinstance(event, StoredEvent)
+        assert isinstance(first, StoredInbound)
+        assert isinstance(second, StoredInbound)
+        assert (event.sequence, first.sequence, again, second.sequence) == (1, 2, None, 3)
+        assert [entry.sequence for entry in result.entries] == [1, 2, 3]
+        retried = await store.write([AppendInbound(reply("m1", "yes"))], NOW_US + 1)
+        assert retried.results == [None]
+        assert retried.entries == []
+        assert await store.head() == 3
+
+    async def test_a_reply_keeps_every_field_with_its_sequence_and_receive_time(self, store: Store) -> None:
+        message = reply("m1", "ja, gerne \u00e9")
+        (entry,) = (await store.write([AppendInbound(message)], NOW_US)).results
+        (stored,) = await store.replies("m1")
+        assert stored == entry
+        decoded = pb.InboundMessage.FromString(stored.message)
+        assert decoded.sequence == 1
+        assert decoded.receive_time.ToMicroseconds() == NOW_US
+        decoded.ClearField("sequence")
+        decoded.ClearField("receive_time")
+        assert decoded == message
+
+    async def test_reads_by_message_by_campaign_and_of_the_whole_log(self, store: Store) -> None:
+        await write(store, callback("m1", "Queued", "2024-05-01T10:00:00Z"))  # 1
+        await store.write([AppendInbound(reply("m1", "a"))], NOW_US)  # 2
+        await store.write([AppendInbound(reply("m2", "b", campaign="c2"))], NOW_US)  # 3
+        await write(store, callback("m1", "Seen", "2024-05-01T10:00:09Z"))  # 4
+        await store.write([AppendInbound(reply("m1", "c", sent="2024-05-01T10:09:00Z"))], NOW_US)  # 5
+        assert [entry.sequence for entry in await store.replies("m1")] == [2, 5]
+        assert await store.replies("nobody") == []
+        inbound_c1 = await store.events_after(0, EventFilter("c1", inbound=True), 10)
+        assert [entry.sequence for entry in inbound_c1] == [2, 5]
+        assert [entry.sequence for entry in await store.events_after(2, EventFilter(inbound=True), 10)] == [3, 5]
+        assert [entry.sequence for entry in await store.events_after(0, EventFilter(), 10)] == [1, 4]
+        log = await store.entries_after(0, 10)
+        assert [(entry.sequence, type(entry).__name__) for entry in log] == [
+            (1, "StoredEvent"),
+            (2, "StoredInbound"),
+            (3, "StoredInbound"),
+            (4, "StoredEvent"),
+            (5, "StoredInbound"),
+        ]
+        assert [entry.sequence for entry in await store.entries_after(1, 2)] == [2, 3]
+        assert [entry.sequence for entry in await store.entries_after(3, 1)] == [4]
+
+    async def test_retention_prunes_replies_too(self, store: Store) -> None:
+        await store.write([AppendInbound(reply("m1", "old"))], 1000)
+        await write(store, callback("m1", "Queued", "2024-05-01T10:00:00Z"), now_us=1000)
+        await store.write([AppendInbound(reply("m1", "new"))], 5000)
+        assert (await store.write([PruneChunk(2000)], NOW_US)).results == [2]
+        assert await store.pruned_through() == 2
+        assert [pb.InboundMessage.FromString(entry.message).text for entry in await store.replies("m1")] == ["new"]
+
+    async def test_a_quarantined_reply_is_released_as_a_reply(self, store: Store) -> None:
+        (held,) = (await store.write([quarantine(b"{}", kind=INBOUND)], 1000)).results
+        assert [item.kind for item in await store.quarantined()] == [INBOUND]
+        result = await store.write([Release(held, AppendInbound(reply("m1", "late")))], 2000)
+        assert isinstance(result.results[0], StoredInbound)
+        assert await store.quarantined() == []
+        assert len(await store.replies("m1")) == 1
+
+
 class TestCommitOrder:
     """Sequences become visible in commit order, whoever writes: a follower never skips one."""
 
@@ -249,10 +345,15 @@ class TestCommitOrder:
             try:
                 for batch in range(150):
                     size = rng.randint(1, 20)
-                    calls = [callback(f"w{number}-{batch}-{i}", "Queued", "2024-05-01T10:00:00Z") for i in range(size)]
+                    jobs: list[AppendStatus | AppendInbound] = [
+                        AppendStatus(callback(f"w{number}-{batch}-{i}", "Queued", "2024-05-01T10:00:00Z"))
+                        for i in range(size)
+                    ]
+                    if batch % 3 == 0:  # Replies take their sequences from the same log.
+                        jobs.append(AppendInbound(reply(f"w{number}-{batch}-0", f"yes {number} {batch}")))
                     for _ in range(50):  # SQLite may report a busy lock under this load: the writer retries.
                         try:
-                            await write(store, *calls)
+                            await store.write(jobs, NOW_US)
                             break
                         except StoreUnavailableError:
                             await asyncio.sleep(0.01)
@@ -334,8 +435,8 @@ def _other_writer(database: str) -> Iterator[Callable[[], None]]:
         connection.close()
 
 
-def quarantine(body: bytes, max_bytes: int = 10_000) -> Quarantine:
-    return Quarantine(body, "192.0.2.7", 422, "invalid_callback", "status.updatedDate: Field required", max_bytes)
+def quarantine(body: bytes, max_bytes: int = 10_000, kind: str = STATUS) -> Quarantine:
+    return Quarantine(body, "192.0.2.7", 422, "invalid_callback", "status.updatedDate: Field required", max_bytes, kind)
 
 
 class TestQuarantine:
@@ -379,7 +480,9 @@ class TestQuarantine:
     async def test_release_stores_the_event_and_empties_the_entry_together(self, store: Store) -> None:
         """A body that now passes becomes a normal event and leaves the quarantine in the same transaction."""
         (held,) = (await store.write([quarantine(b"{}")], 1000)).results
-        result = await store.write([Release(held, callback("m1", "Queued", "2024-05-01T10:00:00Z"))], 2000)
+        result = await store.write(
+            [Release(held, AppendStatus(callback("m1", "Queued", "2024-05-01T10:00:00Z")))], 2000
+        )
         assert [entry.tracking_id for entry in result.entries] == ["m1"]
         assert await store.quarantined() == []
         assert [event.status_name for event in await store.history("m1")] == ["Queued"]

@@ -67,13 +67,15 @@ def test_keeps_the_previous_pair_until_the_renewal_is_complete(certificates: Pat
 
 
 def test_unusable_files_stop_start_up_with_the_file_named(certificates: Path) -> None:
-    with pytest.raises(StartupError, match="client.key"):
+    with pytest.raises(StartupError, match=r"client\.key"):
         CertificateFiles(certificates / "server.crt", certificates / "client.key")  # Not its key.
 
 
 def test_the_http_context_takes_the_renewed_chain_in_place(certificates: Path, tmp_path: Path) -> None:
     clock = Clock()
-    reloading = ReloadingContext(CertificateFiles(certificates / "server.crt", certificates / "server.key", clock=clock))
+    reloading = ReloadingContext(
+        CertificateFiles(certificates / "server.crt", certificates / "server.key", clock=clock)
+    )
     context = reloading.context
     cert, key = renew(certificates, tmp_path / "renewed")
     (certificates / "server.key").write_bytes(key)

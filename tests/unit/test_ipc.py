@@ -7,7 +7,8 @@ import pytest
 from routee.callbacks.v1 import callback_pb2 as pb
 from service import ipc
 from service.errors import InvalidCallbackError, MalformedJsonError, StoreUnavailableError, UnsupportedMediaError
-from service.events import StoredEvent
+from service.events import Entry, StoredEvent, StoredInbound
+from service.store import INBOUND
 
 
 class TestFrames:
@@ -64,9 +65,9 @@ class TestRefusals:
     def test_a_refusal_carries_the_sender_the_error_and_the_body(self) -> None:
         """Everything the quarantine records survives the trip."""
         error = UnsupportedMediaError("Content-Type must be application/json, got text/plain")
-        [(kind, payload)] = ipc.frames(bytearray(ipc.refusal(4, "2001:db8::1", error, b"\x00raw")))
-        request_id, peer, rebuilt, body = ipc.parse_refusal(payload)
-        assert (kind, request_id, peer, body) == (ipc.REFUSE, 4, "2001:db8::1", b"\x00raw")
+        [(kind, payload)] = ipc.frames(bytearray(ipc.refusal(4, "2001:db8::1", error, b"\x00raw", INBOUND)))
+        request_id, peer, rebuilt, body, body_kind = ipc.parse_refusal(payload)
+        assert (kind, request_id, peer, body, body_kind) == (ipc.REFUSE, 4, "2001:db8::1", b"\x00raw", INBOUND)
         assert isinstance(rebuilt, UnsupportedMediaError)
         assert str(rebuilt) == str(error)
 
@@ -74,17 +75,19 @@ class TestRefusals:
 class TestFeed:
     """The log as pushed to workers."""
 
-    def test_stored_events_round_trip_field_by_field(self) -> None:
-        """Every field survives, in order, whatever the text and bytes hold."""
-        events = [
+    def test_stored_entries_round_trip_field_by_field(self) -> None:
+        """Every field of both kinds of entry survives, in order, whatever the text and bytes hold."""
+        events: list[Entry] = [
             StoredEvent(
                 1, "m-1", "c1", pb.MESSAGE_STATUS_QUEUED, "Queued", 1_714_557_600_000_000, 5, True, b"\x08\x01"
             ),
             StoredEvent(2, "m-\u00e9", "", pb.MESSAGE_STATUS_SEEN, "seen", -1, 0, False, b"\x00\xff"),
-            StoredEvent(3, "m-3", "kampanja", pb.MESSAGE_STATUS_UNKNOWN, "Whatever", 0, 0, True, b""),
+            StoredInbound(3, "c1", "m-1", 7, b"\x08\x03\x12\x01+"),
+            StoredEvent(4, "m-3", "kampanja", pb.MESSAGE_STATUS_UNKNOWN, "Whatever", 0, 0, True, b""),
+            StoredInbound(5, "", "", 0, b""),
         ]
         [(kind, payload)] = ipc.frames(bytearray(ipc.feed(events)))
         assert kind == ipc.FEED
         frame = ipc.FeedFrame(payload)
-        assert (frame.first, frame.last) == (1, 3)
-        assert [update.event for update in frame.updates()] == events
+        assert (frame.first, frame.last) == (1, 5)
+        assert [update.entry for update in frame.updates()] == events

@@ -1,12 +1,13 @@
-"""The planner of a batch of callbacks, without a database: duplicates, sequences, the current status."""
+"""The planner of a batch, without a database: duplicates, sequences, the current status; inbound messages and
+the key that recognises their retries."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from http_ingress.schemas import parse_callback
+from http_ingress.schemas import parse_callback, parse_inbound
 from routee.callbacks.v1 import callback_pb2 as pb
-from service.store.plan import Current, StatusPlan, event_key
+from service.store.plan import Current, StatusPlan, event_key, inbound_key, plan_inbound
 from service.store.plan import plan_status as plan_with_keys
 
 
@@ -78,3 +79,48 @@ class TestPlanStatus:
         )
         assert plan.messages == {}
         assert len(plan.events) == 1
+
+
+def reply(text: str, *, sender: str = "+306900000000", sent: str = "2024-05-01T10:01:00Z") -> pb.InboundMessage:
+    return parse_inbound(
+        f'{{"from": "{sender}", "to": "s", "message": "{text}", "sentDate": "{sent}",'
+        ' "campaignTrackingId": "c1", "referenceTrackingId": "m1", "campaignName": "Spring"}'.encode()
+    ).message
+
+
+class TestInboundKey:
+    """An inbound message has no id: a retry is recognised by who sent what, when, in answer to what."""
+
+    def test_a_retry_has_the_same_key_whatever_else_changed(self) -> None:
+        """Routee may post the same reply with other secondary fields (a label renamed): still the same reply."""
+        changed = reply("yes")
+        changed.campaign_name, changed.label, changed.raw_json = "Renamed", "vip", "{}"
+        assert inbound_key(changed) == inbound_key(reply("yes"))
+
+    def test_other_text_sender_or_time_is_another_reply(self) -> None:
+        keys = {
+            inbound_key(reply("yes")),
+            inbound_key(reply("no")),
+            inbound_key(reply("yes", sender="+306911111111")),
+            inbound_key(reply("yes", sent="2024-05-01T10:01:00.001Z")),
+        }
+        assert len(keys) == 4
+
+
+class TestPlanInbound:
+    def test_sequences_follow_duplicates_get_none_and_the_stored_message_is_complete(self) -> None:
+        messages = [reply("yes"), reply("no"), reply("yes")]
+        stored_before = inbound_key(reply("maybe"))
+        plan = plan_inbound(
+            [*messages, reply("maybe")],
+            [inbound_key(m) for m in [*messages, reply("maybe")]],
+            existing={stored_before},
+            last_sequence=10,
+            receive_us=1_714_557_600_000_000,
+        )
+        assert [entry.sequence if entry else None for entry in plan.results] == [11, 12, None, None]
+        assert plan.last_sequence == 12
+        first = pb.InboundMessage.FromString(plan.entries[0].entry.message)
+        assert (first.sequence, first.text, first.receive_time.ToMicroseconds()) == (11, "yes", 1_714_557_600_000_000)
+        assert (plan.entries[0].entry.campaign_tracking_id, plan.entries[0].entry.reference_tracking_id) == ("c1", "m1")
+        assert messages[0].sequence == 0, "the caller's message is not changed"

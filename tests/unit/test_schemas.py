@@ -1,4 +1,4 @@
-"""The Viber callback model: every fixture, Routee's quirks, and broken variants."""
+"""The Viber callback and inbound message models: every fixture, Routee's quirks, and broken variants."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from http_ingress.schemas import parse_callback
+from http_ingress.schemas import parse_callback, parse_inbound
 from routee.callbacks.v1 import callback_pb2 as pb
 from service.errors import InvalidCallbackError, MalformedJsonError
-from support import fixture, fixture_bodies
+from support import fixture, fixture_bodies, inbound_bodies
 
 EXPECTED_STATUS = {
     "01-m1-queued.json": pb.MESSAGE_STATUS_QUEUED,
@@ -265,3 +265,80 @@ class TestTolerantFields:
         """Every fixture parses with no adjustment."""
         for body in fixture_bodies().values():
             assert parse_callback(body).adjusted == []
+
+
+class TestInboundMessages:
+    """Routee's inbound messages (replies): required ``from`` and ``sentDate``, everything else tolerated."""
+
+    def test_a_text_reply_keeps_every_field(self) -> None:
+        body = inbound_bodies()["01-m1-reply-text.json"]
+        parsed = parse_inbound(body)
+        message = parsed.message
+        assert parsed.adjusted == []
+        assert (message.sender, message.recipient, message.text) == (
+            "+306900000001",
+            "Routee",
+            "YES please, keep me posted",
+        )
+        assert message.send_time.ToJsonString() == "2024-05-01T10:20:31.393Z"
+        assert (message.campaign_name, message.label, message.direction) == ("Spring sale", "spring-sale", "Inbound")
+        assert message.campaign_tracking_id == "c0ffee00-0000-4000-8000-0000000000a1"
+        assert message.reference_tracking_id == "a1b2c3d4-0000-4000-8000-000000000001"
+        assert message.raw_json == body.decode()
+        assert message.sequence == 0, "the store gives the sequence"
+
+    def test_file_name_is_taken_in_either_spelling(self) -> None:
+        """Routee's example spells it ``filename``, its field table ``fileName``."""
+        with_file = parse_inbound(inbound_bodies()["02-m1-reply-file.json"]).message
+        assert (with_file.file_name, with_file.media_url) == (
+            "receipt.jpg",
+            "https://media.example.com/viber/7f3a/receipt.jpg",
+        )
+        lower = parse_inbound(b'{"from": "+30", "sentDate": "2024-05-01T10:00:00Z", "filename": "a.pdf"}').message
+        assert lower.file_name == "a.pdf"
+
+    def test_nulls_and_unknown_fields(self) -> None:
+        parsed = parse_inbound(inbound_bodies()["03-m4-reply-other-campaign.json"])
+        assert parsed.adjusted == []
+        assert (parsed.message.media_url, parsed.message.file_name, parsed.message.label) == ("", "", "")
+        assert "newFieldRouteeAddedLater" in parsed.message.raw_json
+
+    def test_only_from_and_sent_date_are_required(self) -> None:
+        message = parse_inbound(b'{"from": 306900000001, "sentDate": "2024-05-01T10:00:00"}').message
+        assert message.sender == "306900000001", "a number sent as a JSON number is the number"
+        assert message.send_time.ToJsonString() == "2024-05-01T10:00:00Z"
+
+    @pytest.mark.parametrize(
+        ("document", "field"),
+        [
+            ({"sentDate": "2024-05-01T10:00:00Z"}, "from"),
+            ({"from": "", "sentDate": "2024-05-01T10:00:00Z"}, "from"),
+            ({"from": "+30"}, "sentDate"),
+            ({"from": "+30", "sentDate": "yesterday"}, "sentDate"),
+            ({"from": "+30", "sentDate": 1714557600}, "sentDate"),
+        ],
+    )
+    def test_a_reply_that_cannot_be_identified_is_refused(self, document: dict[str, Any], field: str) -> None:
+        with pytest.raises(InvalidCallbackError) as refused:
+            parse_inbound(_encode(document))
+        assert refused.value.field == field
+
+    def test_secondary_fields_of_an_unexpected_type_are_coerced_or_dropped(self) -> None:
+        parsed = parse_inbound(
+            _encode(
+                {
+                    "from": "+30",
+                    "sentDate": "2024-05-01T10:00:00Z",
+                    "message": 42,
+                    "referenceTrackingId": ["a"],
+                    "campaignTrackingId": "c\u0000",
+                }
+            )
+        )
+        assert parsed.message.text == "42"
+        assert parsed.message.reference_tracking_id == ""
+        assert sorted(parsed.adjusted) == [
+            ("inbound.campaignTrackingId", "dropped"),
+            ("inbound.message", "coerced"),
+            ("inbound.referenceTrackingId", "dropped"),
+        ]

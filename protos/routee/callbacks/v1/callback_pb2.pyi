@@ -342,3 +342,96 @@ class ViberFile(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ViberFile: _TypeAlias = ViberFile  # noqa: Y015
+
+@_typing.final
+class InboundMessage(_message.Message):
+    """InboundMessage is one Viber message a user sent back (a reply), as Routee
+    posted it to the campaign's `inboundUrl`.
+
+    Field comments name the JSON field of Routee's body in backquotes. A field that
+    Routee left out or set to null holds its default value. An inbound message has
+    no id of its own: the same content posted again (a retry) is stored once.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    SENDER_FIELD_NUMBER: _builtins.int
+    RECIPIENT_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    SEND_TIME_FIELD_NUMBER: _builtins.int
+    RECEIVE_TIME_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_NAME_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_TRACKING_ID_FIELD_NUMBER: _builtins.int
+    REFERENCE_TRACKING_ID_FIELD_NUMBER: _builtins.int
+    MEDIA_URL_FIELD_NUMBER: _builtins.int
+    FILE_NAME_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    DIRECTION_FIELD_NUMBER: _builtins.int
+    RAW_JSON_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """The message's sequence: strictly increasing across the service and shared
+    with status updates (so the sequences of an inbound stream have gaps); the
+    resume point of StreamInboundMessages.
+    """
+    sender: _builtins.str
+    """The user's number the reply came from (`from`). Never empty."""
+    recipient: _builtins.str
+    """The sender id the reply was sent to (`to`)."""
+    text: _builtins.str
+    """The reply's text (`message`)."""
+    campaign_name: _builtins.str
+    """The name of the campaign the reply answers (`campaignName`)."""
+    campaign_tracking_id: _builtins.str
+    """The tracking id of the campaign the reply answers (`campaignTrackingId`);
+    empty when Routee sent none.
+    """
+    reference_tracking_id: _builtins.str
+    """The tracking id of the outbound message the reply answers
+    (`referenceTrackingId`); empty when Routee sent none.
+    """
+    media_url: _builtins.str
+    """The URL of a file or image the user sent (`media`)."""
+    file_name: _builtins.str
+    """The name of the file the user sent (`filename`, or `fileName`)."""
+    label: _builtins.str
+    """The campaign's label (`label`)."""
+    direction: _builtins.str
+    """The message's direction (`direction`), `Inbound` for a reply."""
+    raw_json: _builtins.str
+    """The JSON body exactly as Routee posted it, with every field, including
+    fields this version of the service does not know.
+    """
+    @_builtins.property
+    def send_time(self) -> _timestamp_pb2.Timestamp:
+        """When the user sent the reply (`sentDate`). Always set."""
+
+    @_builtins.property
+    def receive_time(self) -> _timestamp_pb2.Timestamp:
+        """When this service received and stored the reply."""
+
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        sender: _builtins.str = ...,
+        recipient: _builtins.str = ...,
+        text: _builtins.str = ...,
+        send_time: _timestamp_pb2.Timestamp | None = ...,
+        receive_time: _timestamp_pb2.Timestamp | None = ...,
+        campaign_name: _builtins.str = ...,
+        campaign_tracking_id: _builtins.str = ...,
+        reference_tracking_id: _builtins.str = ...,
+        media_url: _builtins.str = ...,
+        file_name: _builtins.str = ...,
+        label: _builtins.str = ...,
+        direction: _builtins.str = ...,
+        raw_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["receive_time", b"receive_time", "send_time", b"send_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_name", b"campaign_name", "campaign_tracking_id", b"campaign_tracking_id", "direction", b"direction", "file_name", b"file_name", "label", b"label", "media_url", b"media_url", "raw_json", b"raw_json", "receive_time", b"receive_time", "recipient", b"recipient", "reference_tracking_id", b"reference_tracking_id", "send_time", b"send_time", "sender", b"sender", "sequence", b"sequence", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InboundMessage: _TypeAlias = InboundMessage  # noqa: Y015

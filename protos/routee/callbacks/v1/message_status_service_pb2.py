@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from routee.callbacks.v1 import callback_pb2 as routee_dot_callbacks_dot_v1_dot_callback__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0routee/callbacks/v1/message_status_service.proto\x12\x13routee.callbacks.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"routee/callbacks/v1/callback.proto\".\n\x17GetMessageStatusRequest\x12\x13\n\x0btracking_id\x18\x01 \x01(\t\"\x90\x02\n\x18GetMessageStatusResponse\x12\x13\n\x0btracking_id\x18\x01 \x01(\t\x12\x1c\n\x14\x63\x61mpaign_tracking_id\x18\x02 \x01(\t\x12\x32\n\x06status\x18\x03 \x01(\x0e\x32\".routee.callbacks.v1.MessageStatus\x12\x13\n\x0bstatus_name\x18\x04 \x01(\t\x12\x10\n\x08sequence\x18\x05 \x01(\x04\x12\x34\n\x08\x63\x61llback\x18\x06 \x01(\x0b\x32\".routee.callbacks.v1.ViberCallback\x12\x30\n\x06\x65vents\x18\x07 \x03(\x0b\x32 .routee.callbacks.v1.StatusEvent\"\xcb\x01\n\x0bStatusEvent\x12\x32\n\x06status\x18\x01 \x01(\x0e\x32\".routee.callbacks.v1.MessageStatus\x12\x13\n\x0bstatus_name\x18\x02 \x01(\t\x12/\n\x0bupdate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12\x30\n\x0creceive_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xba\x01\n\x1aStreamStatusUpdatesRequest\x12\x1c\n\x14\x63\x61mpaign_tracking_id\x18\x01 \x01(\t\x12\x1b\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x18\n\x10include_snapshot\x18\x03 \x01(\x08\x12\x34\n\x08statuses\x18\x04 \x03(\x0e\x32\".routee.callbacks.v1.MessageStatusB\x11\n\x0f_after_sequence\"\xce\x01\n\x1bStreamStatusUpdatesResponse\x12:\n\rstatus_update\x18\x01 \x01(\x0b\x32!.routee.callbacks.v1.StatusUpdateH\x00\x12\x38\n\x0csnapshot_end\x18\x02 \x01(\x0b\x32 .routee.callbacks.v1.SnapshotEndH\x00\x12\x31\n\x08progress\x18\x03 \x01(\x0b\x32\x1d.routee.callbacks.v1.ProgressH\x00\x42\x06\n\x04item\"\xc9\x02\n\x0cStatusUpdate\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x13\n\x0btracking_id\x18\x02 \x01(\t\x12\x1c\n\x14\x63\x61mpaign_tracking_id\x18\x03 \x01(\t\x12\x32\n\x06status\x18\x04 \x01(\x0e\x32\".routee.callbacks.v1.MessageStatus\x12\x13\n\x0bstatus_name\x18\x05 \x01(\t\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0creceive_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nis_current\x18\x08 \x01(\x08\x12\x34\n\x08\x63\x61llback\x18\t \x01(\x0b\x32\".routee.callbacks.v1.ViberCallback\"\x1f\n\x0bSnapshotEnd\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"\x1c\n\x08Progress\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x32\x83\x02\n\x14MessageStatusService\x12o\n\x10GetMessageStatus\x12,.routee.callbacks.v1.GetMessageStatusRequest\x1a-.routee.callbacks.v1.GetMessageStatusResponse\x12z\n\x13StreamStatusUpdates\x12/.routee.callbacks.v1.StreamStatusUpdatesRequest\x1a\x30.routee.callbacks.v1.StreamStatusUpdatesResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0routee/callbacks/v1/message_status_service.proto\x12\x13routee.callbacks.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"routee/callbacks/v1/callback.proto\".\n\x17GetMessageStatusRequest\x12\x13\n\x0btracking_id\x18\x01 \x01(\t\"\xc6\x02\n\x18GetMessageStatusResponse\x12\x13\n\x0btracking_id\x18\x01 \x01(\t\x12\x1c\n\x14\x63\x61mpaign_tracking_id\x18\x02 \x01(\t\x12\x32\n\x06status\x18\x03 \x01(\x0e\x32\".routee.callbacks.v1.MessageStatus\x12\x13\n\x0bstatus_name\x18\x04 \x01(\t\x12\x10\n\x08sequence\x18\x05 \x01(\x04\x12\x34\n\x08\x63\x61llback\x18\x06 \x01(\x0b\x32\".routee.callbacks.v1.ViberCallback\x12\x30\n\x06\x65vents\x18\x07 \x03(\x0b\x32 .routee.callbacks.v1.StatusEvent\x12\x34\n\x07replies\x18\x08 \x03(\x0b\x32#.routee.callbacks.v1.InboundMessage\"\xcb\x01\n\x0bStatusEvent\x12\x32\n\x06status\x18\x01 \x01(\x0e\x32\".routee.callbacks.v1.MessageStatus\x12\x13\n\x0bstatus_name\x18\x02 \x01(\t\x12/\n\x0bupdate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12\x30\n\x0creceive_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xba\x01\n\x1aStreamStatusUpdatesRequest\x12\x1c\n\x14\x63\x61mpaign_tracking_id\x18\x01 \x01(\t\x12\x1b\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x18\n\x10include_snapshot\x18\x03 \x01(\x08\x12\x34\n\x08statuses\x18\x04 \x03(\x0e\x32\".routee.callbacks.v1.MessageStatusB\x11\n\x0f_after_sequence\"\xce\x01\n\x1bStreamStatusUpdatesResponse\x12:\n\rstatus_update\x18\x01 \x01(\x0b\x32!.routee.callbacks.v1.StatusUpdateH\x00\x12\x38\n\x0csnapshot_end\x18\x02 \x01(\x0b\x32 .routee.callbacks.v1.SnapshotEndH\x00\x12\x31\n\x08progress\x18\x03 \x01(\x0b\x32\x1d.routee.callbacks.v1.ProgressH\x00\x42\x06\n\x04item\"\xc9\x02\n\x0cStatusUpdate\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x13\n\x0btracking_id\x18\x02 \x01(\t\x12\x1c\n\x14\x63\x61mpaign_tracking_id\x18\x03 \x01(\t\x12\x32\n\x06status\x18\x04 \x01(\x0e\x32\".routee.callbacks.v1.MessageStatus\x12\x13\n\x0bstatus_name\x18\x05 \x01(\t\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0creceive_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nis_current\x18\x08 \x01(\x08\x12\x34\n\x08\x63\x61llback\x18\t \x01(\x0b\x32\".routee.callbacks.v1.ViberCallback\"\x1f\n\x0bSnapshotEnd\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"\x1c\n\x08Progress\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"l\n\x1cStreamInboundMessagesRequest\x12\x1c\n\x14\x63\x61mpaign_tracking_id\x18\x01 \x01(\t\x12\x1b\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04H\x00\x88\x01\x01\x42\x11\n\x0f_after_sequence\"\x9a\x01\n\x1dStreamInboundMessagesResponse\x12>\n\x0finbound_message\x18\x01 \x01(\x0b\x32#.routee.callbacks.v1.InboundMessageH\x00\x12\x31\n\x08progress\x18\x02 \x01(\x0b\x32\x1d.routee.callbacks.v1.ProgressH\x00\x42\x06\n\x04item2\x86\x03\n\x14MessageStatusService\x12o\n\x10GetMessageStatus\x12,.routee.callbacks.v1.GetMessageStatusRequest\x1a-.routee.callbacks.v1.GetMessageStatusResponse\x12z\n\x13StreamStatusUpdates\x12/.routee.callbacks.v1.StreamStatusUpdatesRequest\x1a\x30.routee.callbacks.v1.StreamStatusUpdatesResponse0\x01\x12\x80\x01\n\x15StreamInboundMessages\x12\x31.routee.callbacks.v1.StreamInboundMessagesRequest\x1a\x32.routee.callbacks.v1.StreamInboundMessagesResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,19 +36,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETMESSAGESTATUSREQUEST']._serialized_start=142
   _globals['_GETMESSAGESTATUSREQUEST']._serialized_end=188
   _globals['_GETMESSAGESTATUSRESPONSE']._serialized_start=191
-  _globals['_GETMESSAGESTATUSRESPONSE']._serialized_end=463
-  _globals['_STATUSEVENT']._serialized_start=466
-  _globals['_STATUSEVENT']._serialized_end=669
-  _globals['_STREAMSTATUSUPDATESREQUEST']._serialized_start=672
-  _globals['_STREAMSTATUSUPDATESREQUEST']._serialized_end=858
-  _globals['_STREAMSTATUSUPDATESRESPONSE']._serialized_start=861
-  _globals['_STREAMSTATUSUPDATESRESPONSE']._serialized_end=1067
-  _globals['_STATUSUPDATE']._serialized_start=1070
-  _globals['_STATUSUPDATE']._serialized_end=1399
-  _globals['_SNAPSHOTEND']._serialized_start=1401
-  _globals['_SNAPSHOTEND']._serialized_end=1432
-  _globals['_PROGRESS']._serialized_start=1434
-  _globals['_PROGRESS']._serialized_end=1462
-  _globals['_MESSAGESTATUSSERVICE']._serialized_start=1465
-  _globals['_MESSAGESTATUSSERVICE']._serialized_end=1724
+  _globals['_GETMESSAGESTATUSRESPONSE']._serialized_end=517
+  _globals['_STATUSEVENT']._serialized_start=520
+  _globals['_STATUSEVENT']._serialized_end=723
+  _globals['_STREAMSTATUSUPDATESREQUEST']._serialized_start=726
+  _globals['_STREAMSTATUSUPDATESREQUEST']._serialized_end=912
+  _globals['_STREAMSTATUSUPDATESRESPONSE']._serialized_start=915
+  _globals['_STREAMSTATUSUPDATESRESPONSE']._serialized_end=1121
+  _globals['_STATUSUPDATE']._serialized_start=1124
+  _globals['_STATUSUPDATE']._serialized_end=1453
+  _globals['_SNAPSHOTEND']._serialized_start=1455
+  _globals['_SNAPSHOTEND']._serialized_end=1486
+  _globals['_PROGRESS']._serialized_start=1488
+  _globals['_PROGRESS']._serialized_end=1516
+  _globals['_STREAMINBOUNDMESSAGESREQUEST']._serialized_start=1518
+  _globals['_STREAMINBOUNDMESSAGESREQUEST']._serialized_end=1626
+  _globals['_STREAMINBOUNDMESSAGESRESPONSE']._serialized_start=1629
+  _globals['_STREAMINBOUNDMESSAGESRESPONSE']._serialized_end=1783
+  _globals['_MESSAGESTATUSSERVICE']._serialized_start=1786
+  _globals['_MESSAGESTATUSSERVICE']._serialized_end=2176
 # @@protoc_insertion_point(module_scope)

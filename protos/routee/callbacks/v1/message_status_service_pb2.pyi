@@ -55,6 +55,7 @@ class GetMessageStatusResponse(_message.Message):
     SEQUENCE_FIELD_NUMBER: _builtins.int
     CALLBACK_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
+    REPLIES_FIELD_NUMBER: _builtins.int
     tracking_id: _builtins.str
     """The message's tracking id."""
     campaign_tracking_id: _builtins.str
@@ -80,6 +81,12 @@ class GetMessageStatusResponse(_message.Message):
         change the current status.
         """
 
+    @_builtins.property
+    def replies(self) -> _containers.RepeatedCompositeFieldContainer[_callback_pb2.InboundMessage]:
+        """The messages users sent back in answer to this message (inbound messages
+        whose `referenceTrackingId` is this tracking id), oldest first.
+        """
+
     def __init__(
         self,
         *,
@@ -90,10 +97,11 @@ class GetMessageStatusResponse(_message.Message):
         sequence: _builtins.int = ...,
         callback: _callback_pb2.ViberCallback | None = ...,
         events: _abc.Iterable[Global___StatusEvent] | None = ...,
+        replies: _abc.Iterable[_callback_pb2.InboundMessage] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback", "campaign_tracking_id", b"campaign_tracking_id", "events", b"events", "sequence", b"sequence", "status", b"status", "status_name", b"status_name", "tracking_id", b"tracking_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback", "campaign_tracking_id", b"campaign_tracking_id", "events", b"events", "replies", b"replies", "sequence", b"sequence", "status", b"status", "status_name", b"status_name", "tracking_id", b"tracking_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -342,3 +350,70 @@ class Progress(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Progress: _TypeAlias = Progress  # noqa: Y015
+
+@_typing.final
+class StreamInboundMessagesRequest(_message.Message):
+    """StreamInboundMessagesRequest selects which inbound messages a stream carries and where it starts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_TRACKING_ID_FIELD_NUMBER: _builtins.int
+    AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    campaign_tracking_id: _builtins.str
+    """Only replies to messages of this campaign (Routee's `campaignTrackingId`);
+    empty means every campaign, including replies with no campaign.
+    """
+    after_sequence: _builtins.int
+    """When set, 0 included, the stream first replays every stored inbound
+    message of the filter whose sequence is greater than this one, then
+    continues live, with no gap and no duplicate between the two. When unset
+    the stream is live only. A sequence that is higher than the last stored
+    one returns INVALID_ARGUMENT.
+    """
+    def __init__(
+        self,
+        *,
+        campaign_tracking_id: _builtins.str = ...,
+        after_sequence: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence", "after_sequence", b"after_sequence"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence", "after_sequence", b"after_sequence", "campaign_tracking_id", b"campaign_tracking_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__after_sequence: _TypeAlias = _typing.Literal["after_sequence"]  # noqa: Y015
+    _WhichOneofArgType__after_sequence: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__after_sequence) -> _WhichOneofReturnType__after_sequence | None: ...
+
+Global___StreamInboundMessagesRequest: _TypeAlias = StreamInboundMessagesRequest  # noqa: Y015
+
+@_typing.final
+class StreamInboundMessagesResponse(_message.Message):
+    """StreamInboundMessagesResponse is one item of an inbound stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INBOUND_MESSAGE_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def inbound_message(self) -> _callback_pb2.InboundMessage:
+        """An inbound message: live or replayed."""
+
+    @_builtins.property
+    def progress(self) -> Global___Progress:
+        """A sign of life sent when the stream has been idle for a while."""
+
+    def __init__(
+        self,
+        *,
+        inbound_message: _callback_pb2.InboundMessage | None = ...,
+        progress: Global___Progress | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["inbound_message", b"inbound_message", "item", b"item", "progress", b"progress"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inbound_message", b"inbound_message", "item", b"item", "progress", b"progress"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["inbound_message", "progress"]  # noqa: Y015
+    _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
+
+Global___StreamInboundMessagesResponse: _TypeAlias = StreamInboundMessagesResponse  # noqa: Y015

@@ -53,6 +53,11 @@ class MessageStatusServiceStub:
                 request_serializer=routee_dot_callbacks_dot_v1_dot_message__status__service__pb2.StreamStatusUpdatesRequest.SerializeToString,
                 response_deserializer=routee_dot_callbacks_dot_v1_dot_message__status__service__pb2.StreamStatusUpdatesResponse.FromString,
                 _registered_method=True)
+        self.StreamInboundMessages = channel.unary_stream(
+                '/routee.callbacks.v1.MessageStatusService/StreamInboundMessages',
+                request_serializer=routee_dot_callbacks_dot_v1_dot_message__status__service__pb2.StreamInboundMessagesRequest.SerializeToString,
+                response_deserializer=routee_dot_callbacks_dot_v1_dot_message__status__service__pb2.StreamInboundMessagesResponse.FromString,
+                _registered_method=True)
 
 
 class MessageStatusServiceServicer:
@@ -101,6 +106,21 @@ class MessageStatusServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamInboundMessages(self, request, context):
+        """StreamInboundMessages streams the Viber messages users sent back (replies)
+        as they are stored.
+
+        It follows the rules of StreamStatusUpdates: strictly increasing
+        `sequence` (shared with status updates, so an inbound stream's sequences
+        have gaps), replay then live with no gap and no duplicate when
+        `after_sequence` is set, `progress` items while idle, and the same ending
+        statuses. OUT_OF_RANGE when `after_sequence` is older than what the
+        service still keeps (its retention).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MessageStatusServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -113,6 +133,11 @@ def add_MessageStatusServiceServicer_to_server(servicer, server):
                     servicer.StreamStatusUpdates,
                     request_deserializer=routee_dot_callbacks_dot_v1_dot_message__status__service__pb2.StreamStatusUpdatesRequest.FromString,
                     response_serializer=routee_dot_callbacks_dot_v1_dot_message__status__service__pb2.StreamStatusUpdatesResponse.SerializeToString,
+            ),
+            'StreamInboundMessages': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamInboundMessages,
+                    request_deserializer=routee_dot_callbacks_dot_v1_dot_message__status__service__pb2.StreamInboundMessagesRequest.FromString,
+                    response_serializer=routee_dot_callbacks_dot_v1_dot_message__status__service__pb2.StreamInboundMessagesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +203,33 @@ class MessageStatusService:
             '/routee.callbacks.v1.MessageStatusService/StreamStatusUpdates',
             routee_dot_callbacks_dot_v1_dot_message__status__service__pb2.StreamStatusUpdatesRequest.SerializeToString,
             routee_dot_callbacks_dot_v1_dot_message__status__service__pb2.StreamStatusUpdatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamInboundMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/routee.callbacks.v1.MessageStatusService/StreamInboundMessages',
+            routee_dot_callbacks_dot_v1_dot_message__status__service__pb2.StreamInboundMessagesRequest.SerializeToString,
+            routee_dot_callbacks_dot_v1_dot_message__status__service__pb2.StreamInboundMessagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

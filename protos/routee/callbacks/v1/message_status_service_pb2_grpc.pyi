@@ -68,6 +68,17 @@ class MessageStatusServiceStub:
     when the server already serves its maximum number of streams (retry with
     backoff); INVALID_ARGUMENT for a bad request (see the request's fields).
     """
+    StreamInboundMessages: _grpc.UnaryStreamMultiCallable[_message_status_service_pb2.StreamInboundMessagesRequest, _message_status_service_pb2.StreamInboundMessagesResponse]
+    """StreamInboundMessages streams the Viber messages users sent back (replies)
+    as they are stored.
+
+    It follows the rules of StreamStatusUpdates: strictly increasing
+    `sequence` (shared with status updates, so an inbound stream's sequences
+    have gaps), replay then live with no gap and no duplicate when
+    `after_sequence` is set, `progress` items while idle, and the same ending
+    statuses. OUT_OF_RANGE when `after_sequence` is older than what the
+    service still keeps (its retention).
+    """
 
 @_typing.type_check_only
 class MessageStatusServiceAsyncStub(MessageStatusServiceStub):
@@ -108,6 +119,17 @@ class MessageStatusServiceAsyncStub(MessageStatusServiceStub):
     from the last sequence, on this or another instance); RESOURCE_EXHAUSTED
     when the server already serves its maximum number of streams (retry with
     backoff); INVALID_ARGUMENT for a bad request (see the request's fields).
+    """
+    StreamInboundMessages: _aio.UnaryStreamMultiCallable[_message_status_service_pb2.StreamInboundMessagesRequest, _message_status_service_pb2.StreamInboundMessagesResponse]  # type: ignore[assignment]
+    """StreamInboundMessages streams the Viber messages users sent back (replies)
+    as they are stored.
+
+    It follows the rules of StreamStatusUpdates: strictly increasing
+    `sequence` (shared with status updates, so an inbound stream's sequences
+    have gaps), replay then live with no gap and no duplicate when
+    `after_sequence` is set, `progress` items while idle, and the same ending
+    statuses. OUT_OF_RANGE when `after_sequence` is older than what the
+    service still keeps (its retention).
     """
 
 class MessageStatusServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -158,6 +180,23 @@ class MessageStatusServiceServicer(metaclass=_abc_1.ABCMeta):
         from the last sequence, on this or another instance); RESOURCE_EXHAUSTED
         when the server already serves its maximum number of streams (retry with
         backoff); INVALID_ARGUMENT for a bad request (see the request's fields).
+        """
+
+    @_abc_1.abstractmethod
+    def StreamInboundMessages(
+        self,
+        request: _message_status_service_pb2.StreamInboundMessagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_message_status_service_pb2.StreamInboundMessagesResponse], _abc.AsyncIterator[_message_status_service_pb2.StreamInboundMessagesResponse]]:
+        """StreamInboundMessages streams the Viber messages users sent back (replies)
+        as they are stored.
+
+        It follows the rules of StreamStatusUpdates: strictly increasing
+        `sequence` (shared with status updates, so an inbound stream's sequences
+        have gaps), replay then live with no gap and no duplicate when
+        `after_sequence` is set, `progress` items while idle, and the same ending
+        statuses. OUT_OF_RANGE when `after_sequence` is older than what the
+        service still keeps (its retention).
         """
 
 def add_MessageStatusServiceServicer_to_server(servicer: MessageStatusServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
