@@ -6,7 +6,9 @@ python -m bench [--quick] [--only NAME ...] [--soak-seconds S] [--out FILE]
   the do-nothing Falcon ASGI ceiling on the service's own worker class, every round all four (bench/ingress.py);
 - postgres: one instance on SQLite against one and two instances on PostgreSQL;
 - cross_instance: publish-to-receive latency with the stream on the instance that took the callback, or another;
-- fanout, unary, memory, soak: streams and reads (bench/streams.py).
+- fanout, unary, memory, soak: streams and reads (bench/streams.py);
+- campaigns: GetCampaignSummary on a campaign of 1 000 000 messages next to a point read, ListMessageStatuses
+  pages per second, on SQLite and PostgreSQL (bench/campaigns.py).
 
 Each measure reports min, median and max over rounds and each ratio within its round. Results go to
 bench/results/latest.json; the Markdown tables to stdout.
@@ -25,12 +27,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from bench.campaigns import bench_campaigns
 from bench.harness import ROOT, WRK, free_port
 from bench.ingress import bench_ingress, bench_postgres
 from bench.report import table
 from bench.streams import bench_cross_instance, bench_fanout, bench_memory, bench_soak, bench_unary
 
-MEASURES = ("ingress", "postgres", "cross_instance", "fanout", "unary", "memory", "soak")
+MEASURES = ("ingress", "postgres", "cross_instance", "fanout", "unary", "memory", "soak", "campaigns")
 
 
 @contextlib.contextmanager
@@ -74,10 +77,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="routee-bench-") as tmp:
         workdir = Path(tmp)
         run("ingress", bench_ingress, workdir, seconds, rounds)
-        if wanted & {"postgres", "cross_instance"}:
-            with postgres_databases(3) as databases:
+        if wanted & {"postgres", "cross_instance", "campaigns"}:
+            with postgres_databases(4) as databases:
                 run("postgres", bench_postgres, workdir, databases[:2], seconds, rounds)
                 run("cross_instance", bench_cross_instance, workdir, databases[2], seconds, rounds)
+                engines = {"sqlite": str(workdir / "campaign.db"), "postgres": databases[3]}
+                run(
+                    "campaigns", bench_campaigns, workdir, engines, 20_000 if args.quick else 1_000_000, seconds, rounds
+                )
         run("fanout", bench_fanout, workdir, [1, 10] if args.quick else [1, 100, 1000, 10000], seconds, rounds)
         run("unary", bench_unary, workdir, seconds, rounds)
         run("memory", bench_memory, workdir, [10] if args.quick else [1000, 10000])

@@ -4,6 +4,10 @@ python -m bench.grpc_clients subscribe TARGET N SECONDS [K] -> JSON {deliveries,
     (with K, stream i < K watches campaign "campaign-i" and the others every campaign)
 python -m bench.grpc_clients idle TARGET N SECONDS       -> opens N streams, prints "open", holds them
 python -m bench.grpc_clients unary TARGET CONCURRENCY SECONDS TRACKING_ID -> JSON {calls, qps, errors}
+python -m bench.grpc_clients latency TARGET RPC SECONDS ARG -> JSON {calls, p50_ms, p99_ms, max_ms}
+    (one call at a time; RPC "summary" asks GetCampaignSummary of campaign ARG, "status" GetMessageStatus of ARG)
+python -m bench.grpc_clients pages TARGET PAGE_SIZE SECONDS CAMPAIGN [STATUS] -> JSON {pages, pages_per_second,
+    messages_per_second} (ListMessageStatuses, page after page, starting over at the end)
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import asyncio
 import json
 import sys
 import time
+from typing import Any
 
 import grpc
 
@@ -109,7 +114,53 @@ async def unary(target: str, concurrency: int, seconds: float, tracking_id: str)
     return {"calls": calls, "qps": calls / seconds, "errors": errors}
 
 
+async def latency(target: str, rpc: str, seconds: float, argument: str) -> dict[str, float]:
+    channel = grpc.aio.insecure_channel(target)
+    stub = pb2_grpc.MessageStatusServiceStub(channel)
+    call: Any
+    if rpc == "summary":
+        call, request = stub.GetCampaignSummary, pb2.GetCampaignSummaryRequest(campaign_tracking_id=argument)
+    else:
+        call, request = stub.GetMessageStatus, pb2.GetMessageStatusRequest(tracking_id=argument)
+    for _ in range(20):  # Warm the channel and the server's caches.
+        await call(request, timeout=5)
+    timings: list[float] = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        started = time.perf_counter()
+        await call(request, timeout=5)
+        timings.append(time.perf_counter() - started)
+    await channel.close()
+    return {
+        "calls": len(timings),
+        "p50_ms": _percentile(timings, 0.50) * 1000,
+        "p99_ms": _percentile(timings, 0.99) * 1000,
+        "max_ms": max(timings) * 1000,
+    }
+
+
+async def pages(target: str, size: int, seconds: float, campaign: str, status: int | None) -> dict[str, float]:
+    channel = grpc.aio.insecure_channel(target)
+    stub = pb2_grpc.MessageStatusServiceStub(channel)
+    request = pb2.ListMessageStatusesRequest(campaign_tracking_id=campaign, page_size=size)
+    if status is not None:
+        request.statuses.append(status)  # type: ignore[arg-type]
+    count = messages = 0
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        page = await stub.ListMessageStatuses(request, timeout=10)
+        count += 1
+        messages += len(page.messages)
+        request.page_token = page.next_page_token  # Empty at the end: start over.
+    elapsed = time.monotonic() - started
+    await channel.close()
+    return {"pages": count, "pages_per_second": count / elapsed, "messages_per_second": messages / elapsed}
+
+
 def main() -> None:
+    if sys.argv[1] == "latency":
+        main_latency()
+        return
     mode, target, count, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
     if mode == "subscribe":
         campaigns = int(sys.argv[5]) if len(sys.argv) > 5 else 0
@@ -118,8 +169,17 @@ def main() -> None:
         asyncio.run(idle(target, count, seconds))
     elif mode == "unary":
         print(json.dumps(asyncio.run(unary(target, count, seconds, sys.argv[5]))))
+    elif mode == "pages":
+        status = int(sys.argv[6]) if len(sys.argv) > 6 else None
+        print(json.dumps(asyncio.run(pages(target, count, seconds, sys.argv[5], status))))
     else:
         raise SystemExit(f"unknown mode {mode}")
+
+
+def main_latency() -> None:
+    """``latency TARGET RPC SECONDS ARG`` (its third argument is a name, not a count)."""
+    target, rpc, seconds, argument = sys.argv[2], sys.argv[3], float(sys.argv[4]), sys.argv[5]
+    print(json.dumps(asyncio.run(latency(target, rpc, seconds, argument))))
 
 
 if __name__ == "__main__":

@@ -97,4 +97,22 @@ def table(results: dict[str, Any]) -> str:
             f"{soak['rss_mb'][0][1]:.0f}→{soak['rss_mb'][-1][1]:.0f} MiB"
             f" (+{soak['rss_growth_after_warmup_mb']:.1f} after warm-up)."
         )
+    if "campaigns" in results:
+        campaigns = results["campaigns"]
+        lines += [
+            "",
+            f"### Campaign questions, one campaign of {campaigns['messages']:,} messages",
+            "",
+            "| engine | summary p50 ms | summary p99 ms | point read p99 ms | summary / point read p99"
+            " | list pages/s (100) | pages/s, Failed only |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for engine in ("sqlite", "postgres"):
+            if engine in campaigns:
+                row = campaigns[engine]
+                lines.append(
+                    f"| {engine} | {_mmm(row['summary_p50_ms'], 2)} | {_mmm(row['summary_p99_ms'], 2)} |"
+                    f" {_mmm(row['point_read_p99_ms'], 2)} | {_mmm(row['summary_to_point_read_p99'], 2)} |"
+                    f" {_mmm(row['pages_per_second'])} | {_mmm(row['failed_pages_per_second'])} |"
+                )
     return "\n".join(lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import falcon.asgi
@@ -20,14 +21,20 @@ INBOUND_PATH = "/v1/callbacks/viber/inbound"
 
 
 def create_app(
-    ingest: Ingest, allowlist: Allowlist, metrics: Metrics, *, middleware: Any = ()
+    ingest: Ingest,
+    allowlist: Allowlist,
+    metrics: Metrics,
+    *,
+    middleware: Any = (),
+    reconcile: Callable[[], dict[str, str] | None] | None = None,
 ) -> falcon.asgi.App[Any, Any]:
-    """Build the ingress app; it starts nothing and reads no environment."""
+    """Build the ingress app; it starts nothing and reads no environment. ``reconcile`` tells /readyz what
+    reconciliation is doing (when it is configured)."""
     app = falcon.asgi.App(middleware=list(middleware))
     app.add_route(CALLBACKS_PATH, CallbacksResource(ingest, allowlist, metrics))
     app.add_route(INBOUND_PATH, CallbacksResource(ingest, allowlist, metrics, kind=INBOUND))
     app.add_route("/healthz", HealthResource())
-    app.add_route("/readyz", ReadyResource(ingest, allowlist))
+    app.add_route("/readyz", ReadyResource(ingest, allowlist, reconcile=reconcile))
     app.add_route("/metrics", MetricsResource(metrics))
     app.add_route("/openapi.json", OpenApiResource())
     app.add_error_handler(Exception, errors.handle_unexpected)

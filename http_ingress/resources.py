@@ -130,12 +130,21 @@ class HealthResource:
 
 
 class ReadyResource:
-    """``GET /readyz``: the store is writable and the DNS allowlist (when on) is fresh."""
+    """``GET /readyz``: the store is writable and the DNS allowlist (when on) is fresh. What reconciliation is
+    doing is reported too, but never fails readiness: callbacks work without it."""
 
-    def __init__(self, ingest: Ingest, allowlist: Allowlist, *, timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        ingest: Ingest,
+        allowlist: Allowlist,
+        *,
+        timeout: float = 2.0,
+        reconcile: Callable[[], dict[str, str] | None] | None = None,
+    ) -> None:
         self._ingest = ingest
         self._allowlist = allowlist
         self._timeout = timeout
+        self._reconcile = reconcile
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Answer 200 when ready, 503 otherwise; the body says which check fails."""
@@ -148,6 +157,8 @@ class ReadyResource:
         if self._allowlist.dns is not None:
             checks["allowlist"] = self._allowlist.dns.status()
         ready = all(check["ready"] for check in checks.values())
+        if self._reconcile is not None:
+            checks["reconcile"] = {"ready": True, **(self._reconcile() or {"state": "starting"})}
         resp.status = falcon.HTTP_200 if ready else falcon.HTTP_503
         resp.media = {"ready": ready, "checks": checks}
 

@@ -1,4 +1,4 @@
-"""The ``routee-callbacks`` command: ``serve``, ``status``, ``watch`` and ``simulate``."""
+"""The ``routee-callbacks`` command: ``serve``, and the client and operator subcommands."""
 
 from __future__ import annotations
 
@@ -42,23 +42,33 @@ def build_parser() -> argparse.ArgumentParser:
         "environment variable named after it; the flag wins. Repeatable options take a comma-separated "
         "list in their variable.",
     )
+    add_options(serve)
+    from service import client, quarantine, reconcile, simulate
+
+    client.add_commands(commands, DEFAULT_GRPC_TARGET)
+    simulate.add_command(commands)
+    quarantine.add_commands(commands, _Parser)
+    reconcile.add_command(commands, add_options)
+    return parser
+
+
+def add_options(parser: argparse.ArgumentParser, flags: set[str] | None = None) -> None:
+    """Add the serve options (those of ``flags`` only, when given); each also reads ROUTEE_CALLBACKS_<OPTION>."""
     defaults = Settings()
     for option in OPTIONS:
+        if flags is not None and option.flag not in flags:
+            continue
         default = getattr(defaults, option.field)
         shown = ", ".join(map(str, default)) if isinstance(default, tuple) else default
-        serve.add_argument(
+        if option.field == "routee_application_secret":
+            shown = ""
+        parser.add_argument(
             option.flag,
             dest=option.field,
             metavar=option.metavar,
             action="append" if option.repeatable else "store",
             help=f"{option.help} (env {option.env}; default: {shown if shown not in ('', None) else 'none'})",
         )
-    from service import client, quarantine, simulate
-
-    client.add_commands(commands, DEFAULT_GRPC_TARGET)
-    simulate.add_command(commands)
-    quarantine.add_commands(commands, _Parser)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,4 +1,5 @@
-"""Client subcommands of ``routee-callbacks``: ``status`` and ``watch`` (status updates or replies), over gRPC."""
+"""Client subcommands of ``routee-callbacks``, over gRPC: ``status``, ``watch`` (status updates or replies) and
+``campaign`` (counts, or the list of a campaign's messages)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,23 @@ def add_commands(commands: Any, default_target: str) -> None:
     watch.add_argument("--grpc-target", default=default_target, metavar="HOST:PORT", help="(default: %(default)s)")
     watch.add_argument("--json", action="store_true", help="print each update as JSON")
     watch.set_defaults(run=run_watch)
-    for command in (status, watch):
+    campaign = commands.add_parser(
+        "campaign", help="count a campaign's messages by current status, or (--list) list them with their status"
+    )
+    campaign.add_argument("campaign_tracking_id", metavar="ID")
+    campaign.add_argument("--list", action="store_true", help="list the campaign's messages instead")
+    campaign.add_argument(
+        "--status",
+        action="append",
+        default=[],
+        type=_status_value,
+        metavar="S",
+        help="with --list: only messages whose current status is S (queued, delivered, seen...); repeatable",
+    )
+    campaign.add_argument("--grpc-target", default=default_target, metavar="HOST:PORT", help="(default: %(default)s)")
+    campaign.add_argument("--json", action="store_true", help="print JSON (with --list, one object per line)")
+    campaign.set_defaults(run=run_campaign)
+    for command in (status, watch, campaign):
         command.add_argument("--tls-ca", type=Path, metavar="FILE", help="CA certificate (PEM): connect over TLS")
         command.add_argument("--tls-cert", type=Path, metavar="FILE", help="client certificate (PEM) for mutual TLS")
         command.add_argument("--tls-key", type=Path, metavar="FILE", help="private key (PEM) of --tls-cert")
@@ -59,6 +76,14 @@ def channel(args: argparse.Namespace) -> grpc.Channel:
     except OSError as ex:
         raise SystemExit(f"routee-callbacks: error: {ex.filename}: {ex.strerror}") from None
     return grpc.secure_channel(args.grpc_target, credentials)
+
+
+def _status_value(name: str) -> int:
+    try:
+        return pb.MessageStatus.Value(f"MESSAGE_STATUS_{name.strip().upper()}")
+    except ValueError:
+        known = ", ".join(n.removeprefix("MESSAGE_STATUS_").lower() for n in pb.MessageStatus.keys()[1:])
+        raise argparse.ArgumentTypeError(f"{name!r} is not a status ({known})") from None
 
 
 def _status_name(value: int) -> str:
@@ -149,3 +174,61 @@ def run_watch(args: argparse.Namespace) -> int:
                 backoff = min(backoff * 2, 10.0)
             except KeyboardInterrupt:
                 return 0
+
+
+def run_campaign(args: argparse.Namespace) -> int:
+    """Print a campaign's summary, or walk its messages page by page; exit 1 when it is unknown or the server
+    fails."""
+    with channel(args) as open_channel:
+        stub = pb2_grpc.MessageStatusServiceStub(open_channel)
+        try:
+            if args.list:
+                _list_campaign(stub, args)
+            else:
+                _print_summary(
+                    stub.GetCampaignSummary(
+                        pb2.GetCampaignSummaryRequest(campaign_tracking_id=args.campaign_tracking_id), timeout=10
+                    ),
+                    as_json=args.json,
+                )
+        except grpc.RpcError as ex:
+            print(f"routee-callbacks: error: {ex.code().name}: {ex.details()}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def _print_summary(summary: pb2.GetCampaignSummaryResponse, *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(MessageToDict(summary, always_print_fields_with_no_presence=True), indent=2))
+        return
+    print(
+        f"campaign {summary.campaign_tracking_id}: {summary.total_messages} messages, as of sequence {summary.sequence}"
+    )
+    print(
+        f"status changes from {summary.first_update_time.ToJsonString()} to {summary.latest_update_time.ToJsonString()}"
+    )
+    for count in summary.counts:
+        share = 100 * count.messages / summary.total_messages if summary.total_messages else 0.0
+        print(f"  {_status_name(count.status):<11} {count.messages:>10}  {share:5.1f}%")
+
+
+def _list_campaign(stub: pb2_grpc.MessageStatusServiceStub, args: argparse.Namespace) -> None:
+    request = pb2.ListMessageStatusesRequest(
+        campaign_tracking_id=args.campaign_tracking_id, statuses=args.status, page_size=1000
+    )
+    while True:
+        page = stub.ListMessageStatuses(request, timeout=30)
+        for message in page.messages:
+            if args.json:
+                print(json.dumps(MessageToDict(message)), flush=True)
+            else:
+                reason = message.callback.status.reason.detailed_status
+                print(
+                    f"{message.tracking_id}  {_status_name(message.status):<11} {message.status_name:<12}"
+                    f" {message.callback.status.update_time.ToJsonString()}  seq {message.sequence}"
+                    + (f"  ({reason})" if reason else ""),
+                    flush=True,
+                )
+        if not page.next_page_token:
+            return
+        request.page_token = page.next_page_token

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -27,6 +27,14 @@ class HostPort:
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A Routee application's id and secret (the secret stays out of ``repr``)."""
+
+    application_id: str
+    secret: str = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -63,8 +71,20 @@ class Settings:
     grpc_tls_cert: Path | None = None
     grpc_tls_key: Path | None = None
     grpc_client_ca: Path | None = None
+    routee_application_id: str = ""
+    routee_application_secret: str = field(default="", repr=False)
+    routee_api_url: str = "https://connect.routee.net"
+    routee_auth_url: str = "https://auth.routee.net"
+    reconcile_after: float = 3600.0
+    reconcile_rate: float = 5.0
     log_level: str = "INFO"
     log_format: str = "auto"
+
+    def routee_credentials(self) -> Credentials | None:
+        """The Routee application's credentials, when both are configured (reconciliation runs only then)."""
+        if not (self.routee_application_id and self.routee_application_secret):
+            return None
+        return Credentials(self.routee_application_id, self.routee_application_secret)
 
 
 def parse_host_port(value: str, *, default_port: int | None = None) -> HostPort:
@@ -155,6 +175,13 @@ def _positive(kind: type[int] | type[float]) -> Callable[[str], Any]:
         return number
 
     return parse
+
+
+def _url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"expected an http(s) URL, got {value!r}")
+    return value.rstrip("/")
 
 
 def _choice(*choices: str) -> Callable[[str], str]:
@@ -342,6 +369,36 @@ OPTIONS: tuple[Option, ...] = (
         "FILE",
     ),
     Option(
+        "--routee-application-id",
+        "routee_application_id",
+        str,
+        "Routee application id: with its secret, statuses no callback brought are asked of Routee's tracking API",
+        "ID",
+    ),
+    Option(
+        "--routee-application-secret",
+        "routee_application_secret",
+        str,
+        "the application's secret; prefer the environment variable (a flag shows in the process list); never logged",
+        "SECRET",
+    ),
+    Option("--routee-api-url", "routee_api_url", _url, "Routee's API (tracking)", "URL"),
+    Option("--routee-auth-url", "routee_auth_url", _url, "Routee's OAuth server (tokens)", "URL"),
+    Option(
+        "--reconcile-after",
+        "reconcile_after",
+        _positive(float),
+        "seconds a status that is not final may stay unchanged before Routee's tracking API is asked",
+        "SECONDS",
+    ),
+    Option(
+        "--reconcile-rate",
+        "reconcile_rate",
+        _positive(float),
+        "most tracking API calls a second (reconciliation and backfill)",
+        "N",
+    ),
+    Option(
         "--header-timeout",
         "header_timeout",
         _positive(float),
@@ -397,5 +454,9 @@ def _check_combination(settings: Settings) -> None:
             raise ConfigError(f"--{port}-tls-cert", f"--{port}-tls-cert and --{port}-tls-key go together")
     if settings.grpc_client_ca is not None and settings.grpc_tls_cert is None:
         raise ConfigError("--grpc-client-ca", "client certificates need TLS: give --grpc-tls-cert and --grpc-tls-key")
+    if bool(settings.routee_application_id) != bool(settings.routee_application_secret):
+        raise ConfigError(
+            "--routee-application-id", "--routee-application-id and --routee-application-secret go together"
+        )
     if settings.workers > 1 and settings.grpc_bind.port == 0:
         raise ConfigError("--grpc-bind", "a fixed port is needed with more than one worker (they share it)")

@@ -55,6 +55,8 @@ def status_update(event: StoredEvent) -> pb2.StatusUpdate:
         update_time=timestamp_from_micros(event.update_us),
         receive_time=timestamp_from_micros(event.receive_us),
         is_current=event.is_current,
+        previous_status=event.previous_status,  # type: ignore[arg-type]
+        source=event.source,  # type: ignore[arg-type]
     )
     update.callback.MergeFromString(event.callback)
     return update
@@ -80,4 +82,5 @@ def status_event(event: StoredEvent) -> pb2.StatusEvent:
         update_time=timestamp_from_micros(event.update_us),
         sequence=event.sequence,
         receive_time=timestamp_from_micros(event.receive_us),
+        source=event.source,  # type: ignore[arg-type]
     )

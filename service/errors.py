@@ -136,6 +136,18 @@ class ShuttingDownError(UnavailableError):
     reason = "shutting_down"
 
 
+class TrackingApiUnavailableError(UnavailableError):
+    """Routee's tracking API did not answer usefully (down, too busy, after the retries it was worth)."""
+
+    reason = "tracking_api_unavailable"
+
+
+class CredentialsRejectedError(RouteeCallbacksError):
+    """Routee refused the application id and secret: nothing will work until an operator fixes them."""
+
+    reason = "credentials_rejected"
+
+
 class ResourceExhaustedError(RouteeCallbacksError):
     """A limit of the service is reached (for example the number of open streams)."""
 

@@ -19,6 +19,8 @@ class StoredEvent:
     receive_us: int
     is_current: bool  # whether it became the message's current status as it was stored
     callback: bytes  # ViberCallback, serialized
+    previous_status: int = 0  # when is_current, the message's current status before it (0: its first event)
+    source: int = 1  # EventSource: 1 a callback, 2 the tracking API
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,3 +46,31 @@ class EventFilter:
     campaign_tracking_id: str | None = None
     statuses: frozenset[int] = frozenset()
     inbound: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MessageState:
+    """A message as a batch read finds it: its current-status event, and its history and replies when asked."""
+
+    current: StoredEvent
+    history: list[StoredEvent]
+    replies: list[StoredInbound]
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignSummary:
+    """A campaign's messages counted by current status, consistent with ``sequence``."""
+
+    counts: dict[int, int]
+    first_update_us: int
+    latest_update_us: int
+    sequence: int
+
+
+@dataclass(frozen=True, slots=True)
+class DueCheck:
+    """A message whose status reconciliation should look up now: its current event, and how often it was looked
+    up since that event."""
+
+    current: StoredEvent
+    checks: int

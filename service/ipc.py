@@ -37,7 +37,7 @@ _KEPT = struct.Struct("!IQ")
 # A feed entry starts with its kind.
 _EVENT_ENTRY = 1
 _INBOUND_ENTRY = 2
-_EVENT = struct.Struct("!BQBBqqHHHI")
+_EVENT = struct.Struct("!BQBBBBqqHHHI")
 _INBOUND = struct.Struct("!BQqHHI")
 _RANGE = struct.Struct("!QQ")
 #: The largest frame either side accepts: a 64 KiB body, or a feed page.
@@ -173,6 +173,8 @@ def feed(entries: Sequence[Entry]) -> bytes:
                     entry.sequence,
                     entry.status,
                     entry.is_current,
+                    entry.previous_status,
+                    entry.source,
                     entry.update_us,
                     entry.receive_us,
                     len(campaign),
@@ -207,7 +209,9 @@ def parse_feed(payload: memoryview) -> list[Update]:
     offset = _RANGE.size
     while offset < len(payload):
         if payload[offset] == _EVENT_ENTRY:
-            _, sequence, status, is_current, update_us, receive_us, *lengths = _EVENT.unpack_from(payload, offset)
+            _, sequence, status, is_current, previous, source, update_us, receive_us, *lengths = _EVENT.unpack_from(
+                payload, offset
+            )
             (campaign, tracking_id, name, callback), offset = _fields(payload, offset + _EVENT.size, lengths)
             entry: Entry = StoredEvent(
                 sequence,
@@ -219,6 +223,8 @@ def parse_feed(payload: memoryview) -> list[Update]:
                 receive_us,
                 bool(is_current),
                 callback,
+                previous,
+                source,
             )
         elif payload[offset] == _INBOUND_ENTRY:
             _, sequence, receive_us, *lengths = _INBOUND.unpack_from(payload, offset)

@@ -62,6 +62,18 @@ class Metrics:
             ["outcome", "reason"],
             registry=self.registry,
         )
+        self.tracking_calls = Counter(
+            "routee_callbacks_tracking_api_calls",
+            "Calls to Routee's tracking API, by endpoint (token, message, campaign) and outcome (ok, not_found,"
+            " rate_limited, server_error, unreachable, unauthorized, error).",
+            ["endpoint", "outcome"],
+            registry=self.registry,
+        )
+        self.reconciled_events = Counter(
+            "routee_callbacks_reconciled_events",
+            "Status events found by asking Routee's tracking API that no callback had brought.",
+            registry=self.registry,
+        )
         self.connections_refused = Counter(
             "routee_callbacks_http_connections_refused",
             "HTTP connections turned away or cut off before the app saw a request, by reason (source_not_allowed,"

@@ -63,6 +63,11 @@ class Instance:
         """Where every process of the instance records its metrics."""
         return self.runtime_dir / "metrics"
 
+    @property
+    def reconcile_state(self) -> Path:
+        """Where the writer process says what reconciliation is doing (for every worker's /readyz)."""
+        return self.runtime_dir / "reconcile.json"
+
 
 def prepare_instance() -> Instance:
     """Create the instance's private directory and switch prometheus-client to multiprocess mode.

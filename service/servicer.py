@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import grpc
 
 from routee.callbacks.v1 import callback_pb2 as pb
 from routee.callbacks.v1 import message_status_service_pb2 as pb2
+from service import page_tokens
 from service.broker import Broker, Update
-from service.convert import status_event
+from service.convert import status_event, timestamp_from_micros
 from service.errors import (
     InvalidArgumentError,
     NotFoundError,
@@ -22,7 +23,7 @@ from service.errors import (
     ShuttingDownError,
     UnavailableError,
 )
-from service.events import EventFilter
+from service.events import EventFilter, StoredEvent, StoredInbound
 from service.metrics import Metrics
 from service.store import LogReader
 
@@ -31,6 +32,9 @@ _LOGGER = logging.getLogger(__name__)
 SERVICE_NAME = pb2.DESCRIPTOR.services_by_name["MessageStatusService"].full_name
 # A catching-up stream holds one page: this bounds its memory (about 1 KiB an event).
 REPLAY_PAGE = 100
+MAX_BATCH = 1000
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
 _T = TypeVar("_T")
 
 _CODES: dict[type[RouteeCallbacksError], grpc.StatusCode] = {
@@ -75,17 +79,79 @@ class MessageStatusServicer:
         history = await self._store.history(request.tracking_id)
         if not history:
             raise NotFoundError(f"no callback received for tracking_id {request.tracking_id!r}")
-        replies = await self._store.replies(request.tracking_id)
-        current = history[-1]
-        return pb2.GetMessageStatusResponse(
-            tracking_id=current.tracking_id,
-            campaign_tracking_id=current.campaign_tracking_id,
-            status=current.status,  # type: ignore[arg-type]
-            status_name=current.status_name,
-            sequence=current.sequence,
-            callback=pb.ViberCallback.FromString(current.callback),
-            events=[status_event(event) for event in history],
-            replies=[pb.InboundMessage.FromString(reply.message) for reply in replies],
+        return _message_status(history[-1], history, await self._store.replies(request.tracking_id))
+
+    async def BatchGetMessageStatuses(  # noqa: N802 (the RPC's name)
+        self, request: pb2.BatchGetMessageStatusesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb2.BatchGetMessageStatusesResponse:
+        """Return the current status of many messages, in the order asked, and the ids never seen."""
+        return await _abort_on_error(context, self._batch_get(request))
+
+    async def _batch_get(self, request: pb2.BatchGetMessageStatusesRequest) -> pb2.BatchGetMessageStatusesResponse:
+        ids = list(request.tracking_ids)
+        if not ids:
+            raise InvalidArgumentError("tracking_ids is required")
+        if len(ids) > MAX_BATCH:
+            raise InvalidArgumentError(f"tracking_ids holds {len(ids)} ids; at most {MAX_BATCH} are allowed")
+        if "" in ids:
+            raise InvalidArgumentError("tracking_ids holds an empty id")
+        if len(set(ids)) < len(ids):
+            twice = next(tracking_id for tracking_id in ids if ids.count(tracking_id) > 1)
+            raise InvalidArgumentError(f"tracking_ids holds {twice!r} more than once")
+        found = await self._store.statuses(ids, history=request.include_history)
+        response = pb2.BatchGetMessageStatusesResponse()
+        for tracking_id in ids:
+            state = found.get(tracking_id)
+            if state is None:
+                response.missing_tracking_ids.append(tracking_id)
+            else:
+                response.statuses.append(_message_status(state.current, state.history, state.replies))
+        return response
+
+    async def ListMessageStatuses(  # noqa: N802 (the RPC's name)
+        self, request: pb2.ListMessageStatusesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb2.ListMessageStatusesResponse:
+        """Return one page of a campaign's messages, in tracking id order."""
+        return await _abort_on_error(context, self._list(request))
+
+    async def _list(self, request: pb2.ListMessageStatusesRequest) -> pb2.ListMessageStatusesResponse:
+        if not request.campaign_tracking_id:
+            raise InvalidArgumentError("campaign_tracking_id is required")
+        if request.page_size < 0:
+            raise InvalidArgumentError("page_size must not be negative")
+        statuses = _statuses(request.statuses)
+        size = min(request.page_size or DEFAULT_PAGE, MAX_PAGE)
+        after = page_tokens.read(request.page_token, request.campaign_tracking_id, statuses)
+        events = await self._store.list_messages(request.campaign_tracking_id, statuses, after, size + 1)
+        response = pb2.ListMessageStatusesResponse(messages=[_message_status(event, [], []) for event in events[:size]])
+        if len(events) > size:
+            response.next_page_token = page_tokens.make(
+                request.campaign_tracking_id, statuses, events[size - 1].tracking_id
+            )
+        return response
+
+    async def GetCampaignSummary(  # noqa: N802 (the RPC's name)
+        self, request: pb2.GetCampaignSummaryRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb2.GetCampaignSummaryResponse:
+        """Count a campaign's messages by current status."""
+        return await _abort_on_error(context, self._summary(request))
+
+    async def _summary(self, request: pb2.GetCampaignSummaryRequest) -> pb2.GetCampaignSummaryResponse:
+        if not request.campaign_tracking_id:
+            raise InvalidArgumentError("campaign_tracking_id is required")
+        summary = await self._store.campaign_summary(request.campaign_tracking_id)
+        if summary is None:
+            raise NotFoundError(f"no callback received for campaign {request.campaign_tracking_id!r}")
+        return pb2.GetCampaignSummaryResponse(
+            campaign_tracking_id=request.campaign_tracking_id,
+            counts=[
+                pb2.StatusCount(status=status, messages=count)  # type: ignore[arg-type]
+                for status, count in sorted(summary.counts.items())
+            ],
+            total_messages=sum(summary.counts.values()),
+            first_update_time=timestamp_from_micros(summary.first_update_us),
+            latest_update_time=timestamp_from_micros(summary.latest_update_us),
+            sequence=summary.sequence,
         )
 
     async def StreamStatusUpdates(  # noqa: N802 (the RPC's name)
@@ -199,14 +265,33 @@ def _inbound_progress(sequence: int) -> bytes:
     return pb2.StreamInboundMessagesResponse(progress=pb2.Progress(sequence=sequence)).SerializeToString()
 
 
+def _message_status(
+    current: StoredEvent, history: Sequence[StoredEvent], replies: Sequence[StoredInbound]
+) -> pb2.GetMessageStatusResponse:
+    return pb2.GetMessageStatusResponse(
+        tracking_id=current.tracking_id,
+        campaign_tracking_id=current.campaign_tracking_id,
+        status=current.status,  # type: ignore[arg-type]
+        status_name=current.status_name,
+        sequence=current.sequence,
+        callback=pb.ViberCallback.FromString(current.callback),
+        events=[status_event(event) for event in history],
+        replies=[pb.InboundMessage.FromString(reply.message) for reply in replies],
+    )
+
+
+def _statuses(requested: Iterable[int]) -> frozenset[int]:
+    known = set(pb.MessageStatus.values()) - {pb.MESSAGE_STATUS_UNSPECIFIED}
+    for status in requested:
+        if status not in known:
+            raise InvalidArgumentError(f"statuses: {status} is not a MessageStatus this server knows")
+    return frozenset(requested)
+
+
 def _event_filter(request: pb2.StreamStatusUpdatesRequest) -> EventFilter:
     if request.include_snapshot and request.HasField("after_sequence"):
         raise InvalidArgumentError("include_snapshot and after_sequence cannot be combined")
-    known = set(pb.MessageStatus.values()) - {pb.MESSAGE_STATUS_UNSPECIFIED}
-    for status in request.statuses:
-        if status not in known:
-            raise InvalidArgumentError(f"statuses: {status} is not a MessageStatus this server knows")
-    return EventFilter(request.campaign_tracking_id or None, frozenset(request.statuses))
+    return EventFilter(request.campaign_tracking_id or None, _statuses(request.statuses))
 
 
 async def _abort_on_error(context: grpc.aio.ServicerContext[Any, Any], work: Awaitable[_T]) -> _T:
@@ -225,6 +310,18 @@ def method_handlers(servicer: MessageStatusServicer) -> grpc.GenericRpcHandler[A
             request_deserializer=pb2.GetMessageStatusRequest.FromString,
             response_serializer=pb2.GetMessageStatusResponse.SerializeToString,
         ),
+        **{
+            name: grpc.unary_unary_rpc_method_handler(
+                getattr(servicer, name),
+                request_deserializer=request.FromString,
+                response_serializer=response.SerializeToString,
+            )
+            for name, request, response in (
+                ("BatchGetMessageStatuses", pb2.BatchGetMessageStatusesRequest, pb2.BatchGetMessageStatusesResponse),
+                ("ListMessageStatuses", pb2.ListMessageStatusesRequest, pb2.ListMessageStatusesResponse),
+                ("GetCampaignSummary", pb2.GetCampaignSummaryRequest, pb2.GetCampaignSummaryResponse),
+            )
+        },
         "StreamStatusUpdates": grpc.unary_stream_rpc_method_handler(
             servicer.StreamStatusUpdates,
             request_deserializer=pb2.StreamStatusUpdatesRequest.FromString,

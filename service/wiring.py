@@ -20,6 +20,7 @@ import gc
 import logging
 import os
 import resource
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,7 @@ from http_ingress.app import create_app
 from http_ingress.connections import Connection, ConnectionPolicy, connection_class
 from http_ingress.errors import http_status
 from http_ingress.schemas import parse_callback, parse_inbound
+from routee.callbacks.v1 import callback_pb2 as pb
 from service.broker import Broker
 from service.config import Settings, redact
 from service.errors import RouteeCallbacksError
@@ -40,10 +42,12 @@ from service.ingest import AdjustmentRecorder, Parsers, Refusals
 from service.log import LocalLog
 from service.metrics import Metrics
 from service.process import WRITER_STOP_SIGNAL, Instance
+from service.reconcile import Reconciler, ReconcileState
 from service.server import create_server
 from service.servicer import SERVICE_NAME, MessageStatusServicer
 from service.store import INBOUND, STATUS, Store, open_store
 from service.tls import ReloadingContext, grpc_certificates, grpc_credentials, http_certificates
+from service.tracking_api import TrackingApi
 from service.writer_client import RemoteIngest, RemoteLog
 from service.writer_server import Feed, WriterServer
 
@@ -184,7 +188,8 @@ def build_worker(settings: Settings, instance: Instance) -> WorkerParts:
         admit=allowlist.admits,
         refused=lambda reason: metrics.connections_refused.labels(reason).inc(),
     )
-    app = create_app(RemoteIngest(log.client), allowlist, metrics, middleware=[runtime])
+    reconcile = ReconcileState(instance.reconcile_state).get if settings.routee_credentials() else None
+    app = create_app(RemoteIngest(log.client), allowlist, metrics, middleware=[runtime], reconcile=reconcile)
     return WorkerParts(app, connection_class(policy))
 
 
@@ -194,6 +199,25 @@ def parsers(metrics: Metrics | None = None) -> Parsers:
     if metrics is None:
         return {STATUS: lambda body: parse_callback(body).job, INBOUND: lambda body: parse_inbound(body).job}
     return {STATUS: AdjustmentRecorder(parse_callback, metrics), INBOUND: AdjustmentRecorder(parse_inbound, metrics)}
+
+
+def tracked_parser() -> Callable[[bytes], pb.ViberCallback]:
+    """The ingress's callback model, for what Routee's tracking API returns (in the callback's shape)."""
+    return lambda body: parse_callback(body).callback
+
+
+def tracking_api(settings: Settings, metrics: Metrics | None = None) -> TrackingApi | None:
+    """A client of Routee's tracking API, when credentials are configured."""
+    credentials = settings.routee_credentials()
+    if credentials is None:
+        return None
+    return TrackingApi(
+        credentials,
+        api_url=settings.routee_api_url,
+        auth_url=settings.routee_auth_url,
+        rate=settings.reconcile_rate,
+        observe=(lambda endpoint, outcome: metrics.tracking_calls.labels(endpoint, outcome).inc()) if metrics else None,
+    )
 
 
 def refusals(settings: Settings) -> Refusals:
@@ -239,11 +263,32 @@ async def _writer_main(settings: Settings, instance: Instance) -> None:
     )
     await server.start()
     gauges = asyncio.create_task(_watch_quarantine(store, metrics), name="quarantine-gauge")
+    api = tracking_api(settings, metrics)
+    reconciler = None
+    if api is not None:
+        reconciler = asyncio.create_task(
+            Reconciler(
+                store,
+                log.writer,
+                api,
+                tracked_parser(),
+                after=settings.reconcile_after,
+                state=ReconcileState(instance.reconcile_state),
+                found=metrics.reconciled_events.inc,
+                idle=min(10.0, settings.reconcile_after),
+            ).run(),
+            name="reconciler",
+        )
     _LOGGER.info("writer started", extra={"pid": os.getpid(), "database": redact(settings.database)})
     while not stop.is_set() and os.getppid() == instance.master_pid:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 1.0)
     gauges.cancel()
+    if reconciler is not None and api is not None:
+        reconciler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reconciler
+        await api.close()
     await server.stop()
     await log.stop()
     await store.close()

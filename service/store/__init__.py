@@ -32,18 +32,46 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from routee.callbacks.v1 import callback_pb2 as pb
-from service.events import Entry, EventFilter, StoredEvent, StoredInbound
+from service.events import (
+    CampaignSummary,
+    DueCheck,
+    Entry,
+    EventFilter,
+    MessageState,
+    StoredEvent,
+    StoredInbound,
+)
 
 #: What a body posted to the service is: a status callback, or an inbound message (a reply).
 STATUS = "status"
 INBOUND = "inbound"
 
 
+#: Where a status event came from (routee.callbacks.v1.EventSource).
+FROM_CALLBACK = 1
+FROM_TRACKING_API = 2
+#: Statuses after which Routee reports no further change: reconciliation stops at them.
+FINAL_STATUSES = frozenset(
+    {
+        pb.MESSAGE_STATUS_SEEN,
+        pb.MESSAGE_STATUS_UNDELIVERED,
+        pb.MESSAGE_STATUS_EXPIRED,
+        pb.MESSAGE_STATUS_FAILED,
+        pb.MESSAGE_STATUS_UNSENT,
+    }
+)
+
+
 @dataclass(frozen=True, slots=True)
 class AppendStatus:
-    """Store one validated status callback; the result is its StoredEvent, or None for a duplicate."""
+    """Store one validated status callback; the result is its StoredEvent, or None for a duplicate.
+
+    A message whose current status becomes one that is not final is due for reconciliation from the time it was
+    stored (``check_from_us``); a final one never is.
+    """
 
     callback: pb.ViberCallback
+    source: int = FROM_CALLBACK
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +80,17 @@ class AppendInbound:
     content stored before: it has no id of its own)."""
 
     message: pb.InboundMessage
+
+
+@dataclass(frozen=True, slots=True)
+class Reschedule:
+    """After a reconciliation lookup that changed nothing: look the message up again from ``check_from_us`` (None:
+    never), unless its current status changed meanwhile (its current event is no longer ``current_sequence``).
+    The result is whether it applied."""
+
+    tracking_id: str
+    current_sequence: int
+    check_from_us: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +141,7 @@ class DropQuarantined:
     seen_before_us: int | None = None
 
 
-Job = AppendStatus | AppendInbound | Probe | PruneChunk | Quarantine | Release | DropQuarantined
+Job = AppendStatus | AppendInbound | Reschedule | Probe | PruneChunk | Quarantine | Release | DropQuarantined
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +187,10 @@ class LogWriter(Protocol):
     async def close_writer(self) -> None:
         """Close the writing connection; the next write opens a new one."""
 
+    async def hold_lease(self) -> bool:
+        """Take, or keep, the one lease of reconciliation among every instance on this database; say whether this
+        process holds it. It lapses by itself when this process dies."""
+
 
 class LogReader(Protocol):
     """The reading face of a store."""
@@ -167,6 +210,24 @@ class LogReader(Protocol):
 
     async def snapshot(self, event_filter: EventFilter) -> tuple[list[StoredEvent], int]:
         """Return the current-status event of every message of the filter and the sequence it is consistent with."""
+
+    async def statuses(self, tracking_ids: Sequence[str], *, history: bool = False) -> dict[str, MessageState]:
+        """Return the messages found among ``tracking_ids`` (by tracking id), with history and replies when asked."""
+
+    async def list_messages(
+        self, campaign_tracking_id: str, statuses: frozenset[int], after_tracking_id: str, limit: int
+    ) -> list[StoredEvent]:
+        """Return the current-status events of up to ``limit`` messages of a campaign whose current status is one
+        of ``statuses`` (all when empty), with a tracking id after ``after_tracking_id``, in tracking id order."""
+
+    async def campaign_summary(self, campaign_tracking_id: str) -> CampaignSummary | None:
+        """Return the campaign's counts by current status and the sequence they are consistent with (None when the
+        campaign is unknown). It reads a few rows, whatever the campaign's size: the counts are kept as events are
+        stored."""
+
+    async def due_checks(self, changed_before_us: int, limit: int) -> list[DueCheck]:
+        """Return up to ``limit`` messages due for reconciliation (``check_from_us`` before ``changed_before_us``),
+        those due longest first."""
 
     async def last_sequence(self) -> int:
         """Return the greatest sequence committed (0 when none)."""

@@ -14,7 +14,7 @@ from routee.callbacks.v1 import callback_pb2 as pb
 from service.convert import normalise_status_name
 from service.events import StoredEvent, StoredInbound
 from service.order import lifecycle_rank, precedence
-from service.store import AppendInbound, AppendStatus, Job, Release
+from service.store import FINAL_STATUSES, FROM_CALLBACK, AppendInbound, AppendStatus, Job, Release
 
 #: A distinct event: tracking id, case-folded status name, ``updatedDate`` in microseconds.
 EventKey = tuple[str, str, int]
@@ -50,8 +50,10 @@ class StatusPlan:
     events: list[NewEvent] = field(default_factory=list)
     #: The messages whose current status changes, with their new current status.
     messages: dict[str, Current] = field(default_factory=dict)
-    #: The messages' current statuses before the batch (for those that change).
-    replaced: dict[str, Current] = field(default_factory=dict)
+    #: How the number of messages per (campaign, current status) changes; zeros left out.
+    counts: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: Per campaign with new events, the earliest and latest ``updatedDate`` among them.
+    campaign_times: dict[str, tuple[int, int]] = field(default_factory=dict)
     #: The greatest sequence after the batch.
     last_sequence: int = 0
 
@@ -67,6 +69,12 @@ def event_key(callback: pb.ViberCallback) -> EventKey:
     )
 
 
+def check_from(status: int, receive_us: int) -> int | None:
+    """When reconciliation may look up a message whose current status became ``status`` at ``receive_us``: from
+    then on (after its own delay), unless the status is final."""
+    return None if status in FINAL_STATUSES else receive_us
+
+
 def tracking_ids(callbacks: Iterable[pb.ViberCallback]) -> list[str]:
     """The distinct tracking ids of a batch, sorted (engines look their current status up)."""
     return sorted({callback.tracking_id for callback in callbacks})
@@ -80,8 +88,10 @@ def plan_status(
     current: Mapping[str, Current],
     last_sequence: int,
     receive_us: int,
+    sources: Sequence[int] = (),
 ) -> StatusPlan:
-    """Plan a batch; ``keys`` are the callbacks' event keys.
+    """Plan a batch; ``keys`` are the callbacks' event keys, ``sources`` where each came from (all callbacks when
+    empty).
 
     Sequences follow ``last_sequence`` in batch order; duplicates (already stored, or earlier in the batch) get
     none. A new event becomes current when its precedence beats the message's current event; being stored later,
@@ -90,7 +100,7 @@ def plan_status(
     plan = StatusPlan(last_sequence=last_sequence)
     seen = set(existing)
     state = dict(current)
-    for callback, key in zip(callbacks, keys, strict=True):
+    for index, (callback, key) in enumerate(zip(callbacks, keys, strict=True)):
         if key in seen:
             plan.results.append(None)
             continue
@@ -104,39 +114,52 @@ def plan_status(
         is_current = before is None or precedence(update_us, rank, sequence) > precedence(
             before.update_us, before.rank, before.sequence
         )
+        campaign = callback.campaign_tracking_id
         event = StoredEvent(
             sequence,
             tracking_id,
-            callback.campaign_tracking_id,
+            campaign,
             status,
             callback.status.name,
             update_us,
             receive_us,
             is_current,
             callback.SerializeToString(),
+            before.status if is_current and before is not None else 0,
+            sources[index] if sources else FROM_CALLBACK,
         )
         plan.events.append(NewEvent(event, status_key, rank))
         plan.results.append(event)
+        first, latest = plan.campaign_times.get(campaign, (update_us, update_us))
+        plan.campaign_times[campaign] = (min(first, update_us), max(latest, update_us))
         if is_current:
-            if before is not None and tracking_id not in plan.replaced:
-                plan.replaced[tracking_id] = before
-            state[tracking_id] = plan.messages[tracking_id] = Current(
-                callback.campaign_tracking_id, status, update_us, rank, sequence
-            )
+            state[tracking_id] = plan.messages[tracking_id] = Current(campaign, status, update_us, rank, sequence)
+    for tracking_id, now in plan.messages.items():
+        _count(plan.counts, (now.campaign_tracking_id, now.status), 1)
+        if (stored := current.get(tracking_id)) is not None:
+            _count(plan.counts, (stored.campaign_tracking_id, stored.status), -1)
     return plan
+
+
+def _count(counts: dict[tuple[str, int], int], key: tuple[str, int], delta: int) -> None:
+    total = counts.get(key, 0) + delta
+    if total:
+        counts[key] = total
+    else:
+        counts.pop(key, None)
 
 
 # -- inbound messages ---------------------------------------------------------------------------------------------
 
 
-def appends(jobs: Sequence[Job]) -> tuple[list[pb.ViberCallback], list[pb.InboundMessage]]:
+def appends(jobs: Sequence[Job]) -> tuple[list[AppendStatus], list[pb.InboundMessage]]:
     """The status callbacks and the inbound messages a batch appends (releases from quarantine included)."""
-    callbacks: list[pb.ViberCallback] = []
+    callbacks: list[AppendStatus] = []
     messages: list[pb.InboundMessage] = []
     for job in jobs:
         append = job.append if isinstance(job, Release) else job
         if isinstance(append, AppendStatus):
-            callbacks.append(append.callback)
+            callbacks.append(append)
         elif isinstance(append, AppendInbound):
             messages.append(append.message)
     return callbacks, messages

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import psycopg
@@ -27,7 +27,15 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from service.errors import StartupError, StoreUnavailableError
-from service.events import Entry, EventFilter, StoredEvent, StoredInbound
+from service.events import (
+    CampaignSummary,
+    DueCheck,
+    Entry,
+    EventFilter,
+    MessageState,
+    StoredEvent,
+    StoredInbound,
+)
 from service.order import order_by
 from service.store import (
     AppendInbound,
@@ -39,6 +47,7 @@ from service.store import (
     Quarantine,
     Quarantined,
     Release,
+    Reschedule,
     WriteResult,
     body_digest,
     merge_entries,
@@ -49,6 +58,7 @@ from service.store.plan import (
     InboundPlan,
     StatusPlan,
     appends,
+    check_from,
     event_key,
     inbound_key,
     plan_inbound,
@@ -64,6 +74,7 @@ CHANNEL = "routee_callbacks_log"
 # Advisory lock keys (any constants unlikely to collide with another application's).
 _MIGRATION_LOCK = 0x52435F4D  # "RC_M"
 _PRUNE_LOCK = 0x52435F50  # "RC_P"
+_RECONCILE_LOCK = 0x52435F52  # "RC_R"
 
 # Every connection: bounded waits, so a dead server or a stuck peer turns into 503s, not hangs.
 _CONNECTION: dict[str, Any] = {
@@ -142,12 +153,46 @@ _MIGRATIONS = (
     CREATE INDEX IF NOT EXISTS inbound_by_reference ON inbound (reference_tracking_id, sequence);
     ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS kind TEXT NOT NULL DEFAULT 'status';
     """,
+    # Campaign questions: each message's current status in its row, counts per campaign and status kept as
+    # events are stored, and each update's previous current status (to keep counts live from a stream).
+    """
+    ALTER TABLE events ADD COLUMN IF NOT EXISTS previous_status SMALLINT NOT NULL DEFAULT 0;
+    ALTER TABLE messages ADD COLUMN IF NOT EXISTS status SMALLINT NOT NULL DEFAULT 0;
+    UPDATE messages m SET status = e.status FROM events e WHERE e.sequence = m.current_sequence;
+    DROP INDEX IF EXISTS messages_by_campaign;
+    CREATE INDEX IF NOT EXISTS messages_by_campaign ON messages (campaign_tracking_id, tracking_id);
+    CREATE INDEX IF NOT EXISTS messages_by_campaign_status ON messages (campaign_tracking_id, status, tracking_id);
+    CREATE TABLE IF NOT EXISTS campaign_counts (
+        campaign_tracking_id TEXT NOT NULL,
+        status SMALLINT NOT NULL,
+        messages BIGINT NOT NULL,
+        PRIMARY KEY (campaign_tracking_id, status)
+    );
+    INSERT INTO campaign_counts SELECT campaign_tracking_id, status, count(*) FROM messages GROUP BY 1, 2;
+    CREATE TABLE IF NOT EXISTS campaigns (
+        campaign_tracking_id TEXT PRIMARY KEY,
+        first_update_us BIGINT NOT NULL,
+        latest_update_us BIGINT NOT NULL
+    );
+    INSERT INTO campaigns SELECT campaign_tracking_id, min(update_us), max(update_us) FROM events GROUP BY 1;
+    """,
+    # Reconciliation with Routee's tracking API: where each event came from, and when each message whose status
+    # is not final may be looked up (NULL: never; a final status 3-7, or given up).
+    """
+    ALTER TABLE events ADD COLUMN IF NOT EXISTS source SMALLINT NOT NULL DEFAULT 1;
+    ALTER TABLE messages ADD COLUMN IF NOT EXISTS check_from_us BIGINT;
+    ALTER TABLE messages ADD COLUMN IF NOT EXISTS checks INTEGER NOT NULL DEFAULT 0;
+    UPDATE messages m SET check_from_us = e.receive_us FROM events e
+        WHERE e.sequence = m.current_sequence AND m.status NOT IN (3, 4, 5, 6, 7);
+    CREATE INDEX IF NOT EXISTS messages_to_check ON messages (check_from_us) WHERE check_from_us IS NOT NULL;
+    """,
 )
 
 _QUARANTINE_COLUMNS = "id, received_us, last_us, peer, status, reason, detail, attempts, body, kind"
 _INBOUND_COLUMNS = "sequence, campaign_tracking_id, reference_tracking_id, receive_us, message"
 _EVENT_COLUMNS = (
-    "sequence, tracking_id, campaign_tracking_id, status, status_name, update_us, receive_us, was_current, callback"
+    "sequence, tracking_id, campaign_tracking_id, status, status_name, update_us, receive_us, was_current, callback,"
+    " previous_status, source"
 )
 
 
@@ -161,6 +206,7 @@ class PostgresStore:
         self._read_timeout = read_timeout
         self._writer: psycopg.AsyncConnection[Any] | None = None
         self._listener: psycopg.AsyncConnection[Any] | None = None
+        self._lease: psycopg.AsyncConnection[Any] | None = None
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
 
     def __str__(self) -> str:
@@ -183,6 +229,9 @@ class PostgresStore:
     async def close(self) -> None:
         """Close every connection."""
         await self.close_writer()
+        if self._lease is not None:
+            await self._lease.close()
+            self._lease = None
         if self._listener is not None:
             await self._listener.close()
             self._listener = None
@@ -196,6 +245,25 @@ class PostgresStore:
             with contextlib.suppress(psycopg.Error):
                 await self._writer.close()
             self._writer = None
+
+    async def hold_lease(self) -> bool:
+        """Hold the reconciliation lease: a session advisory lock on a connection of its own, released by the
+        server when this process or its connection goes away."""
+        try:
+            if self._lease is not None and not self._lease.closed:
+                await self._lease.execute("SELECT 1")  # Still connected: the lock is still ours.
+                return True
+            self._lease = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True, **_CONNECTION)
+            row = await (await self._lease.execute("SELECT pg_try_advisory_lock(%s)", (_RECONCILE_LOCK,))).fetchone()
+            if row and row[0]:
+                return True
+        except psycopg.Error:
+            pass
+        if self._lease is not None:
+            with contextlib.suppress(psycopg.Error):
+                await self._lease.close()
+            self._lease = None
+        return False
 
     async def _writer_connection(self) -> psycopg.AsyncConnection[Any]:
         if self._writer is None or self._writer.closed:
@@ -230,7 +298,7 @@ class PostgresStore:
         plan, inbound = StatusPlan(), InboundPlan()
         if callbacks or messages:
             plan, inbound = await _plan(connection, callbacks, messages, now_us)
-            await _apply(connection, plan, inbound)
+            await _apply(connection, plan, inbound, now_us)
         result = WriteResult(entries=[new.event for new in plan.events] + [new.entry for new in inbound.entries])
         statuses, replies = iter(plan.results), iter(inbound.results)
         for job in jobs:
@@ -245,6 +313,13 @@ class PostgresStore:
                 result.results.append(await _quarantine(connection, job, now_us))
             elif isinstance(job, DropQuarantined):
                 result.results.append(await _drop_quarantined(connection, job))
+            elif isinstance(job, Reschedule):
+                cursor = await connection.execute(
+                    "UPDATE messages SET check_from_us = %s, checks = checks + 1"
+                    " WHERE tracking_id = %s AND current_sequence = %s",
+                    (job.check_from_us, job.tracking_id, job.current_sequence),
+                )
+                result.results.append(cursor.rowcount == 1)
             elif isinstance(job, Probe):
                 await _set_meta(connection, "probed_at_us", now_us)
                 result.results.append(None)
@@ -366,16 +441,102 @@ class PostgresStore:
     async def snapshot(self, event_filter: EventFilter) -> tuple[list[StoredEvent], int]:
         """Return the current-status event of every message of the filter, and the last sequence it includes."""
         where, params = _where(event_filter, "e.")
-        columns = ", ".join(f"e.{column.strip()}" for column in _EVENT_COLUMNS.split(","))
 
         async def read(connection: psycopg.AsyncConnection[Any]) -> tuple[list[StoredEvent], int]:
             cursor = await connection.execute(
-                f"SELECT {columns} FROM messages m JOIN events e ON e.sequence = m.current_sequence"
+                f"SELECT {_prefixed('e.')} FROM messages m JOIN events e ON e.sequence = m.current_sequence"
                 f" WHERE TRUE{where} ORDER BY e.sequence",
                 params,
             )
             events = _events(await cursor.fetchall())
             return events, await _ameta(connection, "last_sequence")
+
+        return await self._read(read)
+
+    async def statuses(self, tracking_ids: Sequence[str], *, history: bool = False) -> dict[str, MessageState]:
+        """Return the messages found among ``tracking_ids``, with their history and replies when asked."""
+        ids = list(tracking_ids)
+
+        async def read(connection: psycopg.AsyncConnection[Any]) -> dict[str, MessageState]:
+            cursor = await connection.execute(
+                f"SELECT {_prefixed('e.')} FROM messages m JOIN events e ON e.sequence = m.current_sequence"
+                " WHERE m.tracking_id = ANY(%s)",
+                (ids,),
+            )
+            found = {event.tracking_id: MessageState(event, [], []) for event in _events(await cursor.fetchall())}
+            if history and found:
+                events = await connection.execute(
+                    f"SELECT {_EVENT_COLUMNS} FROM events WHERE tracking_id = ANY(%s)"
+                    f" ORDER BY tracking_id, {order_by()}",
+                    (list(found),),
+                )
+                replies = await connection.execute(
+                    f"SELECT {_INBOUND_COLUMNS} FROM inbound WHERE reference_tracking_id = ANY(%s) ORDER BY sequence",
+                    (list(found),),
+                )
+                for event in _events(await events.fetchall()):
+                    found[event.tracking_id].history.append(event)
+                for reply in _inbound(await replies.fetchall()):
+                    found[reply.reference_tracking_id].replies.append(reply)
+            return found
+
+        return await self._read(read)
+
+    async def list_messages(
+        self, campaign_tracking_id: str, statuses: frozenset[int], after_tracking_id: str, limit: int
+    ) -> list[StoredEvent]:
+        """Return the current-status events of up to ``limit`` messages of a campaign whose current status is one
+        of ``statuses`` (all when empty), with a tracking id after ``after_tracking_id``, in tracking id order."""
+        where, params = ("", ()) if not statuses else (" AND m.status = ANY(%s)", (sorted(statuses),))
+
+        async def read(connection: psycopg.AsyncConnection[Any]) -> list[StoredEvent]:
+            cursor = await connection.execute(
+                f"SELECT {_prefixed('e.')} FROM messages m JOIN events e ON e.sequence = m.current_sequence"
+                f" WHERE m.campaign_tracking_id = %s{where} AND m.tracking_id > %s ORDER BY m.tracking_id LIMIT %s",
+                (campaign_tracking_id, *params, after_tracking_id, limit),
+            )
+            return _events(await cursor.fetchall())
+
+        return await self._read(read)
+
+    async def campaign_summary(self, campaign_tracking_id: str) -> CampaignSummary | None:
+        """Return the campaign's counts by current status and the sequence they are consistent with."""
+
+        async def read(connection: psycopg.AsyncConnection[Any]) -> CampaignSummary | None:
+            times = await connection.execute(
+                "SELECT first_update_us, latest_update_us FROM campaigns WHERE campaign_tracking_id = %s",
+                (campaign_tracking_id,),
+            )
+            counts = await connection.execute(
+                "SELECT status, messages FROM campaign_counts WHERE campaign_tracking_id = %s AND messages > 0"
+                " ORDER BY status",
+                (campaign_tracking_id,),
+            )
+            head = await connection.execute("SELECT value FROM meta WHERE key = 'last_sequence'")
+            row = await times.fetchone()
+            if row is None:
+                return None
+            sequence = await head.fetchone()
+            return CampaignSummary(
+                {status: messages for status, messages in await counts.fetchall()},
+                row[0],
+                row[1],
+                int(sequence[0]) if sequence else 0,
+            )
+
+        return await self._read(read)
+
+    async def due_checks(self, changed_before_us: int, limit: int) -> list[DueCheck]:
+        """Return up to ``limit`` messages due for reconciliation, those due longest first."""
+
+        async def read(connection: psycopg.AsyncConnection[Any]) -> list[DueCheck]:
+            cursor = await connection.execute(
+                f"SELECT {_prefixed('e.')}, m.checks FROM messages m JOIN events e ON e.sequence = m.current_sequence"
+                " WHERE m.check_from_us IS NOT NULL AND m.check_from_us < %s ORDER BY m.check_from_us LIMIT %s",
+                (changed_before_us, limit),
+            )
+            rows = await cursor.fetchall()
+            return [DueCheck(event, row[-1]) for event, row in zip(_events(rows), rows, strict=True)]
 
         return await self._read(read)
 
@@ -425,11 +586,12 @@ def _describe(error: psycopg.Error) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
 
 
-def _migrate(connection: psycopg.Connection[Any]) -> None:
+def _migrate(connection: psycopg.Connection[Any], migrations: Sequence[str] = _MIGRATIONS) -> None:
+    """Bring the schema up to the last of ``migrations`` (tests pass fewer, to make an older database)."""
     connection.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
     row = connection.execute("SELECT max(version) FROM schema_version").fetchone()
     version = int(row[0]) if row and row[0] is not None else 0
-    for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+    for number, script in enumerate(migrations[version:], start=version + 1):
         with connection.transaction():
             connection.execute(script)
             connection.execute("INSERT INTO schema_version (version) VALUES (%s)", (number,))
@@ -437,10 +599,11 @@ def _migrate(connection: psycopg.Connection[Any]) -> None:
 
 async def _plan(
     connection: psycopg.AsyncConnection[Any],
-    callbacks: Sequence[Any],
+    appends: Sequence[AppendStatus],
     messages: Sequence[Any],
     receive_us: int,
 ) -> tuple[StatusPlan, InboundPlan]:
+    callbacks = [append.callback for append in appends]
     keys = [event_key(callback) for callback in callbacks]
     content_keys = [inbound_key(message) for message in messages]
     # The log's lock first: held until commit, so sequences become visible in commit order. The reads after it
@@ -473,6 +636,7 @@ async def _plan(
         current=current,
         last_sequence=int(row[0]) if row else 0,
         receive_us=receive_us,
+        sources=[append.source for append in appends],
     )
     inbound = plan_inbound(
         messages, content_keys, existing=existing_inbound, last_sequence=plan.last_sequence, receive_us=receive_us
@@ -480,15 +644,17 @@ async def _plan(
     return plan, inbound
 
 
-async def _apply(connection: psycopg.AsyncConnection[Any], plan: StatusPlan, inbound: InboundPlan) -> None:
+async def _apply(
+    connection: psycopg.AsyncConnection[Any], plan: StatusPlan, inbound: InboundPlan, receive_us: int
+) -> None:
     # Binary parameters (%b): arrays of bytea sent as text would be hex, twice the size and parsed (measured 3x).
     if plan.events:
         events = [new.event for new in plan.events]
         await connection.execute(
             "INSERT INTO events (sequence, tracking_id, campaign_tracking_id, status_key, status, status_name, rank,"
-            " update_us, receive_us, was_current, callback)"
+            " update_us, receive_us, was_current, callback, previous_status, source)"
             " SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::smallint[], %b::text[],"
-            " %b::smallint[], %b::bigint[], %b::bigint[], %b::boolean[], %b::bytea[])",
+            " %b::smallint[], %b::bigint[], %b::bigint[], %b::boolean[], %b::bytea[], %b::smallint[], %b::smallint[])",
             (
                 [event.sequence for event in events],
                 [event.tracking_id for event in events],
@@ -501,20 +667,40 @@ async def _apply(connection: psycopg.AsyncConnection[Any], plan: StatusPlan, inb
                 [event.receive_us for event in events],
                 [event.is_current for event in events],
                 [event.callback for event in events],
+                [event.previous_status for event in events],
+                [event.source for event in events],
             ),
         )
         messages = list(plan.messages.items())
         await connection.execute(
-            "INSERT INTO messages (tracking_id, campaign_tracking_id, current_sequence, update_us, rank)"
-            " SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::smallint[])"
+            "INSERT INTO messages (tracking_id, campaign_tracking_id, current_sequence, update_us, rank, status,"
+            " check_from_us) SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::smallint[],"
+            " %b::smallint[], %b::bigint[])"
             " ON CONFLICT (tracking_id) DO UPDATE SET campaign_tracking_id = excluded.campaign_tracking_id,"
-            " current_sequence = excluded.current_sequence, update_us = excluded.update_us, rank = excluded.rank",
+            " current_sequence = excluded.current_sequence, update_us = excluded.update_us, rank = excluded.rank,"
+            " status = excluded.status, check_from_us = excluded.check_from_us, checks = 0",
             (
                 [tracking_id for tracking_id, _ in messages],
                 [now.campaign_tracking_id for _, now in messages],
                 [now.sequence for _, now in messages],
                 [now.update_us for _, now in messages],
                 [now.rank for _, now in messages],
+                [now.status for _, now in messages],
+                [check_from(now.status, receive_us) for _, now in messages],
+            ),
+        )
+        await _add_counts(connection, plan.counts)
+        times = list(plan.campaign_times.items())
+        await connection.execute(
+            "INSERT INTO campaigns (campaign_tracking_id, first_update_us, latest_update_us)"
+            " SELECT * FROM unnest(%b::text[], %b::bigint[], %b::bigint[])"
+            " ON CONFLICT (campaign_tracking_id) DO UPDATE SET"
+            " first_update_us = LEAST(campaigns.first_update_us, excluded.first_update_us),"
+            " latest_update_us = GREATEST(campaigns.latest_update_us, excluded.latest_update_us)",
+            (
+                [campaign for campaign, _ in times],
+                [first for _, (first, _) in times],
+                [latest for _, (_, latest) in times],
             ),
         )
     if inbound.entries:
@@ -551,8 +737,27 @@ def _where(event_filter: EventFilter, prefix: str) -> tuple[str, tuple[object, .
 
 def _events(rows: Any) -> list[StoredEvent]:
     return [
-        StoredEvent(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]), bytes(row[8])) for row in rows
+        StoredEvent(
+            row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]), bytes(row[8]), row[9], row[10]
+        )
+        for row in rows
     ]
+
+
+def _prefixed(prefix: str) -> str:
+    return ", ".join(f"{prefix}{column.strip()}" for column in _EVENT_COLUMNS.split(","))
+
+
+async def _add_counts(connection: psycopg.AsyncConnection[Any], counts: Mapping[tuple[str, int], int]) -> None:
+    if counts:
+        keys = sorted(counts)  # One order for every writer: two instances' upserts cannot deadlock.
+        await connection.execute(
+            "INSERT INTO campaign_counts (campaign_tracking_id, status, messages)"
+            " SELECT * FROM unnest(%b::text[], %b::smallint[], %b::bigint[])"
+            " ON CONFLICT (campaign_tracking_id, status) DO UPDATE SET"
+            " messages = campaign_counts.messages + excluded.messages",
+            ([campaign for campaign, _ in keys], [status for _, status in keys], [counts[key] for key in keys]),
+        )
 
 
 def _inbound(rows: Any) -> list[StoredInbound]:
@@ -648,21 +853,27 @@ async def _prune_chunk(connection: psycopg.AsyncConnection[Any], cutoff_us: int,
         (max(row[0] for row in [*deleted, *replies]),),
     )
     # A message whose current event was pruned takes its best remaining event as current, or is forgotten.
-    orphaned = [
-        row[0]
-        for row in await (
-            await connection.execute(
-                "DELETE FROM messages m WHERE m.tracking_id = ANY(%s)"
-                " AND NOT EXISTS (SELECT 1 FROM events e WHERE e.sequence = m.current_sequence) RETURNING tracking_id",
-                (sorted({tracking_id for _, tracking_id in deleted}),),
-            )
-        ).fetchall()
-    ]
-    if orphaned:
+    counts: dict[tuple[str, int], int] = {}
+    orphaned = await (
         await connection.execute(
-            "INSERT INTO messages (tracking_id, campaign_tracking_id, current_sequence, update_us, rank)"
-            " SELECT DISTINCT ON (tracking_id) tracking_id, campaign_tracking_id, sequence, update_us, rank"
-            f" FROM events WHERE tracking_id = ANY(%s) ORDER BY tracking_id, {order_by(descending=True)}",
-            (orphaned,),
+            "DELETE FROM messages m WHERE m.tracking_id = ANY(%s)"
+            " AND NOT EXISTS (SELECT 1 FROM events e WHERE e.sequence = m.current_sequence)"
+            " RETURNING tracking_id, campaign_tracking_id, status",
+            (sorted({tracking_id for _, tracking_id in deleted}),),
         )
+    ).fetchall()
+    for _, campaign, status in orphaned:
+        counts[(campaign, status)] = counts.get((campaign, status), 0) - 1
+    if orphaned:
+        for campaign, status in await (
+            await connection.execute(
+                "INSERT INTO messages (tracking_id, campaign_tracking_id, current_sequence, update_us, rank, status)"
+                " SELECT DISTINCT ON (tracking_id) tracking_id, campaign_tracking_id, sequence, update_us, rank, status"
+                f" FROM events WHERE tracking_id = ANY(%s) ORDER BY tracking_id, {order_by(descending=True)}"
+                " RETURNING campaign_tracking_id, status",
+                ([row[0] for row in orphaned],),
+            )
+        ).fetchall():
+            counts[(campaign, status)] = counts.get((campaign, status), 0) + 1
+    await _add_counts(connection, {key: delta for key, delta in counts.items() if delta})
     return len(deleted) + len(replies)

@@ -15,13 +15,21 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 from service.errors import StartupError, StoreUnavailableError
-from service.events import Entry, EventFilter, StoredEvent, StoredInbound
+from service.events import (
+    CampaignSummary,
+    DueCheck,
+    Entry,
+    EventFilter,
+    MessageState,
+    StoredEvent,
+    StoredInbound,
+)
 from service.order import order_by
 from service.store import (
     AppendInbound,
@@ -33,6 +41,7 @@ from service.store import (
     Quarantine,
     Quarantined,
     Release,
+    Reschedule,
     WriteResult,
     body_digest,
     merge_entries,
@@ -44,6 +53,7 @@ from service.store.plan import (
     InboundPlan,
     StatusPlan,
     appends,
+    check_from,
     event_key,
     inbound_key,
     plan_inbound,
@@ -120,12 +130,44 @@ _MIGRATIONS = (
     CREATE INDEX IF NOT EXISTS inbound_by_reference ON inbound (reference_tracking_id, sequence);
     ALTER TABLE quarantine ADD COLUMN kind TEXT NOT NULL DEFAULT 'status';
     """,
+    # Campaign questions: each message's current status in its row, counts per campaign and status kept as
+    # events are stored, and each update's previous current status (to keep counts live from a stream).
+    """
+    ALTER TABLE events ADD COLUMN previous_status INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE messages ADD COLUMN status INTEGER NOT NULL DEFAULT 0;
+    UPDATE messages SET status = (SELECT e.status FROM events e WHERE e.sequence = messages.current_sequence);
+    CREATE INDEX IF NOT EXISTS messages_by_campaign_status ON messages (campaign_tracking_id, status);
+    CREATE TABLE IF NOT EXISTS campaign_counts (
+        campaign_tracking_id TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        messages INTEGER NOT NULL,
+        PRIMARY KEY (campaign_tracking_id, status)
+    ) WITHOUT ROWID;
+    INSERT INTO campaign_counts SELECT campaign_tracking_id, status, count(*) FROM messages GROUP BY 1, 2;
+    CREATE TABLE IF NOT EXISTS campaigns (
+        campaign_tracking_id TEXT PRIMARY KEY,
+        first_update_us INTEGER NOT NULL,
+        latest_update_us INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO campaigns SELECT campaign_tracking_id, min(update_us), max(update_us) FROM events GROUP BY 1;
+    """,
+    # Reconciliation with Routee's tracking API: where each event came from, and when each message whose status
+    # is not final may be looked up (NULL: never; a final status 3-7, or given up).
+    """
+    ALTER TABLE events ADD COLUMN source INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE messages ADD COLUMN check_from_us INTEGER;
+    ALTER TABLE messages ADD COLUMN checks INTEGER NOT NULL DEFAULT 0;
+    UPDATE messages SET check_from_us = (SELECT e.receive_us FROM events e WHERE e.sequence = messages.current_sequence)
+        WHERE status NOT IN (3, 4, 5, 6, 7);
+    CREATE INDEX IF NOT EXISTS messages_to_check ON messages (check_from_us) WHERE check_from_us IS NOT NULL;
+    """,
 )
 
 _QUARANTINE_COLUMNS = "id, received_us, last_us, peer, status, reason, detail, attempts, body, kind"
 _INBOUND_COLUMNS = "sequence, campaign_tracking_id, reference_tracking_id, receive_us, message"
 _EVENT_COLUMNS = (
-    "sequence, tracking_id, campaign_tracking_id, status, status_name, update_us, receive_us, was_current, callback"
+    "sequence, tracking_id, campaign_tracking_id, status, status_name, update_us, receive_us, was_current, callback,"
+    " previous_status, source"
 )
 
 
@@ -181,6 +223,10 @@ class SqliteStore:
     async def close_writer(self) -> None:
         """Close the writing connection; the next write opens a new one."""
         self._drop_writer()
+
+    async def hold_lease(self) -> bool:
+        """One instance per file: its writer process always holds the lease."""
+        return True
 
     def _drop_writer(self) -> None:
         # SQLite shares a file's WAL index among all connections of a process: one opened while the file was
@@ -240,7 +286,7 @@ class SqliteStore:
             if messages
             else InboundPlan(last_sequence=plan.last_sequence)
         )
-        _apply(connection, plan, inbound)
+        _apply(connection, plan, inbound, now_us)
         statuses, replies = iter(plan.results), iter(inbound.results)
         result = WriteResult(entries=[new.event for new in plan.events] + [new.entry for new in inbound.entries])
         for job in jobs:
@@ -255,6 +301,15 @@ class SqliteStore:
                 result.results.append(_quarantine(connection, job, now_us))
             elif isinstance(job, DropQuarantined):
                 result.results.append(_drop_quarantined(connection, job))
+            elif isinstance(job, Reschedule):
+                result.results.append(
+                    connection.execute(
+                        "UPDATE messages SET check_from_us = ?, checks = checks + 1"
+                        " WHERE tracking_id = ? AND current_sequence = ?",
+                        (job.check_from_us, job.tracking_id, job.current_sequence),
+                    ).rowcount
+                    == 1
+                )
             elif isinstance(job, Probe):
                 _set_meta(connection, "probed_at_us", now_us)
                 result.results.append(None)
@@ -402,16 +457,96 @@ class SqliteStore:
     async def snapshot(self, event_filter: EventFilter) -> tuple[list[StoredEvent], int]:
         """Return the current-status event of every message of the filter, and the last sequence it includes."""
         where, params = _where(event_filter, "e.")
-        columns = ", ".join(f"e.{column.strip()}" for column in _EVENT_COLUMNS.split(","))
 
         def read(connection: sqlite3.Connection) -> tuple[list[StoredEvent], int]:
             events = _events(
                 connection,
-                f"SELECT {columns} FROM messages m JOIN events e ON e.sequence = m.current_sequence"
+                f"SELECT {_prefixed('e.')} FROM messages m JOIN events e ON e.sequence = m.current_sequence"
                 f" WHERE 1 = 1{where} ORDER BY e.sequence",
                 params,
             )
             return events, _meta(connection, "last_sequence")
+
+        return await self._read(read)
+
+    async def statuses(self, tracking_ids: Sequence[str], *, history: bool = False) -> dict[str, MessageState]:
+        """Return the messages found among ``tracking_ids``, with their history and replies when asked."""
+        ids = json.dumps(list(tracking_ids))
+
+        def read(connection: sqlite3.Connection) -> dict[str, MessageState]:
+            current = _events(
+                connection,
+                f"SELECT {_prefixed('e.')} FROM messages m JOIN events e ON e.sequence = m.current_sequence"
+                " WHERE m.tracking_id IN (SELECT value FROM json_each(?))",
+                (ids,),
+            )
+            found = {event.tracking_id: MessageState(event, [], []) for event in current}
+            if history and found:
+                for event in _events(
+                    connection,
+                    f"SELECT {_EVENT_COLUMNS} FROM events WHERE tracking_id IN (SELECT value FROM json_each(?))"
+                    f" ORDER BY tracking_id, {order_by()}",
+                    (ids,),
+                ):
+                    found[event.tracking_id].history.append(event)
+                for reply in _inbound(
+                    connection,
+                    f"SELECT {_INBOUND_COLUMNS} FROM inbound"
+                    " WHERE reference_tracking_id IN (SELECT value FROM json_each(?)) ORDER BY sequence",
+                    (ids,),
+                ):
+                    if reply.reference_tracking_id in found:
+                        found[reply.reference_tracking_id].replies.append(reply)
+            return found
+
+        return await self._read(read)
+
+    async def list_messages(
+        self, campaign_tracking_id: str, statuses: frozenset[int], after_tracking_id: str, limit: int
+    ) -> list[StoredEvent]:
+        """Return the current-status events of up to ``limit`` messages of a campaign whose current status is one
+        of ``statuses`` (all when empty), with a tracking id after ``after_tracking_id``, in tracking id order."""
+        where, params = "", ()  # type: tuple[str, tuple[object, ...]]
+        if statuses:
+            where, params = f" AND m.status IN ({', '.join('?' * len(statuses))})", tuple(sorted(statuses))
+        return await self._read(
+            lambda connection: _events(
+                connection,
+                f"SELECT {_prefixed('e.')} FROM messages m JOIN events e ON e.sequence = m.current_sequence"
+                f" WHERE m.campaign_tracking_id = ?{where} AND m.tracking_id > ? ORDER BY m.tracking_id LIMIT ?",
+                (campaign_tracking_id, *params, after_tracking_id, limit),
+            )
+        )
+
+    async def campaign_summary(self, campaign_tracking_id: str) -> CampaignSummary | None:
+        """Return the campaign's counts by current status and the sequence they are consistent with."""
+
+        def read(connection: sqlite3.Connection) -> CampaignSummary | None:
+            times = connection.execute(
+                "SELECT first_update_us, latest_update_us FROM campaigns WHERE campaign_tracking_id = ?",
+                (campaign_tracking_id,),
+            ).fetchone()
+            if times is None:
+                return None
+            counts = connection.execute(
+                "SELECT status, messages FROM campaign_counts WHERE campaign_tracking_id = ? AND messages > 0"
+                " ORDER BY status",
+                (campaign_tracking_id,),
+            ).fetchall()
+            return CampaignSummary(dict(counts), times[0], times[1], _meta(connection, "last_sequence"))
+
+        return await self._read(read, inline=True)
+
+    async def due_checks(self, changed_before_us: int, limit: int) -> list[DueCheck]:
+        """Return up to ``limit`` messages due for reconciliation, those due longest first."""
+
+        def read(connection: sqlite3.Connection) -> list[DueCheck]:
+            rows = connection.execute(
+                f"SELECT {_prefixed('e.')}, m.checks FROM messages m JOIN events e ON e.sequence = m.current_sequence"
+                " WHERE m.check_from_us IS NOT NULL AND m.check_from_us < ? ORDER BY m.check_from_us LIMIT ?",
+                (changed_before_us, limit),
+            ).fetchall()
+            return [DueCheck(_event(row), row[-1]) for row in rows]
 
         return await self._read(read)
 
@@ -446,13 +581,14 @@ class SqliteStore:
         )
 
 
-def _migrate(connection: sqlite3.Connection) -> None:
-    if connection.execute("PRAGMA user_version").fetchone()[0] >= len(_MIGRATIONS):
+def _migrate(connection: sqlite3.Connection, migrations: Sequence[str] = _MIGRATIONS) -> None:
+    """Bring the schema up to the last of ``migrations`` (tests pass fewer, to make an older database)."""
+    if connection.execute("PRAGMA user_version").fetchone()[0] >= len(migrations):
         return
     connection.execute("BEGIN IMMEDIATE")  # Several processes may start at once: one upgrades, the rest wait.
     try:
         version = connection.execute("PRAGMA user_version").fetchone()[0]
-        for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+        for number, script in enumerate(migrations[version:], start=version + 1):
             for statement in script.split(";"):
                 if statement.strip():
                     connection.execute(statement)
@@ -463,7 +599,8 @@ def _migrate(connection: sqlite3.Connection) -> None:
         raise
 
 
-def _plan(connection: sqlite3.Connection, callbacks: Sequence[Any], last: int, receive_us: int) -> StatusPlan:
+def _plan(connection: sqlite3.Connection, appends: Sequence[AppendStatus], last: int, receive_us: int) -> StatusPlan:
+    callbacks = [append.callback for append in appends]
     keys = [event_key(callback) for callback in callbacks]
     existing: set[EventKey] = set(
         connection.execute(
@@ -484,7 +621,15 @@ def _plan(connection: sqlite3.Connection, callbacks: Sequence[Any], last: int, r
             ids,
         )
     }
-    return plan_status(callbacks, keys, existing=existing, current=current, last_sequence=last, receive_us=receive_us)
+    return plan_status(
+        callbacks,
+        keys,
+        existing=existing,
+        current=current,
+        last_sequence=last,
+        receive_us=receive_us,
+        sources=[append.source for append in appends],
+    )
 
 
 def _plan_inbound(connection: sqlite3.Connection, messages: Sequence[Any], last: int, receive_us: int) -> InboundPlan:
@@ -498,11 +643,12 @@ def _plan_inbound(connection: sqlite3.Connection, messages: Sequence[Any], last:
     return plan_inbound(messages, keys, existing=existing, last_sequence=last, receive_us=receive_us)
 
 
-def _apply(connection: sqlite3.Connection, plan: StatusPlan, inbound: InboundPlan) -> None:
+def _apply(connection: sqlite3.Connection, plan: StatusPlan, inbound: InboundPlan, receive_us: int) -> None:
     if plan.events:
         connection.executemany(
             "INSERT INTO events (sequence, tracking_id, campaign_tracking_id, status_key, status, status_name, rank,"
-            " update_us, receive_us, was_current, callback) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " update_us, receive_us, was_current, callback, previous_status, source)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     new.event.sequence,
@@ -516,19 +662,38 @@ def _apply(connection: sqlite3.Connection, plan: StatusPlan, inbound: InboundPla
                     new.event.receive_us,
                     new.event.is_current,
                     new.event.callback,
+                    new.event.previous_status,
+                    new.event.source,
                 )
                 for new in plan.events
             ],
         )
         connection.executemany(
-            "INSERT INTO messages (tracking_id, campaign_tracking_id, current_sequence, update_us, rank)"
-            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (tracking_id) DO UPDATE SET"
+            "INSERT INTO messages (tracking_id, campaign_tracking_id, current_sequence, update_us, rank, status,"
+            " check_from_us, checks) VALUES (?, ?, ?, ?, ?, ?, ?, 0) ON CONFLICT (tracking_id) DO UPDATE SET"
             " campaign_tracking_id = excluded.campaign_tracking_id, current_sequence = excluded.current_sequence,"
-            " update_us = excluded.update_us, rank = excluded.rank",
+            " update_us = excluded.update_us, rank = excluded.rank, status = excluded.status,"
+            " check_from_us = excluded.check_from_us, checks = 0",
             [
-                (tracking_id, now.campaign_tracking_id, now.sequence, now.update_us, now.rank)
+                (
+                    tracking_id,
+                    now.campaign_tracking_id,
+                    now.sequence,
+                    now.update_us,
+                    now.rank,
+                    now.status,
+                    check_from(now.status, receive_us),
+                )
                 for tracking_id, now in plan.messages.items()
             ],
+        )
+        _add_counts(connection, plan.counts)
+        connection.executemany(
+            "INSERT INTO campaigns (campaign_tracking_id, first_update_us, latest_update_us) VALUES (?, ?, ?)"
+            " ON CONFLICT (campaign_tracking_id) DO UPDATE SET"
+            " first_update_us = min(first_update_us, excluded.first_update_us),"
+            " latest_update_us = max(latest_update_us, excluded.latest_update_us)",
+            [(campaign, first, latest) for campaign, (first, latest) in plan.campaign_times.items()],
         )
     if inbound.entries:
         connection.executemany(
@@ -564,10 +729,24 @@ def _where(event_filter: EventFilter, prefix: str) -> tuple[str, tuple[object, .
 
 
 def _events(connection: sqlite3.Connection, sql: str, params: Sequence[object]) -> list[StoredEvent]:
-    return [
-        StoredEvent(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]), row[8])
-        for row in connection.execute(sql, params)
-    ]
+    return [_event(row) for row in connection.execute(sql, params)]
+
+
+def _event(row: Sequence[Any]) -> StoredEvent:
+    return StoredEvent(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]), row[8], row[9], row[10])
+
+
+def _prefixed(prefix: str) -> str:
+    return ", ".join(f"{prefix}{column.strip()}" for column in _EVENT_COLUMNS.split(","))
+
+
+def _add_counts(connection: sqlite3.Connection, counts: Mapping[tuple[str, int], int]) -> None:
+    if counts:
+        connection.executemany(
+            "INSERT INTO campaign_counts (campaign_tracking_id, status, messages) VALUES (?, ?, ?)"
+            " ON CONFLICT (campaign_tracking_id, status) DO UPDATE SET messages = messages + excluded.messages",
+            [(campaign, status, delta) for (campaign, status), delta in counts.items()],
+        )
 
 
 def _inbound(connection: sqlite3.Connection, sql: str, params: Sequence[object]) -> list[StoredInbound]:
@@ -647,16 +826,22 @@ def _prune_chunk(connection: sqlite3.Connection, cutoff_us: int, chunk: int) -> 
         (max(row[0] for row in deleted + replies),),
     )
     # A message whose current event was pruned takes its best remaining event as current, or is forgotten.
-    for (tracking_id,) in connection.execute(
-        "SELECT tracking_id FROM messages m WHERE tracking_id IN (SELECT value FROM json_each(?))"
+    counts: dict[tuple[str, int], int] = {}
+    for tracking_id, campaign, status in connection.execute(
+        "SELECT tracking_id, campaign_tracking_id, status FROM messages m"
+        " WHERE tracking_id IN (SELECT value FROM json_each(?))"
         " AND NOT EXISTS (SELECT 1 FROM events e WHERE e.sequence = m.current_sequence)",
         (json.dumps(sorted({tracking_id for _, tracking_id in deleted})),),
     ).fetchall():
+        counts[(campaign, status)] = counts.get((campaign, status), 0) - 1
         connection.execute("DELETE FROM messages WHERE tracking_id = ?", (tracking_id,))
-        connection.execute(
-            "INSERT INTO messages (tracking_id, campaign_tracking_id, current_sequence, update_us, rank)"
-            " SELECT tracking_id, campaign_tracking_id, sequence, update_us, rank FROM events"
-            f" WHERE tracking_id = ? ORDER BY {order_by(descending=True)} LIMIT 1",
+        for now in connection.execute(
+            "INSERT INTO messages (tracking_id, campaign_tracking_id, current_sequence, update_us, rank, status)"
+            " SELECT tracking_id, campaign_tracking_id, sequence, update_us, rank, status FROM events"
+            f" WHERE tracking_id = ? ORDER BY {order_by(descending=True)} LIMIT 1"
+            " RETURNING campaign_tracking_id, status",
             (tracking_id,),
-        )
+        ).fetchall():
+            counts[(now[0], now[1])] = counts.get((now[0], now[1]), 0) + 1
+    _add_counts(connection, {key: delta for key, delta in counts.items() if delta})
     return len(deleted) + len(replies)

@@ -385,3 +385,95 @@ class TestInbound:
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         finally:
             await running.stop()
+
+
+class TestCampaignQuestions:
+    """BatchGetMessageStatuses, ListMessageStatuses, GetCampaignSummary."""
+
+    async def test_batch_get_keeps_the_order_and_reports_the_missing(self, server: Server) -> None:
+        for index in range(5):
+            await server.append(callback(index, campaign=CAMPAIGN_A))
+        await server.append(callback(3, campaign=CAMPAIGN_A, name="Seen"))
+        response = await server.stub.BatchGetMessageStatuses(
+            pb2.BatchGetMessageStatusesRequest(tracking_ids=["m4", "x", "m3", "m0", "y"])
+        )
+        assert [status.tracking_id for status in response.statuses] == ["m4", "m3", "m0"]
+        assert list(response.missing_tracking_ids) == ["x", "y"]
+        assert response.statuses[1].status_name == "Seen"
+        assert all(not status.events for status in response.statuses)
+        full = await server.stub.BatchGetMessageStatuses(
+            pb2.BatchGetMessageStatusesRequest(tracking_ids=["m3"], include_history=True)
+        )
+        assert [event.status_name for event in full.statuses[0].events] == ["Queued", "Seen"]
+
+    @pytest.mark.parametrize(
+        "ids", [[], ["a", "a"], ["a", ""], [f"m{n}" for n in range(1001)]], ids=["empty", "twice", "blank", "1001"]
+    )
+    async def test_batch_get_refuses_bad_requests(self, server: Server, ids: list[str]) -> None:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await server.stub.BatchGetMessageStatuses(pb2.BatchGetMessageStatusesRequest(tracking_ids=ids))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    async def test_list_walks_every_page_once_with_filters_and_tokens(self, server: Server) -> None:
+        for index in range(25):
+            await server.append(callback(index, campaign=CAMPAIGN_A))
+        for index in range(0, 25, 5):
+            await server.append(callback(index, campaign=CAMPAIGN_A, name="Failed"))
+        seen: list[str] = []
+        token = ""
+        while True:
+            page = await server.stub.ListMessageStatuses(
+                pb2.ListMessageStatusesRequest(campaign_tracking_id=CAMPAIGN_A, page_size=7, page_token=token)
+            )
+            seen += [message.tracking_id for message in page.messages]
+            token = page.next_page_token
+            if not token:
+                break
+        assert seen == sorted(f"m{index}" for index in range(25))
+        failed = await server.stub.ListMessageStatuses(
+            pb2.ListMessageStatusesRequest(campaign_tracking_id=CAMPAIGN_A, statuses=[pb.MESSAGE_STATUS_FAILED])
+        )
+        assert sorted(message.tracking_id for message in failed.messages) == sorted(f"m{n}" for n in range(0, 25, 5))
+        assert failed.next_page_token == ""
+        assert all(message.callback.status.name == "Failed" for message in failed.messages)
+        first = await server.stub.ListMessageStatuses(
+            pb2.ListMessageStatusesRequest(campaign_tracking_id=CAMPAIGN_A, page_size=3)
+        )
+        for wrong in (
+            pb2.ListMessageStatusesRequest(campaign_tracking_id=CAMPAIGN_B, page_token=first.next_page_token),
+            pb2.ListMessageStatusesRequest(
+                campaign_tracking_id=CAMPAIGN_A, statuses=[pb.MESSAGE_STATUS_SEEN], page_token=first.next_page_token
+            ),
+            pb2.ListMessageStatusesRequest(campaign_tracking_id=CAMPAIGN_A, page_token="not-a-token"),
+            pb2.ListMessageStatusesRequest(campaign_tracking_id=""),
+            pb2.ListMessageStatusesRequest(campaign_tracking_id=CAMPAIGN_A, page_size=-1),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await server.stub.ListMessageStatuses(wrong)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    async def test_a_summary_and_a_stream_from_its_sequence_keep_exact_counts(self, server: Server) -> None:
+        for index in range(6):
+            await server.append(callback(index, campaign=CAMPAIGN_A))
+        summary = await server.stub.GetCampaignSummary(pb2.GetCampaignSummaryRequest(campaign_tracking_id=CAMPAIGN_A))
+        counts = {count.status: count.messages for count in summary.counts}
+        assert (counts, summary.total_messages) == ({pb.MESSAGE_STATUS_QUEUED: 6}, 6)
+        call = server.stub.StreamStatusUpdates(
+            pb2.StreamStatusUpdatesRequest(campaign_tracking_id=CAMPAIGN_A, after_sequence=summary.sequence)
+        )
+        # All at the same instant as the Queued ones: later lifecycle ranks win; m6 is new.
+        changes = [(0, "Delivered"), (1, "Failed"), (0, "Seen"), (6, "Queued"), (2, "Unsent")]
+        for index, name in changes:
+            await server.append(callback(index, campaign=CAMPAIGN_A, name=name))
+        for update in await read_updates(call, len(changes)):
+            if update.is_current:
+                if update.previous_status:
+                    counts[update.previous_status] -= 1
+                counts[update.status] = counts.get(update.status, 0) + 1
+        call.cancel()
+        final = await server.stub.GetCampaignSummary(pb2.GetCampaignSummaryRequest(campaign_tracking_id=CAMPAIGN_A))
+        assert {status: n for status, n in counts.items() if n} == {c.status: c.messages for c in final.counts}
+        assert final.total_messages == 7
+        with pytest.raises(grpc.aio.AioRpcError) as unknown:
+            await server.stub.GetCampaignSummary(pb2.GetCampaignSummaryRequest(campaign_tracking_id="nope"))
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND

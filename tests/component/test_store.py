@@ -328,6 +328,132 @@ class TestInbound:
         assert len(await store.replies("m1")) == 1
 
 
+class TestCampaigns:
+    """Campaign questions: counts kept as events are stored, lists keyed by tracking id, batch reads."""
+
+    async def test_counts_follow_current_statuses_through_late_events_duplicates_and_pruning(
+        self, store: Store
+    ) -> None:
+        await write(
+            store,
+            callback("m1", "Queued", "2024-05-01T10:00:00Z"),
+            callback("m2", "Queued", "2024-05-01T10:00:00Z"),
+            callback("m3", "Failed", "2024-05-01T10:00:00Z"),
+            now_us=1000,
+        )
+        await write(store, callback("m1", "Delivered", "2024-05-01T10:00:05Z"), now_us=2000)
+        await write(
+            store,
+            callback("m1", "Queued", "2024-05-01T09:59:00Z"),  # Late: history only.
+            callback("m2", "Queued", "2024-05-01T10:00:00Z"),  # A duplicate.
+            callback("m2", "Seen", "2024-05-01T10:01:00Z"),
+            callback("x", "Seen", "2024-05-01T10:01:00Z", campaign="c2"),
+            now_us=3000,
+        )
+        summary = await store.campaign_summary("c1")
+        assert summary is not None
+        assert summary.counts == {
+            pb.MESSAGE_STATUS_DELIVERED: 1,
+            pb.MESSAGE_STATUS_SEEN: 1,
+            pb.MESSAGE_STATUS_FAILED: 1,
+        }
+        assert (summary.first_update_us, summary.latest_update_us) == (1_714_557_540_000_000, 1_714_557_660_000_000)
+        assert summary.sequence == await store.head()
+        assert await store.campaign_summary("nobody") is None
+        # Retention takes m3 whole (it is forgotten) and m1's Queued events: the counts follow.
+        while (await store.write([PruneChunk(1500)], NOW_US)).results[0]:
+            pass
+        summary = await store.campaign_summary("c1")
+        assert summary is not None
+        assert summary.counts == {pb.MESSAGE_STATUS_DELIVERED: 1, pb.MESSAGE_STATUS_SEEN: 1}
+
+    async def test_list_pages_by_tracking_id_with_a_status_filter(self, store: Store) -> None:
+        await write(store, *(callback(f"m{n:02d}", "Queued", "2024-05-01T10:00:00Z") for n in range(10)))
+        await write(store, *(callback(f"m{n:02d}", "Delivered", "2024-05-01T10:00:05Z") for n in range(0, 10, 3)))
+        first = await store.list_messages("c1", frozenset(), "", 4)
+        assert [event.tracking_id for event in first] == ["m00", "m01", "m02", "m03"]
+        assert first[0].status_name == "Delivered", "each message with its current status"
+        rest = await store.list_messages("c1", frozenset(), "m03", 100)
+        assert [event.tracking_id for event in rest] == [f"m{n:02d}" for n in range(4, 10)]
+        delivered = await store.list_messages("c1", frozenset({pb.MESSAGE_STATUS_DELIVERED}), "m00", 100)
+        assert [event.tracking_id for event in delivered] == ["m03", "m06", "m09"]
+        assert await store.list_messages("c2", frozenset(), "", 10) == []
+
+    async def test_statuses_of_many_with_and_without_history(self, store: Store) -> None:
+        await write(
+            store, callback("a", "Queued", "2024-05-01T10:00:00Z"), callback("b", "Seen", "2024-05-01T10:00:00Z")
+        )
+        await write(store, callback("a", "Delivered", "2024-05-01T10:00:01Z"))
+        await store.write([AppendInbound(reply("a", "hi"))], NOW_US)
+        plain = await store.statuses(["b", "nobody", "a"])
+        assert sorted(plain) == ["a", "b"]
+        assert plain["a"].current.status_name == "Delivered"
+        assert (plain["a"].history, plain["a"].replies) == ([], [])
+        full = await store.statuses(["a", "b"], history=True)
+        assert [event.status_name for event in full["a"].history] == ["Queued", "Delivered"]
+        assert [pb.InboundMessage.FromString(r.message).text for r in full["a"].replies] == ["hi"]
+        assert [event.status_name for event in full["b"].history] == ["Seen"]
+
+
+class TestUpgrade:
+    """A database made by the version before campaign questions is upgraded in place on open."""
+
+    async def test_counts_and_statuses_are_filled_in_from_what_is_stored(self, database: str) -> None:
+        events = [  # (sequence, tracking id, status, name, rank, update_us, current)
+            (1, "m1", pb.MESSAGE_STATUS_QUEUED, "Queued", 1, 1_000_000, False),
+            (2, "m1", pb.MESSAGE_STATUS_DELIVERED, "Delivered", 2, 2_000_000, True),
+            (3, "m2", pb.MESSAGE_STATUS_FAILED, "Failed", 3, 3_000_000, True),
+        ]
+        _make_old_database(database, events)
+        store = open_store(database)
+        store.open()
+        try:
+            summary = await store.campaign_summary("c1")
+            assert summary is not None
+            assert summary.counts == {pb.MESSAGE_STATUS_DELIVERED: 1, pb.MESSAGE_STATUS_FAILED: 1}
+            assert (summary.first_update_us, summary.latest_update_us, summary.sequence) == (1_000_000, 3_000_000, 3)
+            listed = await store.list_messages("c1", frozenset({pb.MESSAGE_STATUS_FAILED}), "", 10)
+            assert [event.tracking_id for event in listed] == ["m2"]
+            (new,) = await write(store, callback("m2", "Seen", "2024-05-01T10:00:00Z"))
+            assert new is not None
+            assert (new.sequence, new.previous_status) == (4, pb.MESSAGE_STATUS_FAILED)
+        finally:
+            await store.close()
+
+
+def _before_campaigns(migrations: tuple[str, ...]) -> tuple[str, ...]:
+    return migrations[: next(index for index, script in enumerate(migrations) if "campaign_counts" in script)]
+
+
+def _make_old_database(database: str, events: list[tuple[int, str, int, str, int, int, bool]]) -> None:
+    """The schema before campaign questions, holding ``events`` of campaign c1 as that version stored them."""
+    rows = [
+        (sequence, tracking_id, "c1", name.lower(), status, name, rank, update_us, update_us, current, b"")
+        for sequence, tracking_id, status, name, rank, update_us, current in events
+    ]
+    messages = [(row[1], "c1", row[0], row[7], row[6]) for row in rows if row[9]]
+    if database.startswith("postgresql://"):
+        from service.store import postgres as engine
+
+        with psycopg.connect(database, autocommit=True) as connection:
+            engine._migrate(connection, _before_campaigns(engine._MIGRATIONS))
+            with connection.cursor() as cursor:
+                cursor.executemany(f"INSERT INTO events VALUES ({', '.join(['%s'] * 11)})", rows)
+                cursor.executemany("INSERT INTO messages VALUES (%s, %s, %s, %s, %s)", messages)
+                cursor.execute("UPDATE meta SET value = %s WHERE key = 'last_sequence'", (len(rows),))
+        return
+    from service.store import sqlite as lite
+
+    connection = sqlite3.connect(database, isolation_level=None)
+    try:
+        lite._migrate(connection, _before_campaigns(lite._MIGRATIONS))
+        connection.executemany(f"INSERT INTO events VALUES ({', '.join('?' * 11)})", rows)
+        connection.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?)", messages)
+        connection.execute("UPDATE meta SET value = ? WHERE key = 'last_sequence'", (len(rows),))
+    finally:
+        connection.close()
+
+
 class TestCommitOrder:
     """Sequences become visible in commit order, whoever writes: a follower never skips one."""
 

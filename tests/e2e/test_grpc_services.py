@@ -39,7 +39,14 @@ class TestStandardServices:
             for raw in described.file_descriptor_response.file_descriptor_proto
         ]
         methods = {method.name for file in files for svc in file.service for method in svc.method}
-        assert methods == {"GetMessageStatus", "StreamStatusUpdates", "StreamInboundMessages"}
+        assert methods == {
+            "GetMessageStatus",
+            "BatchGetMessageStatuses",
+            "ListMessageStatuses",
+            "GetCampaignSummary",
+            "StreamStatusUpdates",
+            "StreamInboundMessages",
+        }
 
     def test_health_serving_then_not_serving_on_sigterm(self, start_service: StartService) -> None:
         """Health is SERVING overall and for the service; SIGTERM turns it NOT_SERVING before the server stops."""

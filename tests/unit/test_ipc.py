@@ -81,7 +81,7 @@ class TestFeed:
             StoredEvent(
                 1, "m-1", "c1", pb.MESSAGE_STATUS_QUEUED, "Queued", 1_714_557_600_000_000, 5, True, b"\x08\x01"
             ),
-            StoredEvent(2, "m-\u00e9", "", pb.MESSAGE_STATUS_SEEN, "seen", -1, 0, False, b"\x00\xff"),
+            StoredEvent(2, "m-\u00e9", "", pb.MESSAGE_STATUS_SEEN, "seen", -1, 0, True, b"\x00\xff", 2, 2),
             StoredInbound(3, "c1", "m-1", 7, b"\x08\x03\x12\x01+"),
             StoredEvent(4, "m-3", "kampanja", pb.MESSAGE_STATUS_UNKNOWN, "Whatever", 0, 0, True, b""),
             StoredInbound(5, "", "", 0, b""),

@@ -66,7 +66,8 @@ class TestPlanStatus:
         )
         assert [event.is_current for event in plan.results if event] == [False, True]
         assert plan.messages["m"].sequence == 7
-        assert plan.replaced == {"m": seen_at_ten}
+        assert [event.previous_status for event in plan.results if event] == [0, pb.MESSAGE_STATUS_SEEN]
+        assert plan.counts == {}, "Seen replaced by Seen: the counts do not change"
 
     def test_messages_lists_only_those_whose_current_status_changed(self) -> None:
         """A late event changes no message row."""
@@ -86,6 +87,45 @@ def reply(text: str, *, sender: str = "+306900000000", sent: str = "2024-05-01T1
         f'{{"from": "{sender}", "to": "s", "message": "{text}", "sentDate": "{sent}",'
         ' "campaignTrackingId": "c1", "referenceTrackingId": "m1", "campaignName": "Spring"}'.encode()
     ).message
+
+
+class TestCounts:
+    """What a batch changes in the number of messages per campaign and current status."""
+
+    def test_a_new_message_and_a_changed_one_with_several_changes_in_the_batch(self) -> None:
+        queued_before = Current("c1", pb.MESSAGE_STATUS_QUEUED, 1_714_557_600_000_000, 1, 3)
+        plan = plan_status(
+            [
+                callback("new", "Queued", "2024-05-01T10:00:00Z"),
+                callback("new", "Delivered", "2024-05-01T10:00:01Z"),  # Counted once, as Delivered.
+                callback("old", "Delivered", "2024-05-01T10:00:02Z"),
+                callback("old", "Seen", "2024-05-01T10:00:03Z"),
+                callback("old", "Queued", "2024-05-01T09:00:00Z"),  # Late: history only.
+                callback("other", "Failed", "2024-04-30T10:00:00Z", campaign="c2"),
+            ],
+            existing=set(),
+            current={"old": queued_before},
+            last_sequence=3,
+            receive_us=0,
+        )
+        assert plan.counts == {
+            ("c1", pb.MESSAGE_STATUS_DELIVERED): 1,
+            ("c1", pb.MESSAGE_STATUS_QUEUED): -1,
+            ("c1", pb.MESSAGE_STATUS_SEEN): 1,
+            ("c2", pb.MESSAGE_STATUS_FAILED): 1,
+        }
+        assert [(event.tracking_id, event.previous_status) for event in plan.results if event] == [
+            ("new", 0),
+            ("new", pb.MESSAGE_STATUS_QUEUED),
+            ("old", pb.MESSAGE_STATUS_QUEUED),
+            ("old", pb.MESSAGE_STATUS_DELIVERED),
+            ("old", 0),
+            ("other", 0),
+        ]
+        assert plan.campaign_times == {
+            "c1": (1_714_554_000_000_000, 1_714_557_603_000_000),
+            "c2": (1_714_471_200_000_000, 1_714_471_200_000_000),
+        }
 
 
 class TestInboundKey:

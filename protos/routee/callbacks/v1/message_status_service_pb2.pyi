@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from routee.callbacks.v1 import callback_pb2 as _callback_pb2
 import builtins as _builtins
 import sys
@@ -19,6 +20,36 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _EventSource:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EventSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventSource.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EVENT_SOURCE_UNSPECIFIED: _EventSource.ValueType  # 0
+    """Not set. The service never sends this value."""
+    EVENT_SOURCE_CALLBACK: _EventSource.ValueType  # 1
+    """Routee posted it to the callback URL."""
+    EVENT_SOURCE_TRACKING_API: _EventSource.ValueType  # 2
+    """The service asked Routee's tracking API (reconciliation, or a campaign
+    backfill) because no callback had told it. The same change arriving later
+    by callback is a duplicate of it.
+    """
+
+class EventSource(_EventSource, metaclass=_EventSourceEnumTypeWrapper):
+    """EventSource says how the service learned of a status event."""
+
+EVENT_SOURCE_UNSPECIFIED: EventSource.ValueType  # 0
+"""Not set. The service never sends this value."""
+EVENT_SOURCE_CALLBACK: EventSource.ValueType  # 1
+"""Routee posted it to the callback URL."""
+EVENT_SOURCE_TRACKING_API: EventSource.ValueType  # 2
+"""The service asked Routee's tracking API (reconciliation, or a campaign
+backfill) because no callback had told it. The same change arriving later
+by callback is a duplicate of it.
+"""
+Global___EventSource: _TypeAlias = EventSource  # noqa: Y015
 
 @_typing.final
 class GetMessageStatusRequest(_message.Message):
@@ -118,12 +149,15 @@ class StatusEvent(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
     RECEIVE_TIME_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
     status: _callback_pb2.MessageStatus.ValueType
     """The status of the event."""
     status_name: _builtins.str
     """The status name exactly as Routee sent it."""
     sequence: _builtins.int
     """The event's sequence."""
+    source: Global___EventSource.ValueType
+    """Where the event came from: a callback, or Routee's tracking API."""
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the status changed, according to Routee (`status.updatedDate`)."""
@@ -140,10 +174,11 @@ class StatusEvent(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         sequence: _builtins.int = ...,
         receive_time: _timestamp_pb2.Timestamp | None = ...,
+        source: Global___EventSource.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["receive_time", b"receive_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["receive_time", b"receive_time", "sequence", b"sequence", "status", b"status", "status_name", b"status_name", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["receive_time", b"receive_time", "sequence", b"sequence", "source", b"source", "status", b"status", "status_name", b"status_name", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -254,6 +289,8 @@ class StatusUpdate(_message.Message):
     RECEIVE_TIME_FIELD_NUMBER: _builtins.int
     IS_CURRENT_FIELD_NUMBER: _builtins.int
     CALLBACK_FIELD_NUMBER: _builtins.int
+    PREVIOUS_STATUS_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """The event's sequence: strictly increasing across the service, the resume point."""
     tracking_id: _builtins.str
@@ -268,6 +305,16 @@ class StatusUpdate(_message.Message):
     """True when, as this event was stored, it became the message's current
     status; false for a late event older than the current status. In a
     snapshot always true.
+    """
+    previous_status: _callback_pb2.MessageStatus.ValueType
+    """When `is_current` is true, the message's current status before this event
+    (UNSPECIFIED for the message's first event); otherwise UNSPECIFIED. With
+    GetCampaignSummary it keeps counts by status exact.
+    """
+    source: Global___EventSource.ValueType
+    """Where the event came from: a callback, or Routee's tracking API (then
+    `callback` holds what the API returned, in the callback's shape, and its
+    `raw_json` the API's own JSON).
     """
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
@@ -293,10 +340,12 @@ class StatusUpdate(_message.Message):
         receive_time: _timestamp_pb2.Timestamp | None = ...,
         is_current: _builtins.bool = ...,
         callback: _callback_pb2.ViberCallback | None = ...,
+        previous_status: _callback_pb2.MessageStatus.ValueType = ...,
+        source: Global___EventSource.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback", "receive_time", b"receive_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback", "campaign_tracking_id", b"campaign_tracking_id", "is_current", b"is_current", "receive_time", b"receive_time", "sequence", b"sequence", "status", b"status", "status_name", b"status_name", "tracking_id", b"tracking_id", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback", "campaign_tracking_id", b"campaign_tracking_id", "is_current", b"is_current", "previous_status", b"previous_status", "receive_time", b"receive_time", "sequence", b"sequence", "source", b"source", "status", b"status", "status_name", b"status_name", "tracking_id", b"tracking_id", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -417,3 +466,235 @@ class StreamInboundMessagesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
 
 Global___StreamInboundMessagesResponse: _TypeAlias = StreamInboundMessagesResponse  # noqa: Y015
+
+@_typing.final
+class BatchGetMessageStatusesRequest(_message.Message):
+    """BatchGetMessageStatusesRequest names the messages to look up."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRACKING_IDS_FIELD_NUMBER: _builtins.int
+    INCLUDE_HISTORY_FIELD_NUMBER: _builtins.int
+    include_history: _builtins.bool
+    """When true, each status also carries its history (`events`) and `replies`."""
+    @_builtins.property
+    def tracking_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The messages' tracking ids: 1 to 1 000, each at most once."""
+
+    def __init__(
+        self,
+        *,
+        tracking_ids: _abc.Iterable[_builtins.str] | None = ...,
+        include_history: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_history", b"include_history", "tracking_ids", b"tracking_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchGetMessageStatusesRequest: _TypeAlias = BatchGetMessageStatusesRequest  # noqa: Y015
+
+@_typing.final
+class BatchGetMessageStatusesResponse(_message.Message):
+    """BatchGetMessageStatusesResponse holds the statuses found and the ids not found."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUSES_FIELD_NUMBER: _builtins.int
+    MISSING_TRACKING_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def statuses(self) -> _containers.RepeatedCompositeFieldContainer[Global___GetMessageStatusResponse]:
+        """The current status of each message found, in the order of the request
+        (without `events` and `replies` unless `include_history` was set).
+        """
+
+    @_builtins.property
+    def missing_tracking_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The ids of the request no callback was received for, in request order."""
+
+    def __init__(
+        self,
+        *,
+        statuses: _abc.Iterable[Global___GetMessageStatusResponse] | None = ...,
+        missing_tracking_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["missing_tracking_ids", b"missing_tracking_ids", "statuses", b"statuses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchGetMessageStatusesResponse: _TypeAlias = BatchGetMessageStatusesResponse  # noqa: Y015
+
+@_typing.final
+class ListMessageStatusesRequest(_message.Message):
+    """ListMessageStatusesRequest selects a campaign's messages and a page of them."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_TRACKING_ID_FIELD_NUMBER: _builtins.int
+    STATUSES_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    campaign_tracking_id: _builtins.str
+    """The campaign (Routee's `campaignTrackingId`). Required."""
+    page_size: _builtins.int
+    """The most messages to return: 100 when 0, at most 1 000 (larger values
+    are treated as 1 000).
+    """
+    page_token: _builtins.str
+    """The `next_page_token` of the previous page; empty for the first page. The
+    other fields must be the same as for the first page (`page_size` may
+    change).
+    """
+    @_builtins.property
+    def statuses(self) -> _containers.RepeatedScalarFieldContainer[_callback_pb2.MessageStatus.ValueType]:
+        """Only messages whose current status is one of these; empty means all."""
+
+    def __init__(
+        self,
+        *,
+        campaign_tracking_id: _builtins.str = ...,
+        statuses: _abc.Iterable[_callback_pb2.MessageStatus.ValueType] | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_tracking_id", b"campaign_tracking_id", "page_size", b"page_size", "page_token", b"page_token", "statuses", b"statuses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMessageStatusesRequest: _TypeAlias = ListMessageStatusesRequest  # noqa: Y015
+
+@_typing.final
+class ListMessageStatusesResponse(_message.Message):
+    """ListMessageStatusesResponse is one page of a campaign's messages."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The token of the next page; empty on the last page."""
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___GetMessageStatusResponse]:
+        """The messages of the page, in tracking id order: current status and the
+        callback that set it, without history.
+        """
+
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[Global___GetMessageStatusResponse] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMessageStatusesResponse: _TypeAlias = ListMessageStatusesResponse  # noqa: Y015
+
+@_typing.final
+class GetCampaignSummaryRequest(_message.Message):
+    """GetCampaignSummaryRequest names the campaign to summarise."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_TRACKING_ID_FIELD_NUMBER: _builtins.int
+    campaign_tracking_id: _builtins.str
+    """The campaign (Routee's `campaignTrackingId`). Required."""
+    def __init__(
+        self,
+        *,
+        campaign_tracking_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_tracking_id", b"campaign_tracking_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCampaignSummaryRequest: _TypeAlias = GetCampaignSummaryRequest  # noqa: Y015
+
+@_typing.final
+class GetCampaignSummaryResponse(_message.Message):
+    """GetCampaignSummaryResponse counts a campaign's messages by current status."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_TRACKING_ID_FIELD_NUMBER: _builtins.int
+    COUNTS_FIELD_NUMBER: _builtins.int
+    TOTAL_MESSAGES_FIELD_NUMBER: _builtins.int
+    FIRST_UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    LATEST_UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    campaign_tracking_id: _builtins.str
+    """The campaign."""
+    total_messages: _builtins.int
+    """How many messages the campaign has: the sum of `counts`."""
+    sequence: _builtins.int
+    """The sequence the summary is consistent with: it counts every event up to
+    and including it. Follow StreamStatusUpdates with `after_sequence` set to
+    it to keep the counts live.
+    """
+    @_builtins.property
+    def counts(self) -> _containers.RepeatedCompositeFieldContainer[Global___StatusCount]:
+        """How many messages have each current status; statuses no message has are
+        left out. Ordered by status.
+        """
+
+    @_builtins.property
+    def first_update_time(self) -> _timestamp_pb2.Timestamp:
+        """The earliest status change of the campaign, according to Routee (`updatedDate`)."""
+
+    @_builtins.property
+    def latest_update_time(self) -> _timestamp_pb2.Timestamp:
+        """The latest status change of the campaign, according to Routee (`updatedDate`)."""
+
+    def __init__(
+        self,
+        *,
+        campaign_tracking_id: _builtins.str = ...,
+        counts: _abc.Iterable[Global___StatusCount] | None = ...,
+        total_messages: _builtins.int = ...,
+        first_update_time: _timestamp_pb2.Timestamp | None = ...,
+        latest_update_time: _timestamp_pb2.Timestamp | None = ...,
+        sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["first_update_time", b"first_update_time", "latest_update_time", b"latest_update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_tracking_id", b"campaign_tracking_id", "counts", b"counts", "first_update_time", b"first_update_time", "latest_update_time", b"latest_update_time", "sequence", b"sequence", "total_messages", b"total_messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCampaignSummaryResponse: _TypeAlias = GetCampaignSummaryResponse  # noqa: Y015
+
+@_typing.final
+class StatusCount(_message.Message):
+    """StatusCount is the number of messages with one current status."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    status: _callback_pb2.MessageStatus.ValueType
+    """The current status."""
+    messages: _builtins.int
+    """How many messages of the campaign have it."""
+    def __init__(
+        self,
+        *,
+        status: _callback_pb2.MessageStatus.ValueType = ...,
+        messages: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatusCount: _TypeAlias = StatusCount  # noqa: Y015

@@ -58,6 +58,21 @@ class MessageStatusServiceStub:
                 request_serializer=routee_dot_callbacks_dot_v1_dot_message__status__service__pb2.StreamInboundMessagesRequest.SerializeToString,
                 response_deserializer=routee_dot_callbacks_dot_v1_dot_message__status__service__pb2.StreamInboundMessagesResponse.FromString,
                 _registered_method=True)
+        self.BatchGetMessageStatuses = channel.unary_unary(
+                '/routee.callbacks.v1.MessageStatusService/BatchGetMessageStatuses',
+                request_serializer=routee_dot_callbacks_dot_v1_dot_message__status__service__pb2.BatchGetMessageStatusesRequest.SerializeToString,
+                response_deserializer=routee_dot_callbacks_dot_v1_dot_message__status__service__pb2.BatchGetMessageStatusesResponse.FromString,
+                _registered_method=True)
+        self.ListMessageStatuses = channel.unary_unary(
+                '/routee.callbacks.v1.MessageStatusService/ListMessageStatuses',
+                request_serializer=routee_dot_callbacks_dot_v1_dot_message__status__service__pb2.ListMessageStatusesRequest.SerializeToString,
+                response_deserializer=routee_dot_callbacks_dot_v1_dot_message__status__service__pb2.ListMessageStatusesResponse.FromString,
+                _registered_method=True)
+        self.GetCampaignSummary = channel.unary_unary(
+                '/routee.callbacks.v1.MessageStatusService/GetCampaignSummary',
+                request_serializer=routee_dot_callbacks_dot_v1_dot_message__status__service__pb2.GetCampaignSummaryRequest.SerializeToString,
+                response_deserializer=routee_dot_callbacks_dot_v1_dot_message__status__service__pb2.GetCampaignSummaryResponse.FromString,
+                _registered_method=True)
 
 
 class MessageStatusServiceServicer:
@@ -121,6 +136,54 @@ class MessageStatusServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BatchGetMessageStatuses(self, request, context):
+        """BatchGetMessageStatuses returns the current status of many messages at
+        once, in the order asked; ids never seen are listed apart and do not fail
+        the batch.
+
+        Errors: INVALID_ARGUMENT when `tracking_ids` is empty, holds more than
+        1 000 ids, an empty id or the same id twice; UNAVAILABLE when the store
+        cannot be read.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMessageStatuses(self, request, context):
+        """ListMessageStatuses lists the messages of a campaign with their current
+        status, page by page, in tracking id order.
+
+        Pages are stable while callbacks keep arriving: walking every page lists
+        each message that existed when the first page was asked exactly once (it
+        may show a newer status than at the start; with `statuses`, a message is
+        listed when its current status matches as its page is read).
+
+        Errors: INVALID_ARGUMENT when `campaign_tracking_id` is empty, `page_size`
+        is negative or a `page_token` comes from another request; UNAVAILABLE when
+        the store cannot be read.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCampaignSummary(self, request, context):
+        """GetCampaignSummary counts the messages of a campaign by current status.
+
+        The counts are kept as events are stored, so the answer costs the same for
+        a campaign of ten messages or of millions. It is consistent with
+        `sequence`: follow StreamStatusUpdates with `after_sequence` set to it, and
+        apply each update whose `is_current` is true (one less of
+        `previous_status`, unless UNSPECIFIED; one more of `status`) to keep the
+        counts exact and live.
+
+        Errors: INVALID_ARGUMENT when `campaign_tracking_id` is empty; NOT_FOUND
+        when no callback of the campaign was received; UNAVAILABLE when the store
+        cannot be read.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MessageStatusServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -138,6 +201,21 @@ def add_MessageStatusServiceServicer_to_server(servicer, server):
                     servicer.StreamInboundMessages,
                     request_deserializer=routee_dot_callbacks_dot_v1_dot_message__status__service__pb2.StreamInboundMessagesRequest.FromString,
                     response_serializer=routee_dot_callbacks_dot_v1_dot_message__status__service__pb2.StreamInboundMessagesResponse.SerializeToString,
+            ),
+            'BatchGetMessageStatuses': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchGetMessageStatuses,
+                    request_deserializer=routee_dot_callbacks_dot_v1_dot_message__status__service__pb2.BatchGetMessageStatusesRequest.FromString,
+                    response_serializer=routee_dot_callbacks_dot_v1_dot_message__status__service__pb2.BatchGetMessageStatusesResponse.SerializeToString,
+            ),
+            'ListMessageStatuses': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMessageStatuses,
+                    request_deserializer=routee_dot_callbacks_dot_v1_dot_message__status__service__pb2.ListMessageStatusesRequest.FromString,
+                    response_serializer=routee_dot_callbacks_dot_v1_dot_message__status__service__pb2.ListMessageStatusesResponse.SerializeToString,
+            ),
+            'GetCampaignSummary': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCampaignSummary,
+                    request_deserializer=routee_dot_callbacks_dot_v1_dot_message__status__service__pb2.GetCampaignSummaryRequest.FromString,
+                    response_serializer=routee_dot_callbacks_dot_v1_dot_message__status__service__pb2.GetCampaignSummaryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -230,6 +308,87 @@ class MessageStatusService:
             '/routee.callbacks.v1.MessageStatusService/StreamInboundMessages',
             routee_dot_callbacks_dot_v1_dot_message__status__service__pb2.StreamInboundMessagesRequest.SerializeToString,
             routee_dot_callbacks_dot_v1_dot_message__status__service__pb2.StreamInboundMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchGetMessageStatuses(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/routee.callbacks.v1.MessageStatusService/BatchGetMessageStatuses',
+            routee_dot_callbacks_dot_v1_dot_message__status__service__pb2.BatchGetMessageStatusesRequest.SerializeToString,
+            routee_dot_callbacks_dot_v1_dot_message__status__service__pb2.BatchGetMessageStatusesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMessageStatuses(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/routee.callbacks.v1.MessageStatusService/ListMessageStatuses',
+            routee_dot_callbacks_dot_v1_dot_message__status__service__pb2.ListMessageStatusesRequest.SerializeToString,
+            routee_dot_callbacks_dot_v1_dot_message__status__service__pb2.ListMessageStatusesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCampaignSummary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/routee.callbacks.v1.MessageStatusService/GetCampaignSummary',
+            routee_dot_callbacks_dot_v1_dot_message__status__service__pb2.GetCampaignSummaryRequest.SerializeToString,
+            routee_dot_callbacks_dot_v1_dot_message__status__service__pb2.GetCampaignSummaryResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -79,6 +79,42 @@ class MessageStatusServiceStub:
     statuses. OUT_OF_RANGE when `after_sequence` is older than what the
     service still keeps (its retention).
     """
+    BatchGetMessageStatuses: _grpc.UnaryUnaryMultiCallable[_message_status_service_pb2.BatchGetMessageStatusesRequest, _message_status_service_pb2.BatchGetMessageStatusesResponse]
+    """BatchGetMessageStatuses returns the current status of many messages at
+    once, in the order asked; ids never seen are listed apart and do not fail
+    the batch.
+
+    Errors: INVALID_ARGUMENT when `tracking_ids` is empty, holds more than
+    1 000 ids, an empty id or the same id twice; UNAVAILABLE when the store
+    cannot be read.
+    """
+    ListMessageStatuses: _grpc.UnaryUnaryMultiCallable[_message_status_service_pb2.ListMessageStatusesRequest, _message_status_service_pb2.ListMessageStatusesResponse]
+    """ListMessageStatuses lists the messages of a campaign with their current
+    status, page by page, in tracking id order.
+
+    Pages are stable while callbacks keep arriving: walking every page lists
+    each message that existed when the first page was asked exactly once (it
+    may show a newer status than at the start; with `statuses`, a message is
+    listed when its current status matches as its page is read).
+
+    Errors: INVALID_ARGUMENT when `campaign_tracking_id` is empty, `page_size`
+    is negative or a `page_token` comes from another request; UNAVAILABLE when
+    the store cannot be read.
+    """
+    GetCampaignSummary: _grpc.UnaryUnaryMultiCallable[_message_status_service_pb2.GetCampaignSummaryRequest, _message_status_service_pb2.GetCampaignSummaryResponse]
+    """GetCampaignSummary counts the messages of a campaign by current status.
+
+    The counts are kept as events are stored, so the answer costs the same for
+    a campaign of ten messages or of millions. It is consistent with
+    `sequence`: follow StreamStatusUpdates with `after_sequence` set to it, and
+    apply each update whose `is_current` is true (one less of
+    `previous_status`, unless UNSPECIFIED; one more of `status`) to keep the
+    counts exact and live.
+
+    Errors: INVALID_ARGUMENT when `campaign_tracking_id` is empty; NOT_FOUND
+    when no callback of the campaign was received; UNAVAILABLE when the store
+    cannot be read.
+    """
 
 @_typing.type_check_only
 class MessageStatusServiceAsyncStub(MessageStatusServiceStub):
@@ -130,6 +166,42 @@ class MessageStatusServiceAsyncStub(MessageStatusServiceStub):
     `after_sequence` is set, `progress` items while idle, and the same ending
     statuses. OUT_OF_RANGE when `after_sequence` is older than what the
     service still keeps (its retention).
+    """
+    BatchGetMessageStatuses: _aio.UnaryUnaryMultiCallable[_message_status_service_pb2.BatchGetMessageStatusesRequest, _message_status_service_pb2.BatchGetMessageStatusesResponse]  # type: ignore[assignment]
+    """BatchGetMessageStatuses returns the current status of many messages at
+    once, in the order asked; ids never seen are listed apart and do not fail
+    the batch.
+
+    Errors: INVALID_ARGUMENT when `tracking_ids` is empty, holds more than
+    1 000 ids, an empty id or the same id twice; UNAVAILABLE when the store
+    cannot be read.
+    """
+    ListMessageStatuses: _aio.UnaryUnaryMultiCallable[_message_status_service_pb2.ListMessageStatusesRequest, _message_status_service_pb2.ListMessageStatusesResponse]  # type: ignore[assignment]
+    """ListMessageStatuses lists the messages of a campaign with their current
+    status, page by page, in tracking id order.
+
+    Pages are stable while callbacks keep arriving: walking every page lists
+    each message that existed when the first page was asked exactly once (it
+    may show a newer status than at the start; with `statuses`, a message is
+    listed when its current status matches as its page is read).
+
+    Errors: INVALID_ARGUMENT when `campaign_tracking_id` is empty, `page_size`
+    is negative or a `page_token` comes from another request; UNAVAILABLE when
+    the store cannot be read.
+    """
+    GetCampaignSummary: _aio.UnaryUnaryMultiCallable[_message_status_service_pb2.GetCampaignSummaryRequest, _message_status_service_pb2.GetCampaignSummaryResponse]  # type: ignore[assignment]
+    """GetCampaignSummary counts the messages of a campaign by current status.
+
+    The counts are kept as events are stored, so the answer costs the same for
+    a campaign of ten messages or of millions. It is consistent with
+    `sequence`: follow StreamStatusUpdates with `after_sequence` set to it, and
+    apply each update whose `is_current` is true (one less of
+    `previous_status`, unless UNSPECIFIED; one more of `status`) to keep the
+    counts exact and live.
+
+    Errors: INVALID_ARGUMENT when `campaign_tracking_id` is empty; NOT_FOUND
+    when no callback of the campaign was received; UNAVAILABLE when the store
+    cannot be read.
     """
 
 class MessageStatusServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -197,6 +269,60 @@ class MessageStatusServiceServicer(metaclass=_abc_1.ABCMeta):
         `after_sequence` is set, `progress` items while idle, and the same ending
         statuses. OUT_OF_RANGE when `after_sequence` is older than what the
         service still keeps (its retention).
+        """
+
+    @_abc_1.abstractmethod
+    def BatchGetMessageStatuses(
+        self,
+        request: _message_status_service_pb2.BatchGetMessageStatusesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_message_status_service_pb2.BatchGetMessageStatusesResponse, _abc.Awaitable[_message_status_service_pb2.BatchGetMessageStatusesResponse]]:
+        """BatchGetMessageStatuses returns the current status of many messages at
+        once, in the order asked; ids never seen are listed apart and do not fail
+        the batch.
+
+        Errors: INVALID_ARGUMENT when `tracking_ids` is empty, holds more than
+        1 000 ids, an empty id or the same id twice; UNAVAILABLE when the store
+        cannot be read.
+        """
+
+    @_abc_1.abstractmethod
+    def ListMessageStatuses(
+        self,
+        request: _message_status_service_pb2.ListMessageStatusesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_message_status_service_pb2.ListMessageStatusesResponse, _abc.Awaitable[_message_status_service_pb2.ListMessageStatusesResponse]]:
+        """ListMessageStatuses lists the messages of a campaign with their current
+        status, page by page, in tracking id order.
+
+        Pages are stable while callbacks keep arriving: walking every page lists
+        each message that existed when the first page was asked exactly once (it
+        may show a newer status than at the start; with `statuses`, a message is
+        listed when its current status matches as its page is read).
+
+        Errors: INVALID_ARGUMENT when `campaign_tracking_id` is empty, `page_size`
+        is negative or a `page_token` comes from another request; UNAVAILABLE when
+        the store cannot be read.
+        """
+
+    @_abc_1.abstractmethod
+    def GetCampaignSummary(
+        self,
+        request: _message_status_service_pb2.GetCampaignSummaryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_message_status_service_pb2.GetCampaignSummaryResponse, _abc.Awaitable[_message_status_service_pb2.GetCampaignSummaryResponse]]:
+        """GetCampaignSummary counts the messages of a campaign by current status.
+
+        The counts are kept as events are stored, so the answer costs the same for
+        a campaign of ten messages or of millions. It is consistent with
+        `sequence`: follow StreamStatusUpdates with `after_sequence` set to it, and
+        apply each update whose `is_current` is true (one less of
+        `previous_status`, unless UNSPECIFIED; one more of `status`) to keep the
+        counts exact and live.
+
+        Errors: INVALID_ARGUMENT when `campaign_tracking_id` is empty; NOT_FOUND
+        when no callback of the campaign was received; UNAVAILABLE when the store
+        cannot be read.
         """
 
 def add_MessageStatusServiceServicer_to_server(servicer: MessageStatusServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
