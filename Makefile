@@ -15,7 +15,7 @@ protoc_python = $(BIN)/python -m grpc_tools.protoc -I $(PROTO_DIR) \
 	--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc --mypy_grpc_out=$(1) \
 	$(PROTOS)
 
-.PHONY: help install run test lint breaking protos check-protos clients bench bench-smoke stress clean
+.PHONY: help install run cluster test lint breaking protos check-protos clients bench bench-smoke stress clean
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -30,6 +30,9 @@ install: $(BIN)/routee-callbacks  ## Create .venv and install the service with i
 
 run: install  ## Start the service on embedded defaults (HTTP :8080, gRPC :50051, ./routee-callbacks.db), local posts allowed.
 	$(BIN)/routee-callbacks serve --allow-cidr 127.0.0.1/32 --allow-cidr ::1/128
+
+cluster: install  ## Two instances on a throwaway PostgreSQL behind haproxy (HTTP :8080, gRPC :50051); needs postgresql, haproxy.
+	docs/deploy/local-cluster.sh
 
 test: install  ## Run the whole test suite.
 	$(BIN)/pytest

@@ -147,7 +147,7 @@ class DnsAllowlist:
         self._resolver = resolver
         self._min_ttl = min_ttl
         self._max_ttl = max_ttl
-        self._max_stale = max_stale
+        self.max_stale = max_stale
         self._backoff = backoff
         self._clock = clock
         self._sleep = sleep
@@ -160,7 +160,7 @@ class DnsAllowlist:
         """Return the allowed addresses; raise AllowlistUnavailableError when there is no fresh enough answer."""
         if self._addresses is None or self._resolved_at is None:
             raise AllowlistUnavailableError(f"the allowlist {self.host} has not been resolved yet")
-        if self._clock() - self._resolved_at > self._max_stale:
+        if self._clock() - self._resolved_at > self.max_stale:
             raise AllowlistUnavailableError(f"the allowlist {self.host} could not be refreshed for too long")
         return self._addresses
 

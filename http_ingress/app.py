@@ -10,6 +10,7 @@ import falcon.asgi
 from http_ingress import errors
 from http_ingress.allowlist import Allowlist
 from http_ingress.openapi import OpenApiResource
+from http_ingress.readiness import Readiness
 from http_ingress.resources import CallbacksResource, HealthResource, MetricsResource, ReadyResource
 from service.errors import RouteeCallbacksError
 from service.ingest import Ingest
@@ -26,15 +27,17 @@ def create_app(
     metrics: Metrics,
     *,
     middleware: Any = (),
+    readiness: Readiness | None = None,
     reconcile: Callable[[], dict[str, str] | None] | None = None,
 ) -> falcon.asgi.App[Any, Any]:
-    """Build the ingress app; it starts nothing and reads no environment. ``reconcile`` tells /readyz what
-    reconciliation is doing (when it is configured)."""
+    """Build the ingress app; it starts nothing and reads no environment. ``readiness`` is what /readyz checks
+    (by default the ingest's store and the allowlist); ``reconcile`` tells it what reconciliation is doing (when
+    it is configured)."""
     app = falcon.asgi.App(middleware=list(middleware))
     app.add_route(CALLBACKS_PATH, CallbacksResource(ingest, allowlist, metrics))
     app.add_route(INBOUND_PATH, CallbacksResource(ingest, allowlist, metrics, kind=INBOUND))
     app.add_route("/healthz", HealthResource())
-    app.add_route("/readyz", ReadyResource(ingest, allowlist, reconcile=reconcile))
+    app.add_route("/readyz", ReadyResource(readiness or Readiness(ingest, allowlist), reconcile=reconcile))
     app.add_route("/metrics", MetricsResource(metrics))
     app.add_route("/openapi.json", OpenApiResource())
     app.add_error_handler(Exception, errors.handle_unexpected)

@@ -3,17 +3,16 @@ metrics."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 import falcon
 import falcon.asgi
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from http_ingress.allowlist import Allowlist
+from http_ingress.readiness import Readiness
 from service.errors import (
     BodyTimeoutError,
     PayloadTooLargeError,
@@ -86,7 +85,7 @@ class CallbacksResource:
         if self._kind == STATUS:  # The hot path: counted in bulk.
             self._metrics.callback_kept(kept.sequence is None, time.perf_counter() - started)
         else:
-            self._counter.labels("duplicate" if kept.sequence is None else "accepted", "").inc()
+            self._metrics.inbound_kept(kept.sequence is None)
         resp.content_type = JSON
 
     def _log_rejection(self, error: RejectedError, peer: str) -> None:
@@ -133,29 +132,13 @@ class ReadyResource:
     """``GET /readyz``: the store is writable and the DNS allowlist (when on) is fresh. What reconciliation is
     doing is reported too, but never fails readiness: callbacks work without it."""
 
-    def __init__(
-        self,
-        ingest: Ingest,
-        allowlist: Allowlist,
-        *,
-        timeout: float = 2.0,
-        reconcile: Callable[[], dict[str, str] | None] | None = None,
-    ) -> None:
-        self._ingest = ingest
-        self._allowlist = allowlist
-        self._timeout = timeout
+    def __init__(self, readiness: Readiness, *, reconcile: Callable[[], dict[str, str] | None] | None = None) -> None:
+        self._readiness = readiness
         self._reconcile = reconcile
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Answer 200 when ready, 503 otherwise; the body says which check fails."""
-        checks: dict[str, dict[str, Any]] = {}
-        try:
-            await asyncio.wait_for(self._ingest.probe(), self._timeout)
-            checks["store"] = {"ready": True}
-        except (RouteeCallbacksError, TimeoutError) as ex:
-            checks["store"] = {"ready": False, "error": str(ex) or "the store did not answer in time"}
-        if self._allowlist.dns is not None:
-            checks["allowlist"] = self._allowlist.dns.status()
+        checks = await self._readiness.checks()
         ready = all(check["ready"] for check in checks.values())
         if self._reconcile is not None:
             checks["reconcile"] = {"ready": True, **(self._reconcile() or {"state": "starting"})}

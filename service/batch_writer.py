@@ -51,6 +51,7 @@ class BatchWriter:
         *,
         on_commit: Callable[[Sequence[Entry]], None] = _ignore_commit,
         observe_commit: Callable[[float, int], None] = _ignore_observation,
+        observe_failure: Callable[[], None] = _nothing,
         after_batch: Callable[[], None] = _nothing,
         clock: Callable[[], float] = time.time,
         max_batch: int = 512,
@@ -58,6 +59,7 @@ class BatchWriter:
         self._store = store
         self._on_commit = on_commit
         self._observe_commit = observe_commit
+        self._observe_failure = observe_failure
         self._after_batch = after_batch
         self._clock = clock
         self._max_batch = max_batch
@@ -154,6 +156,10 @@ class BatchWriter:
     def _fail(self, batch: list[tuple[Job, Done]], error: StoreUnavailableError) -> None:
         _LOGGER.warning("store write failed: %s", error, extra={"batch_size": len(batch)})
         self.last_error = str(error)
+        try:
+            self._observe_failure()
+        except Exception:
+            _LOGGER.exception("observing a failed write failed")
         for _, done in batch:
             done(None, error)
         self._after_batch()

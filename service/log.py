@@ -36,6 +36,7 @@ class LocalLog:
         publish: Callable[[Sequence[Update]], None],
         *,
         observe_commit: Callable[[float, int], None] = _ignore_observation,
+        observe_failure: Callable[[], None] = lambda: None,
         after_batch: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
         watch_interval: float = 1.0,
@@ -48,6 +49,7 @@ class LocalLog:
             store,
             on_commit=lambda entries: self.tailer.committed([Update(entry) for entry in entries]),
             observe_commit=observe_commit,
+            observe_failure=observe_failure,
             after_batch=after_batch,
             clock=clock,
         )

@@ -16,7 +16,8 @@ callbacks are counted in plain Python and added to the shared metrics by
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -32,6 +33,9 @@ class _Sequenced(Protocol):
 
 class AllowlistState(Protocol):
     """What the allowlist gauges read."""
+
+    max_stale: float
+    last_error: str | None
 
     def age(self) -> float:
         """Seconds since the last good answer (NaN before the first)."""
@@ -61,6 +65,25 @@ class Metrics:
             "Inbound messages (replies) received, by outcome (accepted, duplicate, rejected, unavailable) and reason.",
             ["outcome", "reason"],
             registry=self.registry,
+        )
+        for counter in (self.callbacks, self.inbound_messages):  # Exported from the start: alerts compare to 0.
+            for outcome in self._kept:
+                counter.labels(outcome, "")
+        self.last_kept = Gauge(
+            "routee_callbacks_last_accepted_timestamp_seconds",
+            "When this instance last accepted (kept, not as a duplicate) a body, by kind (status, inbound); Unix"
+            " seconds, to the second.",
+            ["kind"],
+            registry=self.registry,
+            multiprocess_mode="max",
+        )
+        self.ready = Gauge(
+            "routee_callbacks_ready",
+            "Each /readyz check (store, allowlist): 1 when it passes, 0 when it fails in any worker; sampled every"
+            " few seconds.",
+            ["check"],
+            registry=self.registry,
+            multiprocess_mode="livemin",
         )
         self.tracking_calls = Counter(
             "routee_callbacks_tracking_api_calls",
@@ -100,6 +123,11 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.write_failures = Counter(
+            "routee_callbacks_store_write_failures",
+            "Batches the store failed to write (each of their callbacks answered 503).",
+            registry=self.registry,
+        )
         self.commit_batch_size = Histogram(
             "routee_callbacks_store_commit_batch_size",
             "Callbacks committed together in one transaction (group commit).",
@@ -119,6 +147,12 @@ class Metrics:
             "routee_callbacks_stream_catch_ups",
             "Times a slow stream was moved to catching up from the store.",
             registry=self.registry,
+        )
+        self.catching_up = Gauge(
+            "routee_callbacks_streams_catching_up",
+            "Streams reading from the store rather than live (resumed from an earlier sequence, or fell behind).",
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.last_sequence = Gauge(
             "routee_callbacks_last_sequence",
@@ -140,13 +174,25 @@ class Metrics:
         )
         self.allowlist_addresses = Gauge(
             "routee_callbacks_allowlist_addresses",
-            "Addresses in the DNS allowlist in use (the fewest of any worker).",
+            "Addresses in the DNS allowlist in use (the most of any worker).",
             registry=self.registry,
-            multiprocess_mode="livemin",
+            multiprocess_mode="livemax",  # Not livemin: the writer process exports 0 for every gauge it has.
         )
         self.allowlist_age_seconds = Gauge(
             "routee_callbacks_allowlist_age_seconds",
             "Age of the DNS allowlist in use (the oldest of any worker; NaN before the first answer).",
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
+        self.allowlist_max_stale_seconds = Gauge(
+            "routee_callbacks_allowlist_max_stale_seconds",
+            "How old the DNS allowlist may grow while lookups fail (--dns-max-stale); past it, callbacks get 503.",
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
+        self.allowlist_lookup_failing = Gauge(
+            "routee_callbacks_allowlist_lookup_failing",
+            "1 while the last lookup of the allowlist's name failed in any worker (the last good answer is kept).",
             registry=self.registry,
             multiprocess_mode="livemax",
         )
@@ -157,8 +203,16 @@ class Metrics:
         self._latencies[bisect.bisect_left(_LATENCY_BUCKETS, seconds)] += 1
         self._latency_sum += seconds
 
+    def inbound_kept(self, duplicate: bool) -> None:
+        """Count one kept inbound message."""
+        self.inbound_messages.labels("duplicate" if duplicate else "accepted", "").inc()
+        if not duplicate:
+            self.last_kept.labels("inbound").set(time.time())
+
     def flush(self) -> None:
         """Add what ``callback_kept`` counted to the shared metrics."""
+        if self._kept["accepted"]:
+            self.last_kept.labels("status").set(time.time())
         for outcome, count in self._kept.items():
             if count:
                 self.callbacks.labels(outcome, "").inc(count)
@@ -176,6 +230,11 @@ class Metrics:
         """Record one committed batch."""
         self.commit_seconds.observe(seconds)
         self.commit_batch_size.observe(size)
+
+    def observe_readiness(self, checks: Mapping[str, bool]) -> None:
+        """Record the outcome of each readiness check."""
+        for check, ready in checks.items():
+            self.ready.labels(check).set(1 if ready else 0)
 
     def published(self, publish: Callable[[Sequence[_T]], None]) -> Callable[[Sequence[_T]], None]:
         """Wrap a publish function so that the last published sequence is exported."""
@@ -197,6 +256,8 @@ class Metrics:
         if self._allowlist is not None:
             self.allowlist_age_seconds.set(self._allowlist.age())
             self.allowlist_addresses.set(self._allowlist.size())
+            self.allowlist_max_stale_seconds.set(self._allowlist.max_stale)
+            self.allowlist_lookup_failing.set(0 if self._allowlist.last_error is None else 1)
 
     def render(self) -> bytes:
         """Every metric in the Prometheus text format: this process's, or the whole instance's."""

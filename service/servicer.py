@@ -215,9 +215,13 @@ class MessageStatusServicer:
                 ).SerializeToString()
             while True:
                 if catch_up:
-                    async for item in self._replay(event_filter, position):
-                        yield item.payload
-                        position = item.sequence
+                    self._metrics.catching_up.inc()
+                    try:
+                        async for item in self._replay(event_filter, position):
+                            yield item.payload
+                            position = item.sequence
+                    finally:
+                        self._metrics.catching_up.dec()
                 batch = await subscription.next_batch(self._progress_interval)
                 if batch is None:  # Lagged: subscribe again first, so the replay leaves no gap.
                     self._broker.unsubscribe(subscription)

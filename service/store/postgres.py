@@ -595,6 +595,8 @@ def _migrate(connection: psycopg.Connection[Any], migrations: Sequence[str] = _M
         with connection.transaction():
             connection.execute(script)
             connection.execute("INSERT INTO schema_version (version) VALUES (%s)", (number,))
+    if version < len(migrations):
+        _LOGGER.info("schema upgraded", extra={"from_version": version, "to_version": len(migrations)})
 
 
 async def _plan(

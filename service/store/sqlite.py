@@ -594,6 +594,8 @@ def _migrate(connection: sqlite3.Connection, migrations: Sequence[str] = _MIGRAT
                     connection.execute(statement)
             connection.execute(f"PRAGMA user_version = {number}")
         connection.execute("COMMIT")
+        if version < len(migrations):
+            _LOGGER.info("schema upgraded", extra={"from_version": version, "to_version": len(migrations)})
     except BaseException:
         connection.execute("ROLLBACK")
         raise

@@ -261,6 +261,27 @@ class TestSlowAndMany:
         finally:
             await running.stop()
 
+    async def test_a_resumed_stream_counts_as_catching_up_until_it_reads_live(self, server: Server) -> None:
+        """While a stream replays from the store the catching-up gauge counts it; once live, it does not."""
+        await asyncio.gather(*(server.append(callback(index)) for index in range(1, 2001)))
+
+        def catching_up() -> float | None:
+            return server.metrics.registry.get_sample_value("routee_callbacks_streams_catching_up")
+
+        assert catching_up() == 0
+        call = server.stub.StreamStatusUpdates(pb2.StreamStatusUpdatesRequest(after_sequence=0))
+        seen = []
+        for _ in range(2000):
+            await read_updates(call, 1)
+            seen.append(catching_up())
+        assert max(seen) == 1
+        await server.append(callback(2001))
+        assert [update.sequence for update in await read_updates(call, 1)] == [2001]
+        assert catching_up() == 0
+        call.cancel()
+        await asyncio.sleep(0.1)
+        assert catching_up() == 0
+
     async def test_progress_when_idle(self, tmp_path: Path) -> None:
         """An idle stream gets progress items with the sequence it has covered."""
         running = await start(tmp_path, progress=0.1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import sqlite3
 import threading
@@ -398,7 +399,9 @@ class TestCampaigns:
 class TestUpgrade:
     """A database made by the version before campaign questions is upgraded in place on open."""
 
-    async def test_counts_and_statuses_are_filled_in_from_what_is_stored(self, database: str) -> None:
+    async def test_counts_and_statuses_are_filled_in_from_what_is_stored(
+        self, database: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
         events = [  # (sequence, tracking id, status, name, rank, update_us, current)
             (1, "m1", pb.MESSAGE_STATUS_QUEUED, "Queued", 1, 1_000_000, False),
             (2, "m1", pb.MESSAGE_STATUS_DELIVERED, "Delivered", 2, 2_000_000, True),
@@ -406,7 +409,14 @@ class TestUpgrade:
         ]
         _make_old_database(database, events)
         store = open_store(database)
-        store.open()
+        with caplog.at_level(logging.INFO):
+            store.open()
+        assert [record.message for record in caplog.records] == ["schema upgraded"], "an operator sees it"
+        caplog.clear()
+        again = open_store(database)
+        again.open()
+        await again.close()
+        assert caplog.records == [], "an up-to-date schema is left alone"
         try:
             summary = await store.campaign_summary("c1")
             assert summary is not None

@@ -110,6 +110,22 @@ class TestBatchWriter:
         assert all(isinstance(outcome, StoreUnavailableError) for outcome in outcomes)
         await writer.stop()
 
+    async def test_each_failed_write_is_observed_once(self) -> None:
+        """A batch the store refuses is one failure; a batch split for one poison job counts only that job's."""
+        store, failures = FakeStore(), []
+        writer = BatchWriter(store, observe_failure=lambda: failures.append(1))  # type: ignore[arg-type]
+        writer.start()
+        store.poison = "bad"
+        await asyncio.gather(*(writer.submit(append(i)) for i in ("good-1", "bad", "good-2")), return_exceptions=True)
+        assert len(failures) == 1
+        store.fail_with = StoreUnavailableError("the disk is full")
+        await asyncio.gather(*(writer.submit(append(f"m{i}")) for i in range(5)), return_exceptions=True)
+        assert len(failures) == 2
+        store.fail_with = None
+        await writer.submit(append("m9"))
+        assert len(failures) == 2, "a successful write is not a failure"
+        await writer.stop()
+
     async def test_a_failing_commit_hook_does_not_turn_a_commit_into_a_failure(self) -> None:
         """What was committed is answered as kept even if handing it on fails."""
 

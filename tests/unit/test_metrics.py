@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import time
+
 from prometheus_client import CollectorRegistry, generate_latest
 
 from service.metrics import Metrics
@@ -43,3 +46,71 @@ class TestKeptCallbacks:
         metrics = Metrics(CollectorRegistry())
         metrics.callback_kept(False, 0.002)
         assert b'routee_callbacks_callbacks_total{outcome="accepted",reason=""} 1.0' in metrics.render()
+
+
+class FakeAllowlist:
+    """An allowlist whose state the test sets."""
+
+    def __init__(self, *, age: float, size: int, max_stale: float, last_error: str | None) -> None:
+        self._age, self._size, self.max_stale, self.last_error = age, size, max_stale, last_error
+
+    def age(self) -> float:
+        return self._age
+
+    def size(self) -> int:
+        return self._size
+
+
+class TestWhatAlertsRead:
+    """The metrics the alerting rules need (docs/monitoring)."""
+
+    def test_kept_outcomes_are_exported_as_zero_before_any(self) -> None:
+        """An alert on "nothing accepted" compares with 0: the series must exist before the first callback."""
+        metrics = Metrics(CollectorRegistry())
+        for name in ("routee_callbacks_callbacks_total", "routee_callbacks_inbound_messages_total"):
+            for outcome in ("accepted", "duplicate"):
+                assert metrics.registry.get_sample_value(name, {"outcome": outcome, "reason": ""}) == 0
+
+    def test_the_last_accepted_time_moves_with_accepted_bodies_only(self) -> None:
+        """Duplicates do not move it; an accepted callback or inbound message sets it to now, by kind."""
+        metrics = Metrics(CollectorRegistry())
+
+        def last(kind: str) -> float | None:
+            return metrics.registry.get_sample_value("routee_callbacks_last_accepted_timestamp_seconds", {"kind": kind})
+
+        metrics.callback_kept(True, 0.001)
+        metrics.inbound_kept(True)
+        metrics.flush()
+        assert last("status") is None
+        assert last("inbound") is None
+        before = time.time()
+        metrics.callback_kept(False, 0.001)
+        metrics.flush()
+        metrics.inbound_kept(False)
+        assert before <= (last("status") or 0) <= time.time()
+        assert before <= (last("inbound") or 0) <= time.time()
+        assert (
+            metrics.registry.get_sample_value(
+                "routee_callbacks_inbound_messages_total", {"outcome": "duplicate", "reason": ""}
+            )
+            == 1
+        )
+
+    def test_readiness_and_the_allowlist_are_sampled(self) -> None:
+        """Each readiness check is a 0/1 series; the allowlist's age, bound, size and failing lookups follow it."""
+        metrics = Metrics(CollectorRegistry())
+        allowlist = FakeAllowlist(age=12.5, size=3, max_stale=600, last_error="timed out")
+        metrics.watch_allowlist(allowlist)
+        metrics.observe_readiness({"store": True, "allowlist": False})
+        metrics.refresh()
+        value = metrics.registry.get_sample_value
+        assert value("routee_callbacks_ready", {"check": "store"}) == 1
+        assert value("routee_callbacks_ready", {"check": "allowlist"}) == 0
+        assert value("routee_callbacks_allowlist_age_seconds") == 12.5
+        assert value("routee_callbacks_allowlist_max_stale_seconds") == 600
+        assert value("routee_callbacks_allowlist_addresses") == 3
+        assert value("routee_callbacks_allowlist_lookup_failing") == 1
+        allowlist.last_error, allowlist._age = None, float("nan")
+        metrics.refresh()
+        assert value("routee_callbacks_allowlist_lookup_failing") == 0
+        assert math.isnan(value("routee_callbacks_allowlist_age_seconds") or 0.0)
