@@ -20,7 +20,9 @@ fi
 pids=()
 stop() {
     trap - EXIT INT TERM
-    ((${#pids[@]})) && kill "${pids[@]}" 2>/dev/null && wait "${pids[@]}" 2>/dev/null
+    set +e  # Stop everything, whatever fails.
+    ((${#pids[@]})) && kill "${pids[@]}" 2>/dev/null
+    wait "${pids[@]}" 2>/dev/null
     "${as_postgres[@]}" "$bin/pg_ctl" -D "$dir/data" -m fast stop >/dev/null 2>&1 || true
     rm -rf "$dir"
 }
