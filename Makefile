@@ -34,7 +34,8 @@ run: install  ## Start the service on embedded defaults (HTTP :8080, gRPC :50051
 cluster: install  ## Two instances on a throwaway PostgreSQL behind haproxy (HTTP :8080, gRPC :50051); needs postgresql, haproxy.
 	docs/deploy/local-cluster.sh
 
-test: install  ## Run the whole test suite.
+test: install  ## Run the whole test suite (installs PostgreSQL, haproxy, promtool from Debian where missing).
+	.ci/system-packages
 	$(BIN)/pytest
 
 lint: install  ## ruff, mypy and buf lint.
