@@ -5,10 +5,10 @@ adapter (``http_ingress``); nothing imports it but the process model. It builds
 two kinds of process:
 
 - a **worker** (``build_worker_app``): the Falcon ASGI app, the gRPC server and
-  the broker on one event loop; reads from the store, writes through the
-  writer process, follows the log it feeds;
+  the broker on one event loop; validates what Routee posts, reads from the
+  store, writes through the writer process, follows the log it feeds;
 - the **writer process** (``run_writer``): the instance's one writer — it
-  validates what workers send, group-commits it, prunes, and feeds the log
+  group-commits what workers send, prunes, reconciles, and feeds the log
   back to every worker.
 """
 
@@ -188,7 +188,7 @@ def build_worker(settings: Settings, instance: Instance) -> WorkerParts:
         store, broker, metrics, max_streams=settings.max_streams, progress_interval=settings.progress_interval
     )
     allowlist = build_allowlist(settings, metrics)
-    ingest = RemoteIngest(log.client)
+    ingest = RemoteIngest(log.client, parsers(metrics))
     readiness = Readiness(ingest, allowlist)
     runtime = WorkerRuntime(
         settings,
@@ -281,7 +281,7 @@ async def _writer_main(settings: Settings, instance: Instance) -> None:
         observe_failure=metrics.write_failures.inc,
         after_batch=feed.flush,
     )
-    server = WriterServer(log.writer, parsers(metrics), refusals(settings), instance.writer_socket, feed)
+    server = WriterServer(log.writer, refusals(settings), instance.writer_socket, feed)
     await log.start(
         retention_seconds=settings.retention_hours * 3600, quarantine_seconds=settings.quarantine_days * 86400
     )

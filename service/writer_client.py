@@ -22,8 +22,8 @@ from typing import cast
 from service import ipc
 from service.broker import Update
 from service.errors import RejectedError, StoreUnavailableError
-from service.ingest import Kept
-from service.store import INBOUND, LogReader
+from service.ingest import Kept, Parsers
+from service.store import AppendStatus, LogReader
 from service.tail import Tailer
 
 _LOGGER = logging.getLogger(__name__)
@@ -187,16 +187,26 @@ class _ClientProtocol(asyncio.Protocol):
 
 
 class RemoteIngest:
-    """An Ingest that asks the writer process to validate and keep."""
+    """An Ingest that validates here, in the worker, and asks the writer process to keep."""
 
-    def __init__(self, client: WriterClient) -> None:
+    def __init__(self, client: WriterClient, parsers: Parsers) -> None:
         self._client = client
+        self._parsers = parsers
 
     async def keep(self, kind: str, body: bytes, peer: str) -> Kept:
-        """Send the body; the writer process validates and stores it (or quarantines it and says why not)."""
-        frame_kind = ipc.SUBMIT_INBOUND if kind == INBOUND else ipc.SUBMIT_STATUS
+        """Validate, then send the protobuf for the writer process to store; a body that cannot be kept goes to
+        quarantine."""
+        try:
+            job = self._parsers[kind](body)
+        except RejectedError as ex:
+            await self.refuse(kind, body, peer, ex)
+            raise
+        if isinstance(job, AppendStatus):
+            frame_kind, message = ipc.SUBMIT_STATUS, job.callback.SerializeToString()
+        else:
+            frame_kind, message = ipc.SUBMIT_INBOUND, job.message.SerializeToString()
         sequence, tracking_id = await self._client.request(
-            lambda request_id: ipc.request(frame_kind, request_id, body, peer)
+            lambda request_id: ipc.request(frame_kind, request_id, message, peer)
         )
         return Kept(sequence, tracking_id)
 

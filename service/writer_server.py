@@ -1,7 +1,9 @@
 """The writer process's side of the private socket: keeps what workers send, and feeds them the log.
 
-Each body is validated as it arrives and joins the next group commit; its
-answer goes back once the transaction is durable. Every committed entry is
+Workers validate what Routee posts and send it as protobuf (``writer_client.RemoteIngest``):
+parsing is most of the per-callback work, and this process's one event loop
+is the instance's bottleneck (measured; docs/benchmarks.md). Each submission
+joins the next group commit; its answer goes back once the transaction is durable. Every committed entry is
 pushed to every connected worker, in sequence order. A worker that does not
 read its feed is disconnected rather than allowed to grow this process's
 memory: it reconnects and reads what it missed from the store.
@@ -16,12 +18,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
+from google.protobuf.message import DecodeError
+
+from routee.callbacks.v1 import callback_pb2 as pb
 from service import ipc
 from service.batch_writer import BatchWriter
 from service.broker import Update
 from service.errors import RejectedError, RouteeCallbacksError
-from service.ingest import Parsers, Refusals, identity
-from service.store import INBOUND, STATUS, Probe
+from service.ingest import Append, Refusals, identity
+from service.store import INBOUND, STATUS, AppendInbound, AppendStatus, Probe
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -51,9 +56,8 @@ class Feed:
 class WriterServer:
     """Serves the workers of one instance on a Unix socket."""
 
-    def __init__(self, writer: BatchWriter, parsers: Parsers, refusals: Refusals, path: Path, feed: Feed) -> None:
+    def __init__(self, writer: BatchWriter, refusals: Refusals, path: Path, feed: Feed) -> None:
         self._writer = writer
-        self._parsers = parsers
         self._refusals = refusals
         self._path = path
         self._server: asyncio.AbstractServer | None = None
@@ -79,12 +83,8 @@ class WriterServer:
         """Act on one frame from a worker."""
         if kind in (ipc.SUBMIT_STATUS, ipc.SUBMIT_INBOUND):
             body_kind = STATUS if kind == ipc.SUBMIT_STATUS else INBOUND
-            request_id, peer, body = ipc.parse_request(payload)
-            try:
-                job = self._parsers[body_kind](body)
-            except RejectedError as ex:
-                self._keep_refused(connection, request_id, body_kind, body, peer, ex)
-                return
+            request_id, _, body = ipc.parse_request(payload)
+            job = _append(body_kind, body)
             self._writer.enqueue_with(
                 job, lambda entry, error: _answer(connection, request_id, identity(job), entry, error)
             )
@@ -107,6 +107,16 @@ class WriterServer:
             self._refusals.job(kind, body, peer, refused),
             lambda result, error: connection.send(ipc.failed(request_id, refused if error is None else error)),
         )
+
+
+def _append(kind: str, body: bytes) -> Append:
+    """The job that stores what a worker validated and sent as protobuf."""
+    try:
+        if kind == STATUS:
+            return AppendStatus(pb.ViberCallback.FromString(body))
+        return AppendInbound(pb.InboundMessage.FromString(body))
+    except DecodeError as ex:
+        raise ipc.FrameError(f"a {kind} submission is not its protobuf: {ex}") from None
 
 
 def _answer(

@@ -595,7 +595,7 @@ def _migrate(connection: psycopg.Connection[Any], migrations: Sequence[str] = _M
         with connection.transaction():
             connection.execute(script)
             connection.execute("INSERT INTO schema_version (version) VALUES (%s)", (number,))
-    if version < len(migrations):
+    if 0 < version < len(migrations):  # An existing database (a new one is just created).
         _LOGGER.info("schema upgraded", extra={"from_version": version, "to_version": len(migrations)})
 
 

@@ -183,6 +183,16 @@ class SqliteStore:
         poll_interval: float = 0.05,
     ) -> None:
         self._path = path
+        #: What a write needs to be allowed to change (checked before each transaction).
+        self._must_be_writable = tuple(
+            (what, str(name))
+            for what, name in (
+                ("file", path),
+                ("directory", path.parent),
+                ("log file", path.with_name(path.name + "-wal")),
+                ("index file", path.with_name(path.name + "-shm")),
+            )
+        )
         self._synchronous = synchronous
         self._busy_timeout_ms = busy_timeout_ms
         self._poll_interval = poll_interval
@@ -325,13 +335,8 @@ class SqliteStore:
         The open connection's descriptor would still write (permissions are checked at open only), but whoever
         made the database read-only meant it; the next write after they undo it opens a new connection.
         """
-        for what, path in (
-            ("file", self._path),
-            ("directory", self._path.parent),
-            ("log file", self._path.with_name(self._path.name + "-wal")),
-            ("index file", self._path.with_name(self._path.name + "-shm")),
-        ):
-            if path.exists() and not os.access(path, os.W_OK):
+        for what, path in self._must_be_writable:  # One access() each while all is well (this runs per batch).
+            if not os.access(path, os.W_OK) and os.path.exists(path):
                 raise sqlite3.OperationalError(f"the database {what} {path} is read-only")
 
     async def head(self) -> int:
@@ -594,7 +599,7 @@ def _migrate(connection: sqlite3.Connection, migrations: Sequence[str] = _MIGRAT
                     connection.execute(statement)
             connection.execute(f"PRAGMA user_version = {number}")
         connection.execute("COMMIT")
-        if version < len(migrations):
+        if 0 < version < len(migrations):  # An existing database (a new one is just created).
             _LOGGER.info("schema upgraded", extra={"from_version": version, "to_version": len(migrations)})
     except BaseException:
         connection.execute("ROLLBACK")
