@@ -80,7 +80,7 @@ check-protos: install  ## Fail when the committed generated code is stale.
 	touch $(PROTOS) && $(MAKE) --no-print-directory protos
 	git diff --exit-code -- $(PROTO_DIR)
 
-bench: install  ## Run every benchmark (about 20 minutes, needs wrk); results in bench/results/latest.json.
+bench: install  ## Run every benchmark (about 35 minutes, needs wrk and PostgreSQL); results in bench/results/latest.json.
 	$(BIN)/python -m bench
 
 bench-smoke: install  ## A few seconds of each benchmark, to keep them working (CI); no timing assertions.
