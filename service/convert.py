@@ -31,9 +31,12 @@ def status_from_name(name: str) -> int:
     return _STATUS_BY_NAME.get(normalise_status_name(name), pb.MESSAGE_STATUS_UNKNOWN)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def to_micros(moment: datetime) -> int:
     """Return a timezone-aware datetime as whole microseconds since the epoch."""
-    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
+    delta = moment - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
