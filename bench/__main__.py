@@ -6,6 +6,7 @@ python -m bench [--quick] [--only NAME ...] [--soak-seconds S] [--out FILE]
   the do-nothing Falcon ASGI ceiling on the service's own worker class, every round all four (bench/ingress.py);
 - postgres: one instance on SQLite against one and two instances on PostgreSQL;
 - cross_instance: publish-to-receive latency with the stream on the instance that took the callback, or another;
+- commit_order: what taking sequences in commit order costs on PostgreSQL, and what skipping it breaks;
 - fanout, unary, memory, soak: streams and reads (bench/streams.py);
 - campaigns: GetCampaignSummary on a campaign of 1 000 000 messages next to a point read, ListMessageStatuses
   pages per second, on SQLite and PostgreSQL (bench/campaigns.py).
@@ -28,12 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.campaigns import bench_campaigns
+from bench.commit_order import bench_commit_order
 from bench.harness import ROOT, WRK, free_port
 from bench.ingress import bench_ingress, bench_postgres
 from bench.report import table
 from bench.streams import bench_cross_instance, bench_fanout, bench_memory, bench_soak, bench_unary
 
-MEASURES = ("ingress", "postgres", "cross_instance", "fanout", "unary", "memory", "soak", "campaigns")
+MEASURES = ("ingress", "postgres", "cross_instance", "commit_order", "fanout", "unary", "memory", "soak", "campaigns")
 
 
 @contextlib.contextmanager
@@ -77,10 +79,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="routee-bench-") as tmp:
         workdir = Path(tmp)
         run("ingress", bench_ingress, workdir, seconds, rounds)
-        if wanted & {"postgres", "cross_instance", "campaigns"}:
-            with postgres_databases(4) as databases:
+        if wanted & {"postgres", "cross_instance", "commit_order", "campaigns"}:
+            with postgres_databases(5) as databases:
                 run("postgres", bench_postgres, workdir, databases[:2], seconds, rounds)
                 run("cross_instance", bench_cross_instance, workdir, databases[2], seconds, rounds)
+                run("commit_order", bench_commit_order, databases[4], min(seconds, 5.0), rounds)
                 engines = {"sqlite": str(workdir / "campaign.db"), "postgres": databases[3]}
                 run(
                     "campaigns", bench_campaigns, workdir, engines, 20_000 if args.quick else 1_000_000, seconds, rounds

@@ -61,6 +61,20 @@ def table(results: dict[str, Any]) -> str:
             f"| another instance | {_mmm(cross['other_instance']['p50_ms'], 1)} |"
             f" {_mmm(cross['other_instance']['p99_ms'], 1)} |",
         ]
+    if "commit_order" in results:
+        order = results["commit_order"]
+        lines += [
+            "",
+            "### Commit order on PostgreSQL: 8 writers, batches of 16, a tailer following",
+            "",
+            "| sequences taken | events/s min / median / max | events a tailer skipped, by round |",
+            "| --- | --- | --- |",
+        ]
+        for name, how in (("ordered", "under the log's lock (the service)"), ("unordered", "from a plain SEQUENCE")):
+            row = order[name]
+            skipped = ", ".join(f"{s:,} of {e:,}" for s, e in zip(row["skipped"], row["events"], strict=True))
+            lines.append(f"| {how} | {_mmm(row['events_per_second'])} | {skipped} |")
+        lines += ["", f"Ordered / unordered, each round's own: {_mmm(order['ordered_vs_unordered'], 2)}."]
     if "fanout" in results:
         lines += [
             "",
