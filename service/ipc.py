@@ -1,7 +1,7 @@
 """The frames workers and the writer process exchange over their private Unix socket.
 
 A frame is a 4-byte big-endian length, a 1-byte kind and the payload. Workers
-send bodies to keep and probes; the writer answers each with a result carrying
+send what they validated (its protobuf), bodies they refused, and probes; the writer answers each with a result carrying
 the same request id, and pushes the log as it is committed (``FEED``): every
 stored entry (status event or inbound message), field by field. A worker builds an event's stream item only
 when one of its streams receives it.
@@ -76,33 +76,27 @@ def frames(buffer: bytearray) -> Iterator[tuple[int, memoryview]]:
         yield kind, consumed[start : start + length]
 
 
-_SUBMIT = struct.Struct("!IB")
+def request(kind: int, request_id: int, body: bytes = b"") -> bytes:
+    """A worker's request: its id, then the body (a validated body's protobuf; empty for a probe)."""
+    return frame(kind, _REQUEST.pack(request_id) + body)
 
 
-def request(kind: int, request_id: int, body: bytes = b"", peer: str = "") -> bytes:
-    """A worker's request: its id, the sender's address, then the body (empty for a probe)."""
-    address = peer.encode()
-    return frame(kind, _SUBMIT.pack(request_id, len(address)) + address + body)
-
-
-def parse_request(payload: memoryview) -> tuple[int, str, bytes]:
-    """Split a request into its id, sender and body."""
-    request_id, length = _SUBMIT.unpack_from(payload)
-    start = _SUBMIT.size + length
-    return request_id, bytes(payload[_SUBMIT.size : start]).decode(), bytes(payload[start:])
+def parse_request(payload: memoryview) -> tuple[int, bytes]:
+    """Split a request into its id and body."""
+    return _REQUEST.unpack_from(payload)[0], bytes(payload[_REQUEST.size :])
 
 
 def refusal(request_id: int, peer: str, error: RouteeCallbacksError, body: bytes, kind: str = STATUS) -> bytes:
     """A worker's request to keep a body it refused, with why and what it was posted as."""
     header = json.dumps({"peer": peer, "kind": kind, **_wire(error)}).encode()
-    return frame(REFUSE, _SUBMIT.pack(request_id, 0) + struct.pack("!I", len(header)) + header + body)
+    return frame(REFUSE, _REQUEST.pack(request_id) + struct.pack("!I", len(header)) + header + body)
 
 
 def parse_refusal(payload: memoryview) -> tuple[int, str, RouteeCallbacksError, bytes, str]:
     """Read a refusal: request id, sender, the error, the body, what it was posted as."""
-    request_id = _SUBMIT.unpack_from(payload)[0]
-    (length,) = struct.unpack_from("!I", payload, _SUBMIT.size)
-    start = _SUBMIT.size + 4
+    request_id = _REQUEST.unpack_from(payload)[0]
+    (length,) = struct.unpack_from("!I", payload, _REQUEST.size)
+    start = _REQUEST.size + 4
     header = json.loads(bytes(payload[start : start + length]))
     error = error_from_reason(header["reason"], header["message"], header["field"])
     return request_id, header["peer"], error, bytes(payload[start + length :]), header["kind"]

@@ -247,8 +247,10 @@ class Metrics:
         return publish_and_count
 
     def watch_allowlist(self, allowlist: AllowlistState) -> None:
-        """Export the allowlist's age and size; they are read at every ``render``, and by ``refresh``."""
+        """Export the allowlist's bound now, and its age, size and failing lookups at every ``render`` and
+        ``refresh``."""
         self._allowlist = allowlist
+        self.allowlist_max_stale_seconds.set(allowlist.max_stale)  # A setting: once is enough.
 
     def refresh(self) -> None:
         """Flush what was counted and read the values that are sampled (each process does this every second)."""
@@ -256,7 +258,6 @@ class Metrics:
         if self._allowlist is not None:
             self.allowlist_age_seconds.set(self._allowlist.age())
             self.allowlist_addresses.set(self._allowlist.size())
-            self.allowlist_max_stale_seconds.set(self._allowlist.max_stale)
             self.allowlist_lookup_failing.set(0 if self._allowlist.last_error is None else 1)
 
     def render(self) -> bytes:

@@ -206,7 +206,7 @@ class RemoteIngest:
         else:
             frame_kind, message = ipc.SUBMIT_INBOUND, job.message.SerializeToString()
         sequence, tracking_id = await self._client.request(
-            lambda request_id: ipc.request(frame_kind, request_id, message, peer)
+            lambda request_id: ipc.request(frame_kind, request_id, message)
         )
         return Kept(sequence, tracking_id)
 

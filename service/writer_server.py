@@ -83,7 +83,7 @@ class WriterServer:
         """Act on one frame from a worker."""
         if kind in (ipc.SUBMIT_STATUS, ipc.SUBMIT_INBOUND):
             body_kind = STATUS if kind == ipc.SUBMIT_STATUS else INBOUND
-            request_id, _, body = ipc.parse_request(payload)
+            request_id, body = ipc.parse_request(payload)
             job = _append(body_kind, body)
             self._writer.enqueue_with(
                 job, lambda entry, error: _answer(connection, request_id, identity(job), entry, error)

@@ -7,6 +7,7 @@ import random
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -69,16 +70,21 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
     await running.stop()
 
 
+async def read_items(call: grpc.aio.UnaryStreamCall, field: str, count: int, seconds: float) -> list[Any]:
+    """Read a stream's items until ``count`` of them had ``field`` set; return those fields."""
+    found: list[Any] = []
+    async with asyncio.timeout(seconds):
+        while len(found) < count:
+            item = await call.read()
+            assert item is not grpc.aio.EOF, f"stream ended after {len(found)} items with {field}"
+            if item.HasField(field):
+                found.append(getattr(item, field))
+    return found
+
+
 async def read_updates(call: grpc.aio.UnaryStreamCall, count: int, seconds: float = 10) -> list[pb2.StatusUpdate]:
     """Read items until ``count`` status updates arrived."""
-    updates: list[pb2.StatusUpdate] = []
-    async with asyncio.timeout(seconds):
-        while len(updates) < count:
-            item = await call.read()
-            assert item is not grpc.aio.EOF, f"stream ended after {len(updates)} updates"
-            if item.HasField("status_update"):
-                updates.append(item.status_update)
-    return updates
+    return await read_items(call, "status_update", count, seconds)
 
 
 class TestGetMessageStatus:
@@ -335,14 +341,7 @@ class TestSlowAndMany:
 
 async def read_inbound(call: grpc.aio.UnaryStreamCall, count: int, seconds: float = 10) -> list[pb.InboundMessage]:
     """Read items until ``count`` inbound messages arrived."""
-    messages: list[pb.InboundMessage] = []
-    async with asyncio.timeout(seconds):
-        while len(messages) < count:
-            item = await call.read()
-            assert item is not grpc.aio.EOF, f"stream ended after {len(messages)} inbound messages"
-            if item.HasField("inbound_message"):
-                messages.append(item.inbound_message)
-    return messages
+    return await read_items(call, "inbound_message", count, seconds)
 
 
 class TestInbound:
