@@ -83,9 +83,13 @@ class _Tolerant:
     def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
         expected = handler(source)
         # A valid value passes the first choice without a call into Python (most values of most callbacks: it
-        # is a tenth of the ingress's time, measured); only another one reaches ``_validate``.
+        # is a tenth of the ingress's time, measured); only another one reaches ``_validate``. null is kept as
+        # it is, before any validator of the field sees it (as ``_validate`` does).
         return core_schema.union_schema(
-            [expected, core_schema.with_info_wrap_validator_function(self._validate, expected)],
+            [
+                core_schema.nullable_schema(expected),
+                core_schema.with_info_wrap_validator_function(self._validate, expected),
+            ],
             mode="left_to_right",
         )
 

@@ -89,6 +89,18 @@ class TestFixtures:
         assert message.body.image_url == ""
         assert json.loads(message.raw_json)["operator"] == "Cosmote"
 
+    def test_every_secondary_field_may_be_null(self) -> None:
+        """Any field but the three that identify a callback may be null, each alone or all at once."""
+        secondary = {key: None for key in fixture("02-m1-delivered.json") if key not in ("trackingId", "status")}
+        for key in secondary:
+            document = {**fixture("02-m1-delivered.json"), key: None}
+            assert parse_callback(json.dumps(document).encode()).adjusted == [], key
+        document = {**fixture("02-m1-delivered.json"), **secondary}
+        document["status"] = {**document["status"], "reason": None}
+        parsed = parse_callback(json.dumps(document).encode())
+        assert (parsed.callback.campaign_tracking_id, parsed.callback.HasField("create_time")) == ("", False)
+        assert parsed.adjusted == []
+
 
 class TestTolerance:
     """Routee's variations are accepted."""
