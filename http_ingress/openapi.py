@@ -1,6 +1,6 @@
 """The OpenAPI 3.1 document of the ingress, served at ``GET /openapi.json``.
 
-The callback schema is the pydantic model's own JSON Schema, so the document cannot drift from what is
+The body schemas are pydantic's own JSON Schema of what it validates, so the document cannot drift from what is
 validated.
 """
 
@@ -10,6 +10,7 @@ from http import HTTPStatus
 from typing import Any
 
 import falcon.asgi
+from pydantic import TypeAdapter
 
 from http_ingress.schemas import InboundMessage, ViberCallback
 
@@ -55,10 +56,10 @@ def _post(operation: str, summary: str, schema: str) -> dict[str, Any]:
 def document() -> dict[str, Any]:
     """Build the OpenAPI document."""
     schemas: dict[str, Any] = {}
-    for model in (ViberCallback, InboundMessage):
-        schema = model.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
+    for body in (ViberCallback, InboundMessage):
+        schema = TypeAdapter(body).json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
-        schemas[model.__name__] = schema
+        schemas[body.__name__] = schema
     schemas["Outcome"] = {
         "type": "object",
         "required": ["status"],

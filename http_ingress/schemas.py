@@ -1,4 +1,4 @@
-"""What Routee posts — the Viber status callback and the inbound message (a reply) — as pydantic models, and
+"""What Routee posts — the Viber status callback and the inbound message (a reply) — as pydantic schemas, and
 their conversion to protobuf.
 
 Only three fields decide whether a callback can be kept: ``trackingId``,
@@ -23,11 +23,10 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NotRequired, Required
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
@@ -35,15 +34,17 @@ from pydantic import (
     GetJsonSchemaHandler,
     Strict,
     StringConstraints,
+    TypeAdapter,
     ValidationError,
     ValidationInfo,
     ValidatorFunctionWrapHandler,
     WithJsonSchema,
 )
 from pydantic_core import core_schema
+from typing_extensions import TypedDict
 
 from routee.callbacks.v1 import callback_pb2 as pb
-from service.convert import status_from_name, timestamp_from_micros, to_micros
+from service.convert import status_from_name, to_micros
 from service.errors import InvalidCallbackError, MalformedJsonError
 from service.ingest import Adjustment, ParsedCallback, ParsedInbound
 
@@ -62,7 +63,6 @@ def _no_nul(text: str) -> str:
     return text
 
 
-RouteeDatetime = Annotated[datetime, Strict(), AfterValidator(_as_utc)]
 # No NUL: an identifier with one is no identifier Routee sends (and PostgreSQL text cannot hold one).
 RequiredText = Annotated[
     str, Strict(), StringConstraints(strip_whitespace=False, min_length=1, max_length=256, pattern=r"^[^\x00]*$")
@@ -169,154 +169,127 @@ def _text_only(value: Any) -> Any:
     return value
 
 
-# -- the model --------------------------------------------------------------------------------------------------
+# -- the schemas ------------------------------------------------------------------------------------------------
+#
+# Each schema is a TypedDict whose keys are the protobuf message's field names, read from Routee's names
+# (aliases): what pydantic validates is the keyword arguments of the protobuf message itself, with no model
+# object in between (measured: a third of parsing). A missing or null field is unset in the protobuf.
+
+_CONFIG = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
-class _RouteeModel(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False, validate_by_alias=True)
+class TimestampFields(TypedDict):
+    """The fields of a protobuf Timestamp."""
+
+    seconds: int
+    nanos: int
 
 
-class Reason(_RouteeModel):
-    """Why a message has its status (``status.reason``)."""
-
-    detailed_status: Annotated[str | None, Strict(), _Tolerant("status.reason.detailedStatus", _to_text)] = Field(
-        None, alias="detailedStatus"
-    )
-    description: Annotated[str | None, Strict(), _Tolerant("status.reason.description", _to_text)] = None
-
-
-class Status(_RouteeModel):
-    """The status a callback reports (``status``)."""
-
-    name: RequiredText
-    reason: Annotated[Reason | None, _Tolerant("status.reason", _to_reason)] = None
-    updated_date: RouteeDatetime = Field(alias="updatedDate")
-
-
-class ViberAction(_RouteeModel):
-    """A button in a Viber message (``body.viberAction``)."""
-
-    caption: Annotated[str | None, Strict(), _Tolerant("body.viberAction.caption", _to_text)] = None
-    target_url: Annotated[str | None, Strict(), _Tolerant("body.viberAction.targetUrl", _to_text)] = Field(
-        None, alias="targetUrl"
-    )
-
-
-class ViberFile(_RouteeModel):
-    """A file attached to a Viber message (``body.viberFile``)."""
-
-    file_name: Annotated[str | None, Strict(), _Tolerant("body.viberFile.fileName", _to_text)] = Field(
-        None, alias="fileName"
-    )
-    file_type: Annotated[str | None, Strict(), _Tolerant("body.viberFile.fileType", _to_text)] = Field(
-        None, alias="fileType"
-    )
-    file_url: Annotated[str | None, Strict(), _Tolerant("body.viberFile.fileUrl", _to_text)] = Field(
-        None, alias="fileUrl"
-    )
-
-
-class Body(_RouteeModel):
-    """The content of a Viber message (``body``)."""
-
-    text: Annotated[str | None, Strict(), _Tolerant("body.text", _to_text)] = None
-    ios_fallback_text: Annotated[str | None, Strict(), _Tolerant("body.iosFallbackText", _to_text)] = Field(
-        None, alias="iosFallbackText"
-    )
-    image_url: Annotated[str | None, Strict(), _Tolerant("body.imageURL", _to_text)] = Field(None, alias="imageURL")
-    viber_action: Annotated[ViberAction | None, _Tolerant("body.viberAction", _unset)] = Field(
-        None, alias="viberAction"
-    )
-    viber_file: Annotated[ViberFile | None, _Tolerant("body.viberFile", _unset)] = Field(None, alias="viberFile")
-
-
-class ViberCallback(_RouteeModel):
-    """One Viber status callback as Routee posts it."""
-
-    tracking_id: RequiredText = Field(alias="trackingId")
-    campaign_tracking_id: Annotated[
-        str | None, Strict(), AfterValidator(_no_nul), _Tolerant("campaignTrackingId", _to_campaign)
-    ] = Field(None, alias="campaignTrackingId")
-    to: Annotated[str | None, Strict(), _Tolerant("to", _to_text)] = None
-    sender: Annotated[str | None, Strict(), _Tolerant("from", _to_text)] = Field(None, alias="from")
-    groups: Annotated[list[str] | None, Strict(), _Tolerant("groups", _to_strings)] = None
-    country: Annotated[str | None, Strict(), _Tolerant("country", _to_text)] = None
-    status: Status
-    body: Annotated[Body | None, _Tolerant("body", _unset)] = None
-    ttl: Annotated[float | None, Strict(), _Tolerant("ttl", _to_number)] = None
-    label: Annotated[str | None, Strict(), _Tolerant("label", _to_text)] = None
-    inbound_url: Annotated[str | None, Strict(), _Tolerant("inboundUrl", _to_text)] = Field(None, alias="inboundUrl")
-    application_name: Annotated[str | None, Strict(), _Tolerant("applicationName", _to_text)] = Field(
-        None, alias="applicationName"
-    )
-    price: Annotated[float | None, Strict(), _Tolerant("price", _to_number)] = None
-    direction: Annotated[str | None, Strict(), _Tolerant("direction", _to_text)] = None
-    originating_service: Annotated[str | None, Strict(), _Tolerant("originatingService", _to_text)] = Field(
-        None, alias="originatingService"
-    )
-    created_at: Annotated[
-        datetime | None, AfterValidator(_as_utc), BeforeValidator(_text_only), _Tolerant("createdAt", _unset)
-    ] = Field(None, alias="createdAt")
-
-    def to_proto(self, raw_json: str) -> pb.ViberCallback:
-        """Build the protobuf callback, keeping ``raw_json`` as received (built from one dict: it is hot)."""
-        status: dict[str, Any] = {
-            "status": status_from_name(self.status.name),
-            "name": self.status.name,
-            "update_time": _timestamp(self.status.updated_date),
-        }
-        if self.status.reason is not None:
-            status["reason"] = {
-                "detailed_status": self.status.reason.detailed_status or "",
-                "description": self.status.reason.description or "",
-            }
-        fields: dict[str, Any] = {
-            "tracking_id": self.tracking_id,
-            "campaign_tracking_id": self.campaign_tracking_id or "",
-            "recipient": self.to or "",
-            "sender": self.sender or "",
-            "groups": self.groups or (),
-            "country": self.country or "",
-            "status": status,
-            "label": self.label or "",
-            "inbound_url": self.inbound_url or "",
-            "application_name": self.application_name or "",
-            "direction": self.direction or "",
-            "originating_service": self.originating_service or "",
-            "raw_json": raw_json,
-            "ttl": self.ttl,
-            "price": self.price,
-        }
-        if self.body is not None:
-            fields["body"] = _body(self.body)
-        if self.created_at is not None:
-            fields["create_time"] = _timestamp(self.created_at)
-        return pb.ViberCallback(**fields)
-
-
-def _timestamp(moment: datetime) -> dict[str, int]:
-    micros = to_micros(moment)
+def _timestamp(moment: datetime) -> TimestampFields:
+    micros = to_micros(_as_utc(moment))
     return {"seconds": micros // 1_000_000, "nanos": micros % 1_000_000 * 1000}
 
 
-def _body(body: Body) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        "text": body.text or "",
-        "ios_fallback_text": body.ios_fallback_text or "",
-        "image_url": body.image_url or "",
-    }
-    if body.viber_action is not None:
-        fields["viber_action"] = {
-            "caption": body.viber_action.caption or "",
-            "target_url": body.viber_action.target_url or "",
-        }
-    if body.viber_file is not None:
-        fields["viber_file"] = {
-            "file_name": body.viber_file.file_name or "",
-            "file_type": body.viber_file.file_type or "",
-            "file_url": body.viber_file.file_url or "",
-        }
-    return fields
+@dataclass(frozen=True)
+class _AsTimestamp:
+    """Validated as a date (``strict``: RFC 3339 text only), kept as the fields of a protobuf Timestamp. A date
+    without an offset is UTC; one out of range in UTC is refused."""
+
+    strict: bool = True
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(_timestamp, core_schema.datetime_schema(strict=self.strict))
+
+
+#: A secondary text field (with a _Tolerant of its own).
+_Text = Annotated[str | None, Strict()]
+RouteeTimestamp = Annotated[TimestampFields, _AsTimestamp()]
+
+
+class Reason(TypedDict, total=False):
+    """Why a message has its status (``status.reason``)."""
+
+    __pydantic_config__ = _CONFIG  # type: ignore[misc]
+    detailed_status: Annotated[
+        _Text, _Tolerant("status.reason.detailedStatus", _to_text), Field(alias="detailedStatus")
+    ]
+    description: Annotated[_Text, _Tolerant("status.reason.description", _to_text)]
+
+
+class Status(TypedDict):
+    """The status a callback reports (``status``)."""
+
+    __pydantic_config__ = _CONFIG  # type: ignore[misc]
+    name: RequiredText
+    reason: NotRequired[Annotated[Reason | None, _Tolerant("status.reason", _to_reason)]]
+    update_time: Annotated[RouteeTimestamp, Field(alias="updatedDate")]
+
+
+def _with_status(status: dict[str, Any]) -> dict[str, Any]:
+    """The status's MessageStatus beside its name."""
+    status["status"] = status_from_name(status["name"])
+    return status
+
+
+class ViberAction(TypedDict, total=False):
+    """A button in a Viber message (``body.viberAction``)."""
+
+    __pydantic_config__ = _CONFIG  # type: ignore[misc]
+    caption: Annotated[_Text, _Tolerant("body.viberAction.caption", _to_text)]
+    target_url: Annotated[_Text, _Tolerant("body.viberAction.targetUrl", _to_text), Field(alias="targetUrl")]
+
+
+class ViberFile(TypedDict, total=False):
+    """A file attached to a Viber message (``body.viberFile``)."""
+
+    __pydantic_config__ = _CONFIG  # type: ignore[misc]
+    file_name: Annotated[_Text, _Tolerant("body.viberFile.fileName", _to_text), Field(alias="fileName")]
+    file_type: Annotated[_Text, _Tolerant("body.viberFile.fileType", _to_text), Field(alias="fileType")]
+    file_url: Annotated[_Text, _Tolerant("body.viberFile.fileUrl", _to_text), Field(alias="fileUrl")]
+
+
+class Body(TypedDict, total=False):
+    """The content of a Viber message (``body``)."""
+
+    __pydantic_config__ = _CONFIG  # type: ignore[misc]
+    text: Annotated[_Text, _Tolerant("body.text", _to_text)]
+    ios_fallback_text: Annotated[_Text, _Tolerant("body.iosFallbackText", _to_text), Field(alias="iosFallbackText")]
+    image_url: Annotated[_Text, _Tolerant("body.imageURL", _to_text), Field(alias="imageURL")]
+    viber_action: Annotated[ViberAction | None, _Tolerant("body.viberAction", _unset), Field(alias="viberAction")]
+    viber_file: Annotated[ViberFile | None, _Tolerant("body.viberFile", _unset), Field(alias="viberFile")]
+
+
+class ViberCallback(TypedDict, total=False):
+    """One Viber status callback as Routee posts it."""
+
+    __pydantic_config__ = _CONFIG  # type: ignore[misc]
+    tracking_id: Required[Annotated[RequiredText, Field(alias="trackingId")]]
+    campaign_tracking_id: Annotated[
+        _Text, AfterValidator(_no_nul), _Tolerant("campaignTrackingId", _to_campaign), Field(alias="campaignTrackingId")
+    ]
+    recipient: Annotated[_Text, _Tolerant("to", _to_text), Field(alias="to")]
+    sender: Annotated[_Text, _Tolerant("from", _to_text), Field(alias="from")]
+    groups: Annotated[list[str] | None, Strict(), _Tolerant("groups", _to_strings)]
+    country: Annotated[_Text, _Tolerant("country", _to_text)]
+    status: Required[Annotated[Status, AfterValidator(_with_status)]]
+    body: Annotated[Body | None, _Tolerant("body", _unset)]
+    ttl: Annotated[float | None, Strict(), _Tolerant("ttl", _to_number)]
+    label: Annotated[_Text, _Tolerant("label", _to_text)]
+    inbound_url: Annotated[_Text, _Tolerant("inboundUrl", _to_text), Field(alias="inboundUrl")]
+    application_name: Annotated[_Text, _Tolerant("applicationName", _to_text), Field(alias="applicationName")]
+    price: Annotated[float | None, Strict(), _Tolerant("price", _to_number)]
+    direction: Annotated[_Text, _Tolerant("direction", _to_text)]
+    originating_service: Annotated[_Text, _Tolerant("originatingService", _to_text), Field(alias="originatingService")]
+    create_time: Annotated[
+        TimestampFields | None,
+        _AsTimestamp(strict=False),
+        BeforeValidator(_text_only),
+        _Tolerant("createdAt", _unset),
+        Field(alias="createdAt"),
+    ]
+
+
+_CALLBACK: TypeAdapter[ViberCallback] = TypeAdapter(ViberCallback)
 
 
 def parse_callback(body: bytes) -> ParsedCallback:
@@ -327,16 +300,15 @@ def parse_callback(body: bytes) -> ParsedCallback:
     not a JSON object).
     """
     adjusted: list[Adjustment] = []
-    model = _validate(ViberCallback, body, adjusted)
-    return ParsedCallback(model.to_proto(body.decode("utf-8")), adjusted)
+    fields = _validate(_CALLBACK, body, adjusted)
+    return ParsedCallback(pb.ViberCallback(**fields, raw_json=body.decode("utf-8")), adjusted)
 
 
-_Model = TypeVar("_Model", bound=BaseModel)
-
-
-def _validate(model: type[_Model], body: bytes, adjusted: list[Adjustment]) -> _Model:
+def _validate(adapter: TypeAdapter[Any], body: bytes, adjusted: list[Adjustment]) -> dict[str, Any]:
+    """The body's fields as the keyword arguments of its protobuf message."""
     try:
-        return model.model_validate_json(body, context={"adjusted": adjusted})
+        fields: dict[str, Any] = adapter.validate_json(body, context={"adjusted": adjusted})
+        return fields
     except ValidationError as ex:
         errors = ex.errors(include_url=False, include_input=False)
         first = errors[0]
@@ -356,57 +328,57 @@ def _number_as_text(value: Any) -> Any:
     return _to_text(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
 
 
-class InboundMessage(_RouteeModel):
+class InboundMessage(TypedDict, total=False):
     """One inbound Viber message (a reply) as Routee posts it to a campaign's ``inboundUrl``."""
 
-    sender: Annotated[
-        RequiredText,
-        BeforeValidator(_number_as_text),
-        WithJsonSchema(
-            {
-                "anyOf": [
-                    {"type": "string", "minLength": 1, "maxLength": 256, "pattern": "^[^\\x00]*$"},
-                    {"type": "number"},
-                ],
-                "description": "The user's number; a JSON number is taken as its digits.",
-            }
-        ),
-    ] = Field(alias="from")
-    sent_date: RouteeDatetime = Field(alias="sentDate")
-    to: Annotated[str | None, Strict(), _Tolerant("inbound.to", _to_text)] = None
-    message: Annotated[str | None, Strict(), _Tolerant("inbound.message", _to_text)] = None
-    campaign_name: Annotated[str | None, Strict(), _Tolerant("inbound.campaignName", _to_text)] = Field(
-        None, alias="campaignName"
-    )
+    __pydantic_config__ = _CONFIG  # type: ignore[misc]
+    sender: Required[
+        Annotated[
+            RequiredText,
+            BeforeValidator(_number_as_text),
+            WithJsonSchema(
+                {
+                    "anyOf": [
+                        {"type": "string", "minLength": 1, "maxLength": 256, "pattern": "^[^\\x00]*$"},
+                        {"type": "number"},
+                    ],
+                    "description": "The user's number; a JSON number is taken as its digits.",
+                }
+            ),
+            Field(alias="from"),
+        ]
+    ]
+    send_time: Required[Annotated[RouteeTimestamp, Field(alias="sentDate")]]
+    recipient: Annotated[_Text, _Tolerant("inbound.to", _to_text), Field(alias="to")]
+    text: Annotated[_Text, _Tolerant("inbound.message", _to_text), Field(alias="message")]
+    campaign_name: Annotated[_Text, _Tolerant("inbound.campaignName", _to_text), Field(alias="campaignName")]
     campaign_tracking_id: Annotated[
-        str | None, Strict(), AfterValidator(_no_nul), _Tolerant("inbound.campaignTrackingId", _to_campaign)
-    ] = Field(None, alias="campaignTrackingId")
+        _Text,
+        AfterValidator(_no_nul),
+        _Tolerant("inbound.campaignTrackingId", _to_campaign),
+        Field(alias="campaignTrackingId"),
+    ]
     reference_tracking_id: Annotated[
-        str | None, Strict(), AfterValidator(_no_nul), _Tolerant("inbound.referenceTrackingId", _to_campaign)
-    ] = Field(None, alias="referenceTrackingId")
-    direction: Annotated[str | None, Strict(), _Tolerant("inbound.direction", _to_text)] = None
-    media: Annotated[str | None, Strict(), _Tolerant("inbound.media", _to_text)] = None
-    # Routee's example spells it `filename`, its field table `fileName`: both are taken.
-    filename: Annotated[str | None, Strict(), _Tolerant("inbound.filename", _to_text)] = None
-    file_name: Annotated[str | None, Strict(), _Tolerant("inbound.fileName", _to_text)] = Field(None, alias="fileName")
-    label: Annotated[str | None, Strict(), _Tolerant("inbound.label", _to_text)] = None
+        _Text,
+        AfterValidator(_no_nul),
+        _Tolerant("inbound.referenceTrackingId", _to_campaign),
+        Field(alias="referenceTrackingId"),
+    ]
+    direction: Annotated[_Text, _Tolerant("inbound.direction", _to_text)]
+    media_url: Annotated[_Text, _Tolerant("inbound.media", _to_text), Field(alias="media")]
+    # Routee's example spells it `filename`, its field table `fileName`: both are taken (`filename` first).
+    filename: Annotated[_Text, _Tolerant("inbound.filename", _to_text)]
+    file_name: Annotated[_Text, _Tolerant("inbound.fileName", _to_text), Field(alias="fileName")]
+    label: Annotated[_Text, _Tolerant("inbound.label", _to_text)]
 
-    def to_proto(self, raw_json: str) -> pb.InboundMessage:
-        """Build the protobuf message (no sequence or receive time yet: the store sets them)."""
-        return pb.InboundMessage(
-            sender=self.sender,
-            recipient=self.to or "",
-            text=self.message or "",
-            send_time=timestamp_from_micros(to_micros(self.sent_date)),
-            campaign_name=self.campaign_name or "",
-            campaign_tracking_id=self.campaign_tracking_id or "",
-            reference_tracking_id=self.reference_tracking_id or "",
-            media_url=self.media or "",
-            file_name=self.filename or self.file_name or "",
-            label=self.label or "",
-            direction=self.direction or "",
-            raw_json=raw_json,
-        )
+
+def _one_file_name(message: dict[str, Any]) -> dict[str, Any]:
+    if (filename := message.pop("filename", None)) is not None:
+        message["file_name"] = filename
+    return message
+
+
+_INBOUND: TypeAdapter[InboundMessage] = TypeAdapter(Annotated[InboundMessage, AfterValidator(_one_file_name)])
 
 
 def parse_inbound(body: bytes) -> ParsedInbound:
@@ -416,5 +388,5 @@ def parse_inbound(body: bytes) -> ParsedInbound:
     field, when ``from`` or ``sentDate`` is missing or unusable (or the body is not a JSON object).
     """
     adjusted: list[Adjustment] = []
-    model = _validate(InboundMessage, body, adjusted)
-    return ParsedInbound(model.to_proto(body.decode("utf-8")), adjusted)
+    fields = _validate(_INBOUND, body, adjusted)
+    return ParsedInbound(pb.InboundMessage(**fields, raw_json=body.decode("utf-8")), adjusted)
