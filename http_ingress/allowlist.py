@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import dns.asyncresolver
 import dns.exception
@@ -40,6 +40,18 @@ def parse_address(text: str) -> IPAddress:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
+
+
+#: How many (peer, X-Forwarded-For) pairs an Allowlist remembers the client of before it starts over.
+_REMEMBERED_CLIENTS = 4096
+
+
+class _Client(NamedTuple):
+    """The client a request came from: its address, as text, and whether an allowed network lists it."""
+
+    address: IPAddress
+    text: str
+    listed: bool
 
 
 def _within(address: IPAddress, networks: Iterable[IPNetwork]) -> bool:
@@ -234,6 +246,7 @@ class Allowlist:
         self._trusted_proxies = tuple(trusted_proxies)
         self._monitor_cidrs = tuple(monitor_cidrs)
         self.dns = dns_allowlist
+        self._clients: dict[tuple[str, str | None], _Client] = {}
 
     def admits(self, peer: str) -> bool:
         """Whether a peer may open a connection at all (decided before any request is read).
@@ -263,9 +276,23 @@ class Allowlist:
         Raises SourceNotAllowedError (403) for anyone else, and
         AllowlistUnavailableError (503) when the DNS allowlist has no usable answer.
         """
-        client = client_address(peer, forwarded_for, self._trusted_proxies)
-        if _within(client, self._allow_cidrs):
-            return client
-        if self.dns is None or client not in self.dns.addresses():
-            raise SourceNotAllowedError(f"{client} is not an allowed callback sender")
+        return self._allowed(peer, forwarded_for).address
+
+    def sender(self, peer: str, forwarded_for: str | None) -> str:
+        """``check``, the address as text (what is logged, and kept with a refused body)."""
+        return self._allowed(peer, forwarded_for).text
+
+    def _allowed(self, peer: str, forwarded_for: str | None) -> _Client:
+        # What a peer and header say is remembered (Routee posts from a few addresses, thousands of times a
+        # second); whether the address is allowed by DNS is asked every time, since the answer changes.
+        key = (peer, forwarded_for)
+        client = self._clients.get(key)
+        if client is None:
+            address = client_address(peer, forwarded_for, self._trusted_proxies)
+            client = _Client(address, str(address), _within(address, self._allow_cidrs))
+            if len(self._clients) >= _REMEMBERED_CLIENTS:
+                self._clients.clear()
+            self._clients[key] = client
+        if not client.listed and (self.dns is None or client.address not in self.dns.addresses()):
+            raise SourceNotAllowedError(f"{client.text} is not an allowed callback sender")
         return client

@@ -62,7 +62,7 @@ class CallbacksResource:
         """Check the sender, validate, store durably, answer."""
         started = time.perf_counter()
         try:
-            sender = str(self._allowlist.check(req.remote_addr, req.get_header("X-Forwarded-For")))
+            sender = self._allowlist.sender(req.remote_addr, req.get_header("X-Forwarded-For"))
             body = await self._read(req)
             if (refused := _refusal(req, body)) is not None:
                 # From an allowed sender, so possibly Routee: kept for an operator before it is refused.

@@ -9,6 +9,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from routee.callbacks.v1 import callback_pb2 as pb
 from service.convert import normalise_status_name
@@ -20,8 +21,7 @@ from service.store import FINAL_STATUSES, FROM_CALLBACK, AppendInbound, AppendSt
 EventKey = tuple[str, str, int]
 
 
-@dataclass(frozen=True, slots=True)
-class Current:
+class Current(NamedTuple):
     """A message's current status as stored: what a new event must beat to replace it."""
 
     campaign_tracking_id: str
@@ -31,8 +31,7 @@ class Current:
     sequence: int
 
 
-@dataclass(frozen=True, slots=True)
-class NewEvent:
+class NewEvent(NamedTuple):
     """An event to insert: the stored event and the two columns only the store needs."""
 
     event: StoredEvent
@@ -181,8 +180,7 @@ def inbound_key(message: pb.InboundMessage) -> str:
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
-@dataclass(frozen=True, slots=True)
-class NewInbound:
+class NewInbound(NamedTuple):
     """An inbound message to insert, with the key it is recognised by."""
 
     entry: StoredInbound

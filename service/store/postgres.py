@@ -620,8 +620,8 @@ async def _plan(
         ([key[0] for key in keys], [key[1] for key in keys], [key[2] for key in keys]),
     )
     current_rows = await connection.execute(
-        "SELECT m.tracking_id, m.campaign_tracking_id, e.status, m.update_us, m.rank, m.current_sequence"
-        " FROM messages m JOIN events e ON e.sequence = m.current_sequence WHERE m.tracking_id = ANY(%b)",
+        "SELECT tracking_id, campaign_tracking_id, status, update_us, rank, current_sequence FROM messages"
+        " WHERE tracking_id = ANY(%b)",
         (tracking_ids(callbacks),),
     )
     inbound_rows = await connection.execute(

@@ -622,9 +622,8 @@ def _plan(connection: sqlite3.Connection, appends: Sequence[AppendStatus], last:
     current = {
         row[0]: Current(row[1], row[2], row[3], row[4], row[5])
         for row in connection.execute(
-            "SELECT m.tracking_id, m.campaign_tracking_id, e.status, m.update_us, m.rank, m.current_sequence"
-            " FROM messages m JOIN events e ON e.sequence = m.current_sequence"
-            f" WHERE m.tracking_id IN ({', '.join('?' * len(ids))})",
+            "SELECT tracking_id, campaign_tracking_id, status, update_us, rank, current_sequence FROM messages"
+            f" WHERE tracking_id IN ({', '.join('?' * len(ids))})",
             ids,
         )
     }

@@ -157,6 +157,19 @@ class TestAllowlist:
             allowlist.check("192.0.2.1", None)
         assert allowlist.check("127.0.0.1", None) == ip("127.0.0.1")
 
+    async def test_a_remembered_sender_is_asked_of_dns_every_time(self) -> None:
+        """A sender seen before is refused as soon as a new DNS answer leaves it out; its text is the plain
+        address."""
+        dns = DnsAllowlist("routee.test", FakeResolver(answer("192.0.2.1"), answer("192.0.2.9")), clock=FakeClock())
+        allowlist = Allowlist(dns_allowlist=dns)
+        await dns.refresh()
+        assert allowlist.sender("::ffff:192.0.2.1", None) == "192.0.2.1"
+        assert allowlist.sender("::ffff:192.0.2.1", None) == "192.0.2.1"
+        await dns.refresh()
+        with pytest.raises(SourceNotAllowedError, match=r"192\.0\.2\.1 is not"):
+            allowlist.sender("::ffff:192.0.2.1", None)
+        assert allowlist.sender("192.0.2.9", None) == "192.0.2.9"
+
     def test_without_dns_only_cidrs(self) -> None:
         """With the DNS allowlist off, only --allow-cidr networks pass."""
         allowlist = Allowlist(allow_cidrs=[ipaddress.ip_network("10.0.0.0/8")])
