@@ -44,17 +44,9 @@ from pydantic_core import core_schema
 from typing_extensions import TypedDict
 
 from routee.callbacks.v1 import callback_pb2 as pb
-from service.convert import status_from_name, to_micros
+from service.convert import status_from_name
 from service.errors import InvalidCallbackError, MalformedJsonError
 from service.ingest import Adjustment, ParsedCallback, ParsedInbound
-
-
-def _as_utc(moment: datetime) -> datetime:
-    # Routee documents its dates as UTC; a date without an offset is taken as UTC.
-    try:
-        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-    except OverflowError:  # 0001-01-01T00:00+02:00 is in year 0 in UTC.
-        raise ValueError("date is out of range in UTC") from None
 
 
 def _no_nul(text: str) -> str:
@@ -185,8 +177,19 @@ class TimestampFields(TypedDict):
     nanos: int
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NAIVE_EPOCH = datetime(1970, 1, 1)
+#: What a protobuf Timestamp can hold, 0001-01-01 to 9999-12-31 in UTC, in microseconds since the epoch.
+_FIRST_US, _LAST_US = -62_135_596_800_000_000, 253_402_300_799_999_999
+
+
 def _timestamp(moment: datetime) -> TimestampFields:
-    micros = to_micros(_as_utc(moment))
+    # Routee documents its dates as UTC; a date without an offset is taken as UTC. (Arithmetic, not
+    # astimezone: it is a tenth of parsing, and 0001-01-01T00:00+02:00, in year 0 in UTC, cannot overflow it.)
+    delta = moment - (_NAIVE_EPOCH if moment.tzinfo is None else _EPOCH)
+    micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    if not _FIRST_US <= micros <= _LAST_US:
+        raise ValueError("date is out of range in UTC")
     return {"seconds": micros // 1_000_000, "nanos": micros % 1_000_000 * 1000}
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from routee.callbacks.v1 import callback_pb2 as pb
@@ -29,15 +27,6 @@ def normalise_status_name(name: str) -> str:
 def status_from_name(name: str) -> int:
     """Map a Routee status name, in any case, to MessageStatus; unknown names to UNKNOWN."""
     return _STATUS_BY_NAME.get(normalise_status_name(name), pb.MESSAGE_STATUS_UNKNOWN)
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def to_micros(moment: datetime) -> int:
-    """Return a timezone-aware datetime as whole microseconds since the epoch."""
-    delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def timestamp_from_micros(micros: int) -> Timestamp:
