@@ -122,6 +122,10 @@ def gunicorn(app: str, *options: str) -> Iterator[int]:
         yield port
 
 
+#: Workers add what they counted to the shared metrics once a second.
+COUNTS_FLUSHED = 1.5
+
+
 def wrk(port: int, seconds: float, connections: int = 32) -> dict[str, float]:
     """One wrk run of distinct callbacks: requests/s, p50/p99 in ms, errors."""
     run_id = f"{os.getpid()}-{next(_RUN_IDS)}-{time.time_ns()}"
@@ -144,6 +148,7 @@ def wrk_service(target: Service, seconds: float, connections: int = 32) -> dict[
     """wrk against the service, with what the service itself counted: accepted must equal requests."""
     before = target.counts()
     result = wrk(target.http_port, seconds, connections)
+    time.sleep(COUNTS_FLUSHED)  # Every worker's last counts reach the metrics the one scraped shows.
     after = target.counts()
     return {**result, **{outcome: after[outcome] - before[outcome] for outcome in after}}
 
