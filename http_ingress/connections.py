@@ -128,6 +128,9 @@ class Connection(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # uvicorn formats an access line for every response when its logger has a handler, even when the level
+        # then drops it (≈ 2 % of the worker's time under load): only when it would be written.
+        self.access_log = self.access_log and self.access_logger.isEnabledFor(logging.INFO)
         self._headers_done = False
         self._in_request = False
         self._deadline: asyncio.TimerHandle | None = None
