@@ -17,7 +17,6 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import cast
 
 from service import ipc
 from service.broker import Update
@@ -152,48 +151,21 @@ class WriterClient:
                 future.set_exception(StoreUnavailableError(message))
 
 
-class _ClientProtocol(asyncio.Protocol):
+class _ClientProtocol(ipc.FramedProtocol):
+    peer = "the writer process"
+
     def __init__(self, client: WriterClient) -> None:
+        super().__init__()
         self._client = client
-        self._buffer = bytearray()
-        self._unsent: list[bytes] = []
-        self._transport: asyncio.Transport | None = None
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)  # uvloop's transports are not its subclasses
-
     def connection_lost(self, exc: Exception | None) -> None:
-        self._transport = None
+        super().connection_lost(exc)
         if not self.lost.done():
             self.lost.set_result(None)
 
-    def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        try:
-            for kind, payload in ipc.frames(self._buffer):
-                self._client.answer(kind, payload)
-        except ipc.FrameError as ex:
-            _LOGGER.error("the writer process sent an unreadable frame; reconnecting: %s", ex)
-            self.close()
-
-    def send(self, data: bytes) -> None:
-        # The requests of one loop iteration leave in one write at its end: one system call, and one wake-up of
-        # the writer process, for all of them (measured: the writer's CPU fell by a fifth, ingress +3-9 %).
-        if self._transport is None:
-            return
-        if not self._unsent:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._unsent.append(data)
-
-    def _flush(self) -> None:
-        if self._transport is not None and self._unsent:
-            self._transport.write(b"".join(self._unsent))
-        self._unsent.clear()
-
-    def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
+    def received(self, kind: int, payload: memoryview) -> None:
+        self._client.answer(kind, payload)
 
 
 class RemoteIngest:

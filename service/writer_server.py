@@ -16,7 +16,7 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from google.protobuf.message import DecodeError
 
@@ -128,49 +128,28 @@ def _answer(
         connection.send(ipc.failed(request_id, error))
 
 
-class _WorkerConnection(asyncio.Protocol):
-    """One worker's connection: frames in, answers and feed out (one socket write per loop iteration)."""
+class _WorkerConnection(ipc.FramedProtocol):
+    """One worker's connection: frames in, answers and feed out (one socket write per batch or loop iteration)."""
+
+    peer = "a worker"
 
     def __init__(self, server: WriterServer) -> None:
+        super().__init__()
         self._server = server
-        self._buffer = bytearray()
-        self._unsent: list[bytes] = []
-        self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)  # uvloop's transports are not its subclasses
+        super().connection_made(transport)
         self._server.feed.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.feed.connections.discard(self)
-        self._transport = None
+        super().connection_lost(exc)
 
-    def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        try:
-            for kind, payload in ipc.frames(self._buffer):
-                self._server.handle(self, kind, payload)
-        except ipc.FrameError as ex:
-            _LOGGER.error("a worker sent an unreadable frame; disconnecting it: %s", ex)
-            self.close()
-
-    def send(self, data: bytes) -> None:
-        # Written at the end of the current batch, or of this loop iteration: one socket write for many frames.
-        if self._transport is None:
-            return
-        if not self._unsent:
-            asyncio.get_running_loop().call_soon(self.flush)
-        self._unsent.append(data)
+    def received(self, kind: int, payload: memoryview) -> None:
+        self._server.handle(self, kind, payload)
 
     def flush(self) -> None:
-        if self._transport is None or not self._unsent:
-            return
-        self._transport.write(b"".join(self._unsent))
-        self._unsent.clear()
-        if self._transport.get_write_buffer_size() > MAX_UNSENT_BYTES:
+        super().flush()
+        if self.transport is not None and self.transport.get_write_buffer_size() > MAX_UNSENT_BYTES:
             _LOGGER.warning("a worker does not read its feed; disconnecting it")
-            self._transport.abort()
-
-    def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
+            self.transport.abort()
