@@ -41,7 +41,7 @@ from pydantic import (
     WithJsonSchema,
 )
 from pydantic_core import core_schema
-from typing_extensions import TypedDict
+from typing_extensions import TypedDict  # pydantic validates typing.TypedDict only from Python 3.12
 
 from routee.callbacks.v1 import callback_pb2 as pb
 from service.convert import status_from_name
