@@ -168,15 +168,15 @@ def _wire(error: RouteeCallbacksError) -> dict[str, str]:
     }
 
 
-def kept(request_id: int, sequence: int | None, tracking_id: str) -> bytes:
-    """The writer's answer for a kept body: the new sequence (0 for a duplicate) and the tracking id."""
-    return frame(KEPT, _KEPT.pack(request_id, sequence or 0) + tracking_id.encode())
+def kept(request_id: int, sequence: int | None) -> bytes:
+    """The writer's answer for a kept body: the new sequence (0 for a duplicate, or for a probe)."""
+    return frame(KEPT, _KEPT.pack(request_id, sequence or 0))
 
 
-def parse_kept(payload: memoryview) -> tuple[int, int | None, str]:
-    """Read a KEPT answer: request id, sequence (None for a duplicate), tracking id."""
+def parse_kept(payload: memoryview) -> tuple[int, int | None]:
+    """Read a KEPT answer: request id, sequence (None for a duplicate)."""
     request_id, sequence = _KEPT.unpack_from(payload)
-    return request_id, sequence or None, bytes(payload[_KEPT.size :]).decode()
+    return request_id, sequence or None
 
 
 def failed(request_id: int, error: RouteeCallbacksError) -> bytes:

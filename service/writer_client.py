@@ -21,7 +21,7 @@ from pathlib import Path
 from service import ipc
 from service.broker import Update
 from service.errors import RejectedError, StoreUnavailableError
-from service.ingest import Kept, Parsers
+from service.ingest import Kept, Parsers, identity
 from service.store import AppendStatus, LogReader
 from service.tail import Tailer
 
@@ -48,7 +48,7 @@ class WriterClient:
         self._backoff = backoff
         self._clock = clock
         self._ids = itertools.count(1)
-        self._pending: dict[int, tuple[asyncio.Future[tuple[int | None, str]], float]] = {}
+        self._pending: dict[int, tuple[asyncio.Future[int | None], float]] = {}
         self._protocol: _ClientProtocol | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -75,8 +75,8 @@ class WriterClient:
             self._protocol.close()
         self._fail_all("the worker is shutting down")
 
-    async def request(self, frame: Callable[[int], bytes]) -> tuple[int | None, str]:
-        """Send a request (``frame`` builds it from its id) and return the answer: (sequence or None, tracking id).
+    async def request(self, frame: Callable[[int], bytes]) -> int | None:
+        """Send a request (``frame`` builds it from its id) and return the answer: the new sequence, or None.
 
         Raises the error the writer answered, or StoreUnavailableError when it cannot be reached or is too slow.
         """
@@ -84,7 +84,7 @@ class WriterClient:
         if protocol is None:
             raise StoreUnavailableError("the writer process is not reachable")
         request_id = next(self._ids) & 0xFFFFFFFF
-        future: asyncio.Future[tuple[int | None, str]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = (future, self._clock() + self._timeout)
         protocol.send(frame(request_id))
         return await future
@@ -95,10 +95,10 @@ class WriterClient:
             self._on_feed(ipc.FeedFrame(payload))
             return
         if kind == ipc.KEPT:
-            request_id, sequence, tracking_id = ipc.parse_kept(payload)
+            request_id, sequence = ipc.parse_kept(payload)
             waiting = self._pending.pop(request_id, None)
             if waiting is not None and not waiting[0].done():
-                waiting[0].set_result((sequence, tracking_id))
+                waiting[0].set_result(sequence)
         elif kind == ipc.FAILED:
             request_id, error = ipc.parse_failed(payload)
             waiting = self._pending.pop(request_id, None)
@@ -187,10 +187,8 @@ class RemoteIngest:
             frame_kind, message = ipc.SUBMIT_STATUS, job.callback.SerializeToString()
         else:
             frame_kind, message = ipc.SUBMIT_INBOUND, job.message.SerializeToString()
-        sequence, tracking_id = await self._client.request(
-            lambda request_id: ipc.request(frame_kind, request_id, message)
-        )
-        return Kept(sequence, tracking_id)
+        sequence = await self._client.request(lambda request_id: ipc.request(frame_kind, request_id, message))
+        return Kept(sequence, identity(job))
 
     async def refuse(self, kind: str, body: bytes, peer: str, error: RejectedError) -> None:
         """Have the writer process quarantine a body this worker refused; its answer is the refusal itself."""

@@ -25,7 +25,7 @@ from service import ipc
 from service.batch_writer import BatchWriter
 from service.broker import Update
 from service.errors import RejectedError, RouteeCallbacksError
-from service.ingest import Append, Refusals, identity
+from service.ingest import Append, Refusals
 from service.store import INBOUND, STATUS, AppendInbound, AppendStatus, Probe
 
 _LOGGER = logging.getLogger(__name__)
@@ -85,9 +85,7 @@ class WriterServer:
             body_kind = STATUS if kind == ipc.SUBMIT_STATUS else INBOUND
             request_id, body = ipc.parse_request(payload)
             job = _append(body_kind, body)
-            self._writer.enqueue_with(
-                job, lambda entry, error: _answer(connection, request_id, identity(job), entry, error)
-            )
+            self._writer.enqueue_with(job, lambda entry, error: _answer(connection, request_id, entry, error))
         elif kind == ipc.REFUSE:
             request_id, peer, refused, body, body_kind = ipc.parse_refusal(payload)
             if not isinstance(refused, RejectedError) or body_kind not in (STATUS, INBOUND):
@@ -95,7 +93,7 @@ class WriterServer:
             self._keep_refused(connection, request_id, body_kind, body, peer, refused)
         elif kind == ipc.PROBE:
             request_id = ipc.parse_request(payload)[0]
-            self._writer.enqueue_with(Probe(), lambda result, error: _answer(connection, request_id, "", None, error))
+            self._writer.enqueue_with(Probe(), lambda result, error: _answer(connection, request_id, None, error))
         else:
             raise ipc.FrameError(f"unknown frame kind {kind}")
 
@@ -119,11 +117,9 @@ def _append(kind: str, body: bytes) -> Append:
         raise ipc.FrameError(f"a {kind} submission is not its protobuf: {ex}") from None
 
 
-def _answer(
-    connection: _WorkerConnection, request_id: int, tracking_id: str, entry: Any, error: RouteeCallbacksError | None
-) -> None:
+def _answer(connection: _WorkerConnection, request_id: int, entry: Any, error: RouteeCallbacksError | None) -> None:
     if error is None:
-        connection.send(ipc.kept(request_id, getattr(entry, "sequence", None), tracking_id))
+        connection.send(ipc.kept(request_id, getattr(entry, "sequence", None)))
     else:
         connection.send(ipc.failed(request_id, error))
 

@@ -36,10 +36,10 @@ class TestAnswers:
 
     @pytest.mark.parametrize(("sequence", "expected"), [(17, 17), (None, None)])
     def test_kept(self, sequence: int | None, expected: int | None) -> None:
-        """A kept body's sequence (None for a duplicate) and tracking id come back."""
-        [(kind, payload)] = ipc.frames(bytearray(ipc.kept(5, sequence, "m-1")))
+        """A kept body's sequence (None for a duplicate) comes back with its request id."""
+        [(kind, payload)] = ipc.frames(bytearray(ipc.kept(5, sequence)))
         assert kind == ipc.KEPT
-        assert ipc.parse_kept(payload) == (5, expected, "m-1")
+        assert ipc.parse_kept(payload) == (5, expected)
 
     @pytest.mark.parametrize(
         "error",
