@@ -142,6 +142,16 @@ class Ingest(Protocol):
         """Prove that a write would be kept now; raise an UnavailableError otherwise."""
 
 
+async def parse_or_refuse(ingest: Ingest, parsers: Parsers, kind: str, body: bytes, peer: str) -> Append:
+    """The job that keeps a body of a kind; a body that cannot be parsed is quarantined through ``ingest``, then
+    its RejectedError raised."""
+    try:
+        return parsers[kind](body)
+    except RejectedError as ex:
+        await ingest.refuse(kind, body, peer, ex)
+        raise
+
+
 class LocalIngest:
     """Validates here and writes through this process's batch writer."""
 
@@ -152,11 +162,7 @@ class LocalIngest:
 
     async def keep(self, kind: str, body: bytes, peer: str) -> Kept:
         """Validate, then store with group commit; a body that cannot be kept goes to quarantine."""
-        try:
-            job = self._parsers[kind](body)
-        except RejectedError as ex:
-            await self.refuse(kind, body, peer, ex)
-            raise
+        job = await parse_or_refuse(self, self._parsers, kind, body, peer)
         entry = await self._writer.submit(job)
         return Kept(None if entry is None else entry.sequence, identity(job))
 

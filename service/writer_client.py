@@ -21,7 +21,7 @@ from pathlib import Path
 from service import ipc
 from service.broker import Update
 from service.errors import RejectedError, StoreUnavailableError
-from service.ingest import Kept, Parsers, identity
+from service.ingest import Kept, Parsers, identity, parse_or_refuse
 from service.store import AppendStatus, LogReader
 from service.tail import Tailer
 
@@ -178,11 +178,7 @@ class RemoteIngest:
     async def keep(self, kind: str, body: bytes, peer: str) -> Kept:
         """Validate, then send the protobuf for the writer process to store; a body that cannot be kept goes to
         quarantine."""
-        try:
-            job = self._parsers[kind](body)
-        except RejectedError as ex:
-            await self.refuse(kind, body, peer, ex)
-            raise
+        job = await parse_or_refuse(self, self._parsers, kind, body, peer)
         if isinstance(job, AppendStatus):
             frame_kind, message = ipc.SUBMIT_STATUS, job.callback.SerializeToString()
         else:
