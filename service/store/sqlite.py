@@ -199,6 +199,9 @@ class SqliteStore:
         self._writer: sqlite3.Connection | None = None
         self._generation = 0
         self._data_version: int | None = None
+        #: The log's head after this store's own last commit of entries: commits that leave the head there (or
+        #: before it, as a reader saw it) added nothing to follow (as PostgreSQL's watcher ignores its own NOTIFYs).
+        self._own_head: int | None = None
         # One thread: data_version is compared across polls, so they must all run on the same connection.
         self._readers = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-reader")
         self._local = threading.local()
@@ -278,6 +281,8 @@ class SqliteStore:
             connection.execute("BEGIN IMMEDIATE")
             result = self._run(connection, jobs, now_us)
             connection.execute("COMMIT")
+            if result.entries:  # In sequence order: the last is the head now.
+                self._own_head = result.entries[-1].sequence
         except sqlite3.OperationalError as ex:  # Locked, read-only, disk full, I/O error: nothing can be written now.
             self._drop_writer()
             raise StoreUnavailableError(f"SQLite database {self._path} cannot be written: {ex}") from None
@@ -362,7 +367,12 @@ class SqliteStore:
         return await self._read(read)
 
     async def wait_for_commits(self, within: float) -> None:
-        """Poll ``PRAGMA data_version`` until another connection commits, or time is up.
+        """Poll until another connection commits entries, or time is up.
+
+        A commit changes ``PRAGMA data_version``; only a head past this store's own last commit is news. This
+        store's commits reach the tailer directly, and entries another process committed before one of them are
+        read as the gap they leave (sequences follow commit order). Without that test, a busy writer would wake
+        its tailer for a read after each of its own commits.
 
         The poll runs on a reader thread: SQLite can block inside a read for seconds (it retries on its own when
         the WAL index is not writable, whatever the busy timeout), and the writer's event loop must not. The
@@ -372,14 +382,14 @@ class SqliteStore:
         deadline = time.monotonic() + within
         while True:
             try:
-                version = await self._read(lambda connection: connection.execute("PRAGMA data_version").fetchone()[0])
+                version, head = await self._read(_version_and_head)
             except StoreUnavailableError:
                 await asyncio.sleep(max(0.0, deadline - time.monotonic()))
                 return
-            if self._data_version is not None and version != self._data_version:
-                self._data_version = version
-                return
+            changed = self._data_version is not None and version != self._data_version
             self._data_version = version
+            if changed and (self._own_head is None or head > self._own_head):
+                return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
@@ -719,6 +729,10 @@ def _apply(connection: sqlite3.Connection, plan: StatusPlan, inbound: InboundPla
         )
     if plan.events or inbound.entries:
         _set_meta(connection, "last_sequence", inbound.last_sequence)
+
+
+def _version_and_head(connection: sqlite3.Connection) -> tuple[int, int]:
+    return connection.execute("PRAGMA data_version").fetchone()[0], _meta(connection, "last_sequence")
 
 
 def _where(event_filter: EventFilter, prefix: str) -> tuple[str, tuple[object, ...]]:

@@ -553,6 +553,40 @@ class TestCommitOrder:
         asyncio.run(check())
 
 
+class TestWatch:
+    """``wait_for_commits`` wakes a follower for entries another process committed, not for its own."""
+
+    async def test_own_commits_do_not_wake_the_watch_and_anothers_do(self, store: Store, database: str) -> None:
+        other = open_store(database)
+        try:
+            await write(store, callback("m0", "Queued", "2024-05-01T10:00:00Z"))
+            watch = asyncio.create_task(store.wait_for_commits(30))
+            await asyncio.sleep(0.2)  # The watch has its first look at the store.
+            for number in range(1, 6):
+                await write(store, callback(f"m{number}", "Queued", "2024-05-01T10:00:00Z"))
+                await asyncio.sleep(0.1)
+            assert not watch.done(), "the store's own commits woke its watch"
+            await write(other, callback("theirs", "Queued", "2024-05-01T10:00:00Z"))
+            await asyncio.wait_for(watch, 5)
+        finally:
+            await other.close()
+
+    async def test_anothers_entries_wake_the_watch_after_an_own_commit_without_entries(
+        self, store: Store, database: str
+    ) -> None:
+        """Another process's entries, then this store's heartbeat (no entry): the entries are still news."""
+        other = open_store(database)
+        try:
+            await write(store, callback("m0", "Queued", "2024-05-01T10:00:00Z"))
+            watch = asyncio.create_task(store.wait_for_commits(30))
+            await asyncio.sleep(0.2)
+            await write(other, callback("theirs", "Queued", "2024-05-01T10:00:00Z"))
+            await store.write([Probe()], NOW_US)
+            await asyncio.wait_for(watch, 5)
+        finally:
+            await other.close()
+
+
 @contextlib.contextmanager
 def _other_writer(database: str) -> Iterator[Callable[[], None]]:
     """Another writer mid-transaction, holding the log's lock as the engine takes it, having taken sequence 1."""
