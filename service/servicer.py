@@ -76,10 +76,10 @@ class MessageStatusServicer:
     async def _get_message_status(self, request: pb2.GetMessageStatusRequest) -> pb2.GetMessageStatusResponse:
         if not request.tracking_id:
             raise InvalidArgumentError("tracking_id is required")
-        history = await self._store.history(request.tracking_id)
-        if not history:
+        state = await self._store.message(request.tracking_id)
+        if state is None:
             raise NotFoundError(f"no callback received for tracking_id {request.tracking_id!r}")
-        return _message_status(history[-1], history, await self._store.replies(request.tracking_id))
+        return _message_status(state.current, state.history, state.replies)
 
     async def BatchGetMessageStatuses(  # noqa: N802 (the RPC's name)
         self, request: pb2.BatchGetMessageStatusesRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -204,6 +204,9 @@ class LogReader(Protocol):
     async def replies(self, tracking_id: str) -> list[StoredInbound]:
         """Return the inbound messages that answer a message, oldest first."""
 
+    async def message(self, tracking_id: str) -> MessageState | None:
+        """Return a message's history and replies, read together (None when it has no event)."""
+
     async def events_after(self, after_sequence: int, event_filter: EventFilter, limit: int) -> Sequence[Entry]:
         """Return up to ``limit`` entries of the filter (status events, or inbound messages) with a greater
         sequence, in order."""

@@ -194,6 +194,8 @@ _EVENT_COLUMNS = (
     "sequence, tracking_id, campaign_tracking_id, status, status_name, update_us, receive_us, was_current, callback,"
     " previous_status, source"
 )
+_HISTORY = f"SELECT {_EVENT_COLUMNS} FROM events WHERE tracking_id = %s ORDER BY {order_by()}"
+_REPLIES = f"SELECT {_INBOUND_COLUMNS} FROM inbound WHERE reference_tracking_id = %s ORDER BY sequence"
 
 
 class PostgresStore:
@@ -403,10 +405,7 @@ class PostgresStore:
         """Return every event of a message, in precedence order (its current status last)."""
 
         async def read(connection: psycopg.AsyncConnection[Any]) -> list[StoredEvent]:
-            cursor = await connection.execute(
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE tracking_id = %s ORDER BY {order_by()}", (tracking_id,)
-            )
-            return _events(await cursor.fetchall())
+            return _events(await (await connection.execute(_HISTORY, (tracking_id,))).fetchall())
 
         return await self._read(read)
 
@@ -414,11 +413,19 @@ class PostgresStore:
         """Return the inbound messages that answer a message, oldest first."""
 
         async def read(connection: psycopg.AsyncConnection[Any]) -> list[StoredInbound]:
-            cursor = await connection.execute(
-                f"SELECT {_INBOUND_COLUMNS} FROM inbound WHERE reference_tracking_id = %s ORDER BY sequence",
-                (tracking_id,),
-            )
-            return _inbound(await cursor.fetchall())
+            return _inbound(await (await connection.execute(_REPLIES, (tracking_id,))).fetchall())
+
+        return await self._read(read)
+
+    async def message(self, tracking_id: str) -> MessageState | None:
+        """Return a message's history and replies, read together (None when it has no event)."""
+
+        async def read(connection: psycopg.AsyncConnection[Any]) -> MessageState | None:
+            history = _events(await (await connection.execute(_HISTORY, (tracking_id,))).fetchall())
+            if not history:
+                return None
+            replies = _inbound(await (await connection.execute(_REPLIES, (tracking_id,))).fetchall())
+            return MessageState(history[-1], history, replies)
 
         return await self._read(read)
 

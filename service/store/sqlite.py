@@ -169,6 +169,8 @@ _EVENT_COLUMNS = (
     "sequence, tracking_id, campaign_tracking_id, status, status_name, update_us, receive_us, was_current, callback,"
     " previous_status, source"
 )
+_HISTORY = f"SELECT {_EVENT_COLUMNS} FROM events WHERE tracking_id = ? ORDER BY {order_by()}"
+_REPLIES = f"SELECT {_INBOUND_COLUMNS} FROM inbound WHERE reference_tracking_id = ? ORDER BY sequence"
 
 
 class SqliteStore:
@@ -430,25 +432,22 @@ class SqliteStore:
     async def history(self, tracking_id: str) -> list[StoredEvent]:
         """Return every event of a message, in precedence order (its current status last)."""
         # A few rows through an index: cheaper on the event loop than a hop to a reader thread and back.
-        return await self._read(
-            lambda connection: _events(
-                connection,
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE tracking_id = ? ORDER BY {order_by()}",
-                (tracking_id,),
-            ),
-            inline=True,
-        )
+        return await self._read(lambda connection: _events(connection, _HISTORY, (tracking_id,)), inline=True)
 
     async def replies(self, tracking_id: str) -> list[StoredInbound]:
         """Return the inbound messages that answer a message, oldest first."""
-        return await self._read(
-            lambda connection: _inbound(
-                connection,
-                f"SELECT {_INBOUND_COLUMNS} FROM inbound WHERE reference_tracking_id = ? ORDER BY sequence",
-                (tracking_id,),
-            ),
-            inline=True,
-        )
+        return await self._read(lambda connection: _inbound(connection, _REPLIES, (tracking_id,)), inline=True)
+
+    async def message(self, tracking_id: str) -> MessageState | None:
+        """Return a message's history and replies, read together (None when it has no event)."""
+
+        def read(connection: sqlite3.Connection) -> MessageState | None:
+            history = _events(connection, _HISTORY, (tracking_id,))
+            if not history:
+                return None
+            return MessageState(history[-1], history, _inbound(connection, _REPLIES, (tracking_id,)))
+
+        return await self._read(read, inline=True)
 
     async def events_after(self, after_sequence: int, event_filter: EventFilter, limit: int) -> Sequence[Entry]:
         """Return up to ``limit`` entries of the filter with a sequence greater than ``after_sequence``, in order."""

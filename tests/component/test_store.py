@@ -297,6 +297,11 @@ class TestInbound:
         await store.write([AppendInbound(reply("m1", "c", sent="2024-05-01T10:09:00Z"))], NOW_US)  # 5
         assert [entry.sequence for entry in await store.replies("m1")] == [2, 5]
         assert await store.replies("nobody") == []
+        state = await store.message("m1")
+        assert state is not None
+        assert (state.current.sequence, [event.sequence for event in state.history]) == (4, [1, 4])
+        assert state.replies == await store.replies("m1")
+        assert await store.message("m2") is None, "replies alone do not make a message known"
         inbound_c1 = await store.events_after(0, EventFilter("c1", inbound=True), 10)
         assert [entry.sequence for entry in inbound_c1] == [2, 5]
         assert [entry.sequence for entry in await store.events_after(2, EventFilter(inbound=True), 10)] == [3, 5]
