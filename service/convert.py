@@ -30,10 +30,8 @@ def status_from_name(name: str) -> int:
 
 
 def timestamp_from_micros(micros: int) -> Timestamp:
-    """Build a protobuf Timestamp from microseconds since the epoch."""
-    stamp = Timestamp()
-    stamp.FromMicroseconds(micros)
-    return stamp
+    """Build a protobuf Timestamp from microseconds since the epoch (what the store keeps is in its range)."""
+    return Timestamp(seconds=micros // 1_000_000, nanos=micros % 1_000_000 * 1000)
 
 
 def status_update(event: StoredEvent) -> pb2.StatusUpdate:

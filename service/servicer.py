@@ -272,16 +272,18 @@ def _inbound_progress(sequence: int) -> bytes:
 def _message_status(
     current: StoredEvent, history: Sequence[StoredEvent], replies: Sequence[StoredInbound]
 ) -> pb2.GetMessageStatusResponse:
-    return pb2.GetMessageStatusResponse(
+    response = pb2.GetMessageStatusResponse(
         tracking_id=current.tracking_id,
         campaign_tracking_id=current.campaign_tracking_id,
         status=current.status,  # type: ignore[arg-type]
         status_name=current.status_name,
         sequence=current.sequence,
-        callback=pb.ViberCallback.FromString(current.callback),
         events=[status_event(event) for event in history],
-        replies=[pb.InboundMessage.FromString(reply.message) for reply in replies],
     )
+    response.callback.MergeFromString(current.callback)  # Parsed in place: no message to build, then copy.
+    for reply in replies:
+        response.replies.add().MergeFromString(reply.message)
+    return response
 
 
 def _statuses(requested: Iterable[int]) -> frozenset[int]:
