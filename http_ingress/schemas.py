@@ -22,7 +22,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, NotRequired, Required
 
 from pydantic import (
@@ -177,17 +177,20 @@ class TimestampFields(TypedDict):
     nanos: int
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_NAIVE_EPOCH = datetime(1970, 1, 1)
+#: The epoch's proleptic Gregorian ordinal (datetime.toordinal).
+_EPOCH_ORDINAL = datetime(1970, 1, 1).toordinal()
 #: What a protobuf Timestamp can hold, 0001-01-01 to 9999-12-31 in UTC, in microseconds since the epoch.
 _FIRST_US, _LAST_US = -62_135_596_800_000_000, 253_402_300_799_999_999
 
 
 def _timestamp(moment: datetime) -> TimestampFields:
-    # Routee documents its dates as UTC; a date without an offset is taken as UTC. (Arithmetic, not
-    # astimezone: it is a tenth of parsing, and 0001-01-01T00:00+02:00, in year 0 in UTC, cannot overflow it.)
-    delta = moment - (_NAIVE_EPOCH if moment.tzinfo is None else _EPOCH)
-    micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    # Routee documents its dates as UTC; a date without an offset is taken as UTC. (From the fields, not by
+    # subtracting an epoch or astimezone: twice as fast, and it runs twice per callback. 0001-01-01T00:00+02:00,
+    # in year 0 in UTC, cannot overflow it.)
+    seconds = (moment.toordinal() - _EPOCH_ORDINAL) * 86_400 + moment.hour * 3600 + moment.minute * 60 + moment.second
+    micros = seconds * 1_000_000 + moment.microsecond
+    if (offset := moment.utcoffset()) is not None:
+        micros -= (offset.days * 86_400 + offset.seconds) * 1_000_000 + offset.microseconds
     if not _FIRST_US <= micros <= _LAST_US:
         raise ValueError("date is out of range in UTC")
     return {"seconds": micros // 1_000_000, "nanos": micros % 1_000_000 * 1000}
