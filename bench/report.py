@@ -43,7 +43,8 @@ def ingress_table(results: dict[str, Any]) -> list[str]:
 
 
 def table(results: dict[str, Any]) -> str:
-    lines: list[str] = []
+    machine = results.get("machine", {})
+    lines: list[str] = [f"Machine: {machine.get('cpus', '?')} CPUs, {machine.get('cpu', 'processor not recorded')}", ""]
     if "ingress" in results:
         lines += ["### Ingress (one instance, SQLite)", "", *ingress_table(results["ingress"])]
     if "postgres" in results:
