@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import copy
 import json
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from http_ingress.schemas import parse_callback, parse_inbound
 from routee.callbacks.v1 import callback_pb2 as pb
@@ -149,6 +152,33 @@ class TestTolerance:
         """Dates with or without milliseconds or offset are instants in UTC."""
         message = parse_callback(_encode(self._with(status__updatedDate=text))).callback
         assert message.status.update_time.ToJsonString() == expected
+
+    @settings(max_examples=500, deadline=None)
+    @given(
+        moment=st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59, 999_999)),
+        offset_minutes=st.none() | st.integers(min_value=-1439, max_value=1439),
+    )
+    @example(moment=datetime(1, 1, 1, 0, 59, 59, 999_999), offset_minutes=60)  # year 0 in UTC
+    @example(moment=datetime(1, 1, 1, 1), offset_minutes=60)  # the first instant
+    @example(moment=datetime(9999, 12, 31, 23, 30), offset_minutes=-60)  # year 10000 in UTC
+    def test_a_date_is_its_instant_in_utc(self, moment: datetime, offset_minutes: int | None) -> None:
+        """Any date, with or without an offset, is the instant Python's own arithmetic makes of it; one outside
+        years 1-9999 in UTC is refused."""
+        text = moment.isoformat(timespec="microseconds")
+        if offset_minutes is not None:
+            moment = moment.replace(tzinfo=timezone(timedelta(minutes=offset_minutes)))
+            text = moment.isoformat(timespec="microseconds")
+        micros = (moment.replace(tzinfo=moment.tzinfo or UTC) - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(
+            microseconds=1
+        )
+        body = _encode(self._with(status__updatedDate=text))
+        if -62_135_596_800_000_000 <= micros <= 253_402_300_799_999_999:
+            update_time = parse_callback(body).callback.status.update_time
+            assert (update_time.seconds, update_time.nanos) == (micros // 1_000_000, micros % 1_000_000 * 1000)
+        else:
+            with pytest.raises(InvalidCallbackError) as caught:
+                parse_callback(body)
+            assert caught.value.field == "status.updatedDate"
 
     def test_only_required_fields(self) -> None:
         """trackingId, status.name and status.updatedDate are enough."""
