@@ -164,10 +164,9 @@ class TestTolerance:
     def test_a_date_is_its_instant_in_utc(self, moment: datetime, offset_minutes: int | None) -> None:
         """Any date, with or without an offset, is the instant Python's own arithmetic makes of it; one outside
         years 1-9999 in UTC is refused."""
-        text = moment.isoformat(timespec="microseconds")
         if offset_minutes is not None:
             moment = moment.replace(tzinfo=timezone(timedelta(minutes=offset_minutes)))
-            text = moment.isoformat(timespec="microseconds")
+        text = moment.isoformat(timespec="microseconds")
         micros = (moment.replace(tzinfo=moment.tzinfo or UTC) - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(
             microseconds=1
         )
