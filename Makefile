@@ -15,7 +15,11 @@ protoc_python = $(BIN)/python -m grpc_tools.protoc -I $(PROTO_DIR) \
 	--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc --mypy_grpc_out=$(1) \
 	$(PROTOS)
 
-.PHONY: help install run cluster test lint breaking protos check-protos clients bench bench-smoke stress clean
+DIST := dist
+# The wheel installed as users install it (not editable), into a venv of its own: what the end-to-end tests run.
+WHEEL_VENV := .venv-wheel
+
+.PHONY: help install run cluster test lint breaking protos check-protos clients bench bench-smoke stress clean dist wheel-venv
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -34,9 +38,19 @@ run: install  ## Start the service on embedded defaults (HTTP :8080, gRPC :50051
 cluster: install  ## Two instances on a throwaway PostgreSQL behind haproxy (HTTP :8080, gRPC :50051); needs postgresql, haproxy.
 	docs/deploy/local-cluster.sh
 
-test: install  ## Run the whole test suite (installs PostgreSQL, haproxy, promtool from Debian where missing).
+dist: install  ## Build the sdist and the wheel into dist/ and check the wheel's contents.
+	rm -rf $(DIST)
+	$(BIN)/python -m build --outdir $(DIST) .
+	$(BIN)/check-wheel-contents $(DIST)/*.whl
+
+wheel-venv: dist  ## Install the wheel of dist/ into a fresh venv, as users install it.
+	rm -rf $(WHEEL_VENV)
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/pip install --quiet --disable-pip-version-check $(DIST)/*.whl
+
+test: install wheel-venv  ## Run the whole test suite, end to end against the installed wheel (installs PostgreSQL, haproxy, promtool from Debian where missing).
 	.ci/system-packages
-	$(BIN)/pytest
+	ROUTEE_TEST_EXECUTABLE=$(WHEEL_VENV)/bin/routee-callbacks $(BIN)/pytest
 
 lint: install  ## ruff, mypy and buf lint.
 	$(BIN)/ruff check .
@@ -90,5 +104,5 @@ stress: install  ## The crash test with 25 SIGKILLs under load instead of CI's 3
 	ROUTEE_CALLBACKS_CRASH_ROUNDS=25 $(BIN)/pytest tests/e2e/test_crash.py -s --timeout 1200
 
 clean:  ## Remove the virtualenv, generated clients and caches.
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(WHEEL_VENV) $(DIST) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
 	rm -rf clients/python/src clients/python/build clients/typescript/gen clients/typescript/node_modules

@@ -9,6 +9,7 @@ import os
 import socket
 import sys
 from collections.abc import Sequence
+from importlib.metadata import version
 from typing import NoReturn
 
 from service.config import OPTIONS, Settings, load_settings
@@ -33,6 +34,7 @@ def _die(status: int, message: str) -> NoReturn:
 def build_parser() -> argparse.ArgumentParser:
     """Build the parser of every subcommand; each serve option also reads ROUTEE_CALLBACKS_<OPTION>."""
     parser = _Parser(prog=PROG, description="Receive Routee's Viber status callbacks and serve them over gRPC.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {version(PROG)}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     serve = commands.add_parser(
         "serve",

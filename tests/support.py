@@ -206,9 +206,13 @@ def grpc_client_credentials(certificates: Path, *, client: Path | None = None) -
     )
 
 
+#: Names the console script under test: `make test` sets it to the wheel's, installed into a venv of its own.
+EXECUTABLE_VARIABLE = "ROUTEE_TEST_EXECUTABLE"
+
+
 def executable() -> str:
-    """The installed console script of this environment."""
-    return str(Path(sys.executable).with_name("routee-callbacks"))
+    """The console script under test: the wheel's when ``make test`` says so, else this environment's."""
+    return os.environ.get(EXECUTABLE_VARIABLE) or str(Path(sys.executable).with_name("routee-callbacks"))
 
 
 class ServiceProcess:

@@ -1,1 +1,1 @@
-"""Code generated from protos/ by `make protos`; do not edit."""
+"""The routee namespace of the generated API code (protos/routee/)."""

@@ -6,7 +6,6 @@ import json
 import random
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import grpc
@@ -236,6 +235,19 @@ class TestLifecycle:
         ):
             assert flag in result.stdout
 
+    def test_version_prints_the_package_version(self) -> None:
+        """--version prints the version of the installed package, as its metadata says."""
+        python = Path(executable()).with_name("python")
+        expected = subprocess.run(
+            [python, "-c", "import importlib.metadata as m; print(m.version('routee-callbacks'))"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        result = subprocess.run([executable(), "--version"], capture_output=True, text=True, check=True)
+        assert result.stdout.strip() == f"routee-callbacks {expected}"
+        assert expected.count(".") >= 2
+
 
 class TestClientCommands:
     """``routee-callbacks status`` and ``watch`` against the real service."""
@@ -296,6 +308,6 @@ class TestClientCommands:
         assert "UNSENT (Unsent)" in lines[1]
 
 
-def test_python_is_the_venv() -> None:
-    """The tests run the console script of the interpreter running them."""
-    assert Path(executable()).exists(), f"install the project first: {sys.executable}"
+def test_the_console_script_is_installed() -> None:
+    """The console script under test exists (``make install``, or the wheel's venv of ``make test``)."""
+    assert Path(executable()).exists(), f"install the project first: {executable()}"

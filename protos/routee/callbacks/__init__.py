@@ -1,1 +1,1 @@
-"""Code generated from protos/ by `make protos`; do not edit."""
+"""routee.callbacks: the generated API of routee-callbacks, by version."""

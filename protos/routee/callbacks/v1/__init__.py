@@ -1,1 +1,1 @@
-"""Code generated from protos/ by `make protos`; do not edit."""
+"""routee.callbacks.v1: code generated from protos/routee/callbacks/v1/*.proto by `make protos`; do not edit."""
