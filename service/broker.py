@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Sequence
 
 from service.convert import inbound_stream_item, stream_item
-from service.errors import ShuttingDownError
+from service.errors import ShuttingDownError, UnavailableError
 from service.events import Entry, EventFilter, StoredEvent
 
 _LOGGER = logging.getLogger(__name__)
@@ -127,13 +127,21 @@ class _Index:
 class Broker:
     """Fans published entries out to subscriptions, indexed by kind and campaign."""
 
-    def __init__(self, queue_size: int = 1024) -> None:
+    def __init__(self, queue_size: int = 1024, *, following: bool = True) -> None:
         self._queue_size = queue_size
         self._status = _Index()
         self._inbound = _Index()
         self._closed = False
+        #: Whether the log is followed, so that what is published continues ``last_sequence`` (a worker's broker
+        #: is not until its store first answers: a subscription taken earlier could miss an entry).
+        self._following = following
         #: The greatest sequence published so far.
         self.last_sequence = 0
+
+    def follow_from(self, sequence: int) -> None:
+        """Take subscriptions from now on: the log is followed, and everything up to ``sequence`` is committed."""
+        self.last_sequence = max(self.last_sequence, sequence)
+        self._following = True
 
     @property
     def subscriber_count(self) -> int:
@@ -144,6 +152,8 @@ class Broker:
         """Register a subscription; it receives every update published from now on that passes the filter."""
         if self._closed:
             raise ShuttingDownError("the server is shutting down")
+        if not self._following:
+            raise UnavailableError("the server is starting: it cannot read the store yet; retry")
         subscription = Subscription(event_filter, self._queue_size, self.last_sequence)
         index = self._inbound if event_filter.inbound else self._status
         if event_filter.campaign_tracking_id is None:

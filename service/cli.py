@@ -121,9 +121,6 @@ def serve(settings: Settings) -> None:
         )
         try:
             ServiceApplication(settings, instance).run()
-        except SystemExit as ex:
-            if ex.code not in (0, None):
-                raise StartupError("the service stopped with an error; see the log above") from None
         finally:
             port_lock.close()
     finally:

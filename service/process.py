@@ -25,6 +25,7 @@ import math
 import os
 import resource
 import signal
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -67,6 +68,17 @@ class Instance:
     def reconcile_state(self) -> Path:
         """Where the writer process says what reconciliation is doing (for every worker's /readyz)."""
         return self.runtime_dir / "reconcile.json"
+
+    @property
+    def boot_failure(self) -> Path:
+        """Where a worker that cannot start says why, for the master's one line as it stops the instance."""
+        return self.runtime_dir / "boot-failure"
+
+    def record_boot_failure(self, error: BaseException) -> None:
+        """Say why this worker cannot start (the master reads it when the worker's exit stops the instance)."""
+        cause = str(error) if isinstance(error, StartupError) else f"{type(error).__name__}: {error}"
+        with contextlib.suppress(OSError):
+            self.boot_failure.write_text(cause)
 
 
 def prepare_instance() -> Instance:
@@ -137,6 +149,14 @@ class Worker(UvicornWorker):  # type: ignore[misc]
         "server_header": False,
     }
 
+    def load_wsgi(self) -> None:
+        """Build the app (``ServiceApplication.load``); a failure is recorded before gunicorn's exit status 3."""
+        try:
+            super().load_wsgi()
+        except Exception as ex:
+            self.app.instance.record_boot_failure(ex)
+            raise
+
     async def _serve(self) -> None:
         # `load` has run (gunicorn loads the app before it runs the worker): serve with its connection class.
         self.config.http = self.app.connection_class
@@ -154,6 +174,34 @@ class ServiceArbiter(Arbiter):  # type: ignore[misc]
         self._writer_pid = 0
         self._writer_started = 0.0
         self._stopping = False
+        #: Why the instance stopped with an error, in one line (set by ``halt``).
+        self.failure: str | None = None
+
+    def spawn_worker(self) -> int:
+        """Fork a worker. The worker leaves by ``os._exit`` with gunicorn's status: its exit must not unwind
+        through the master's stack (``serve`` would remove the instance's shared files on the way out)."""
+        master = os.getpid()
+        try:
+            pid: int = super().spawn_worker()
+        except SystemExit as ex:
+            if os.getpid() == master:
+                raise
+            logging.shutdown()
+            with contextlib.suppress(OSError, ValueError):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(ex.code if isinstance(ex.code, int) else int(ex.code is not None))
+        return pid
+
+    def halt(self, reason: str | None = None, exit_status: int = 0) -> None:
+        """Stop the instance; a worker that could not start is named with its cause (gunicorn says only
+        "Worker failed to boot.")."""
+        if exit_status == self.WORKER_BOOT_ERROR:
+            with contextlib.suppress(OSError):
+                reason = f"a worker failed to start: {self._service.instance.boot_failure.read_text().strip()}"
+        if exit_status:
+            self.failure = reason or f"the service stopped with status {exit_status}"
+        super().halt(reason, exit_status)
 
     def manage_workers(self) -> None:
         """Keep the writer process running, then the workers (the writer first: workers connect to it)."""
@@ -272,11 +320,15 @@ class ServiceApplication(BaseApplication):  # type: ignore[misc]
         return parts.app
 
     def run(self) -> None:
-        """Run the master until it stops."""
+        """Run the master until it stops; raise StartupError, with the cause, when it stops with an error."""
+        arbiter = ServiceArbiter(self)
         try:
-            ServiceArbiter(self).run()
+            arbiter.run()
         except RuntimeError as ex:
             raise StartupError(str(ex)) from None
+        except SystemExit as ex:
+            if ex.code not in (0, None):
+                raise StartupError(arbiter.failure or "the service stopped with an error; see the log above") from None
 
 
 def remove_instance(instance: Instance) -> None:

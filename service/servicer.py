@@ -187,9 +187,12 @@ class MessageStatusServicer:
         if self._streams >= self._max_streams:
             error = ResourceExhaustedError(f"the server already serves {self._max_streams} streams; retry later")
             await context.abort(grpc_code(error), str(error))
+        try:
+            subscription = self._broker.subscribe(event_filter)
+        except RouteeCallbacksError as ex:
+            await context.abort(grpc_code(ex), str(ex))
         self._streams += 1
         self._metrics.subscribers.inc()
-        subscription = self._broker.subscribe(event_filter)
         position = subscription.start_sequence
         try:
             await context.send_initial_metadata(())

@@ -73,8 +73,10 @@ class WorkerRuntime:
         allowlist: Allowlist,
         readiness: Readiness,
         metrics: Metrics,
+        boot_failed: Callable[[BaseException], None] = lambda error: None,
     ) -> None:
         self._settings = settings
+        self._boot_failed = boot_failed
         self._readiness = readiness
         self._metrics = metrics
         self._store = store
@@ -88,28 +90,40 @@ class WorkerRuntime:
         self.grpc_port: int | None = None
 
     async def process_startup(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
-        """Follow the log, start gRPC and the allowlist refresher."""
-        await self._log.start()
-        # Live-only streams start after what is already stored, also after a restart.
-        self._broker.last_sequence = self._log.tailer.position
+        """Start gRPC, the allowlist refresher and following the log; a failure is recorded for the master."""
+        try:
+            await self._start()
+        except Exception as ex:
+            self._boot_failed(ex)
+            raise
+
+    async def _start(self) -> None:
+        # Always SO_REUSEPORT, one worker too: a worker started by SIGHUP or SIGTTIN binds beside those still
+        # running. The master's port lock keeps a second instance off the port.
         self._server, self.grpc_port = create_server(
             self._settings.grpc_bind,
             self._servicer,
             self._health,
             max_streams=self._settings.max_streams,
-            reuse_port=self._settings.workers > 1,
+            reuse_port=True,
             credentials=grpc_credentials(files) if (files := grpc_certificates(self._settings)) else None,
         )
         await self._server.start()
+        # The store may not answer yet (PostgreSQL down): the worker serves meanwhile (503, UNAVAILABLE).
+        self._tasks.append(asyncio.create_task(self._follow_log(), name="log-start"))
         if self._allowlist.dns is not None:
             self._tasks.append(asyncio.create_task(self._allowlist.dns.run(), name="allowlist-refresh"))
         self._tasks.append(asyncio.create_task(self._refresh_metrics(), name="metrics-refresh"))
         self._tasks.append(asyncio.create_task(self._sample_readiness(), name="readiness-sample"))
-        await self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         # Everything built so far lives as long as the process: keep the cyclic GC from scanning it again on
         # every full collection (50-90 ms pauses with 1 000 streams open, measured; see docs/benchmarks.md).
         gc.freeze()
         _LOGGER.info("worker started", extra={"grpc_port": self.grpc_port, "pid": os.getpid()})
+
+    async def _follow_log(self) -> None:
+        # Live-only streams start after what is already stored, also after a restart.
+        self._broker.follow_from(await self._log.start())
+        await self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
 
     async def _refresh_metrics(self) -> None:
         # Other workers' /metrics read this process's sampled values from its files: keep them current.
@@ -170,7 +184,7 @@ class WorkerParts:
 def build_worker(settings: Settings, instance: Instance) -> WorkerParts:
     """Wire one worker; call it in the worker, after the fork."""
     metrics = Metrics(multiprocess_dir=instance.metrics_dir)
-    broker = Broker(settings.subscriber_queue_size)
+    broker = Broker(settings.subscriber_queue_size, following=False)
     store = open_store(settings.database, synchronous=settings.sqlite_synchronous)
 
     def skipped(sequence: int) -> None:
@@ -199,6 +213,7 @@ def build_worker(settings: Settings, instance: Instance) -> WorkerParts:
         allowlist=allowlist,
         readiness=readiness,
         metrics=metrics,
+        boot_failed=instance.record_boot_failure,
     )
     policy = ConnectionPolicy(
         tls=ReloadingContext(files) if (files := http_certificates(settings)) else None,

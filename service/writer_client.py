@@ -20,7 +20,7 @@ from pathlib import Path
 
 from service import ipc
 from service.broker import Update
-from service.errors import RejectedError, StoreUnavailableError
+from service.errors import RejectedError, StoreUnavailableError, UnavailableError
 from service.ingest import Kept, Parsers, identity, parse_or_refuse
 from service.store import AppendStatus, LogReader
 from service.tail import Tailer
@@ -223,11 +223,25 @@ class RemoteLog:
         if self._wanted() or not self.tailer.skip(frame.first, frame.last):
             self.tailer.committed(frame.updates())
 
-    async def start(self) -> None:
-        """Follow from the store's head, and connect to the writer process."""
-        self.tailer.position = await self._reader.last_sequence()
+    async def start(self, retry: tuple[float, float] = (0.1, 2.0)) -> int:
+        """Follow from the store's head, and connect to the writer process; return the head.
+
+        Until the store answers (PostgreSQL may be down while a worker starts) it is asked again, with backoff
+        from ``retry[0]`` to ``retry[1]`` seconds: a worker starts whatever the store's state, and answers 503
+        meanwhile.
+        """
+        delay, most = retry
+        while True:
+            try:
+                self.tailer.position = await self._reader.last_sequence()
+                break
+            except UnavailableError as ex:
+                _LOGGER.warning("cannot read the log's head yet; trying again", extra={"error": str(ex)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, most)
         self.tailer.start()
         self.client.start()
+        return self.tailer.position
 
     async def stop(self) -> None:
         """Disconnect and stop following."""
