@@ -88,10 +88,15 @@ _CONNECTION: dict[str, Any] = {
 }
 # plan_cache_mode: psycopg prepares statements it runs often; a generic plan made while a table was small stays
 # when it has grown (measured: the duplicate check went from 0.2 ms to over 4 ms within a minute).
+# synchronous_commit=on: a 200 promises the callback survives the database host, whatever the server's or the
+# role's default (off or local would acknowledge what a crash of the host can lose).
 _WRITER_OPTIONS = (
     "-c lock_timeout=1500 -c statement_timeout=5000 -c idle_in_transaction_session_timeout=10000"
-    " -c plan_cache_mode=force_custom_plan"
+    " -c plan_cache_mode=force_custom_plan -c synchronous_commit=on"
 )
+#: The longest one statement of a read may run: a stuck or huge read cannot hold a pooled connection for ever.
+READ_STATEMENT_TIMEOUT_MS = 30_000
+_READER_OPTIONS = f"-c statement_timeout={READ_STATEMENT_TIMEOUT_MS} -c idle_in_transaction_session_timeout=10000"
 
 _MIGRATIONS = (
     """
@@ -382,7 +387,7 @@ class PostgresStore:
                 self._conninfo,
                 min_size=1,
                 max_size=self._pool_size,
-                kwargs={"autocommit": True, **_CONNECTION},
+                kwargs={"autocommit": True, "options": _READER_OPTIONS, **_CONNECTION},
                 timeout=self._read_timeout,
                 open=False,
                 name="routee-callbacks-reads",
@@ -396,9 +401,11 @@ class PostgresStore:
             except PoolTimeout:
                 raise StoreUnavailableError(f"{self._name} cannot be read: no connection") from None
             except psycopg.OperationalError as ex:
-                # A pooled connection the server dropped (a restart) fails once; the pool discards it.
                 if attempt == 2:
                     raise StoreUnavailableError(f"{self._name} cannot be read: {_describe(ex)}") from None
+                # A connection the server dropped (a restart) fails once and is discarded; its idle siblings are
+                # as dead: check them all now, so that the retry, and every read after it, gets a live one.
+                await self._pool.check()
         raise AssertionError("unreachable")
 
     async def history(self, tracking_id: str) -> list[StoredEvent]:

@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from http_ingress.schemas import parse_callback, parse_inbound
+from postgres import PostgresServer
 from routee.callbacks.v1 import callback_pb2 as pb
 from service.errors import StoreUnavailableError
 from service.events import EventFilter, StoredEvent, StoredInbound
@@ -32,6 +33,7 @@ from service.store import (
     Store,
     open_store,
 )
+from service.store.postgres import READ_STATEMENT_TIMEOUT_MS
 from support import fixture_bodies
 
 NOW_US = 1_700_000_000_000_000
@@ -661,3 +663,37 @@ class TestQuarantine:
         assert [entry.tracking_id for entry in result.entries] == ["m1"]
         assert await store.quarantined() == []
         assert [event.status_name for event in await store.history("m1")] == ["Queued"]
+
+
+class TestPostgresSessions:
+    """PostgreSQL only: what each session promises, whatever the server's or the role's defaults."""
+
+    async def test_the_writer_commits_synchronously_whatever_the_database_default(
+        self, postgres: PostgresServer
+    ) -> None:
+        """A database whose default is ``synchronous_commit = off``: the writer's session still commits with
+        ``on`` (a 200 must survive the database host), and reads carry a statement timeout."""
+        database = postgres.create_database()
+        name = database.rsplit("/", 1)[1]
+        postgres.execute(f"ALTER DATABASE {name} SET synchronous_commit = off")
+        postgres.execute(f"ALTER DATABASE {name} SET statement_timeout = 0")
+        store = open_store(database)
+        store.open()
+        try:
+            await write(store, callback("m1", "Queued", "2024-05-01T10:00:00Z"))
+            writer = store._writer  # type: ignore[attr-defined]  # the session the engine writes on
+            assert (await (await writer.execute("SHOW synchronous_commit")).fetchone()) == ("on",)
+            shown = await store._read(  # type: ignore[attr-defined]
+                lambda connection: _show(connection, "statement_timeout")
+            )
+            assert shown == f"{READ_STATEMENT_TIMEOUT_MS // 1000}s"
+        finally:
+            await store.close()
+        with psycopg.connect(database) as other:  # The database's default is unchanged: only our sessions differ.
+            assert other.execute("SHOW synchronous_commit").fetchone() == ("off",)
+
+
+async def _show(connection: psycopg.AsyncConnection[object], setting: str) -> str:
+    row = await (await connection.execute(f"SHOW {setting}")).fetchone()  # type: ignore[arg-type]
+    assert row is not None
+    return str(row[0])

@@ -294,6 +294,45 @@ class TestFaults:
             assert_complete(stream.updates + resumed, stored, "the stream resumed after the outage")
         stream.close()
 
+    def test_reads_succeed_on_every_instance_once_ready_after_a_postgres_restart(
+        self, start_service: StartService, own_postgres: PostgresServer
+    ) -> None:
+        """Two instances, PostgreSQL stopped for 4 s and started again: once /readyz says ready, every read on
+        both instances at once succeeds (the pooled connections the restart killed are not handed out)."""
+        database = own_postgres.create_database()
+        instances = [start_service(*OPEN, database=database) for _ in range(2)]
+        assert post_callback(instances[0].http_port, body("restart-1")).status == 200
+
+        def read_all_at_once() -> list[grpc.StatusCode | None]:
+            """Eight reads on each instance at once (enough to use, and after the restart find, every pooled
+            connection); the error code of each, None for success."""
+            codes: list[grpc.StatusCode | None] = []
+
+            def read(instance: ServiceProcess) -> None:
+                try:
+                    assert instance.get_status("restart-1").status_name == "Queued"
+                    codes.append(None)
+                except grpc.RpcError as ex:
+                    codes.append(ex.code())
+
+            threads = [threading.Thread(target=read, args=(instance,)) for instance in instances for _ in range(8)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(30)
+            return codes
+
+        assert read_all_at_once() == [None] * 16
+        own_postgres.stop()
+        time.sleep(4.0)
+        own_postgres.start()
+        for instance in instances:
+            deadline = time.monotonic() + 20
+            while http_request(instance.http_port, "GET", "/readyz").status != 200:
+                assert time.monotonic() < deadline, "not ready again after PostgreSQL came back"
+                time.sleep(0.1)
+        assert read_all_at_once() == [None] * 16
+
     def test_kill_9_of_one_instance_loses_nothing_and_disturbs_no_other_stream(
         self, two_instances: tuple[ServiceProcess, ServiceProcess]
     ) -> None:
