@@ -94,17 +94,33 @@ class LocalLog:
             total += deleted
         return total
 
+    async def log_time(self) -> float:
+        """The time as far as retention is concerned: the clock, but never past the newest entry's receive time.
+
+        A clock that jumps forward (an NTP correction, a restored snapshot) must not make what was just
+        acknowledged look old: nothing received within the retention of the newest entry is ever pruned.
+        """
+        head = await self.store.head()
+        newest = await self.store.entries_after(head - 1, 1) if head else []
+        now = self._clock()
+        return min(now, newest[0].receive_us / 1_000_000) if newest else now
+
+    async def prune_expired(self, retention: float, quarantine: float | None = None) -> tuple[int, int]:
+        """One retention pass: delete entries older than ``retention`` seconds and quarantined bodies not seen
+        for ``quarantine`` seconds, both measured back from ``log_time``; return how many of each."""
+        now = await self.log_time()
+        deleted = await self.prune(now - retention)
+        dropped = 0
+        if quarantine is not None:
+            dropped = await self.writer.submit(DropQuarantined(seen_before_us=int((now - quarantine) * 1_000_000)))
+        return deleted, dropped
+
     async def _prune_forever(self, retention: float, quarantine: float | None) -> None:
         while True:
             try:
-                deleted = await self.prune(self._clock() - retention)
-                dropped = 0
-                if quarantine is not None:
-                    cutoff_us = int((self._clock() - quarantine) * 1_000_000)
-                    dropped = await self.writer.submit(DropQuarantined(seen_before_us=cutoff_us))
+                deleted, dropped = await self.prune_expired(retention, quarantine)
             except RouteeCallbacksError as ex:
-                _LOGGER.warning("pruning old events failed: %s", ex)
+                _LOGGER.warning("pruning old entries failed: %s", ex)
             else:
-                if deleted or dropped:
-                    _LOGGER.info("pruned", extra={"events": deleted, "quarantined_bodies": dropped})
+                _LOGGER.info("pruned", extra={"events": deleted, "quarantined_bodies": dropped})
             await asyncio.sleep(min(retention / 24, 600.0))

@@ -1,0 +1,87 @@
+"""Retention as the writer runs it: by the log's own time, on every engine, whatever the wall clock does."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+
+from http_ingress.schemas import parse_callback
+from service.log import LocalLog
+from service.store import AppendStatus, Quarantine, open_store
+
+DAY = 86_400.0
+RETENTION = 7 * DAY
+T0 = 1_700_000_000.0
+
+
+@dataclass
+class FakeClock:
+    """A wall clock the test sets."""
+
+    now: float = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def log(database: str) -> AsyncIterator[tuple[LocalLog, FakeClock]]:
+    clock = FakeClock()
+    store = open_store(database)
+    store.open()
+    local = LocalLog(store, lambda updates: None, clock=clock)
+    await local.start()
+    yield local, clock
+    await local.stop()
+    await store.close()
+
+
+async def post(log: LocalLog, *tracking_ids: str) -> None:
+    """Store one Queued event of each message, received at the clock's time."""
+    for tracking_id in tracking_ids:
+        body = (
+            f'{{"trackingId": "{tracking_id}", "status": {{"name": "Queued", "updatedDate": "2024-05-01T10:00:00Z"}}}}'
+        )
+        await log.writer.submit(AppendStatus(parse_callback(body.encode()).callback))
+
+
+class TestRetention:
+    """Pruning never follows the wall clock alone."""
+
+    async def test_a_clock_jumping_ahead_does_not_delete_what_was_just_acknowledged(
+        self, log: tuple[LocalLog, FakeClock]
+    ) -> None:
+        """The clock jumps 8 days ahead minutes after callbacks were acknowledged: a retention pass of 7 days
+        deletes none of them."""
+        local, clock = log
+        await post(local, "m1", "m2", "m3")
+        clock.now += 7 * 60
+        await post(local, "m4")
+        clock.now += 8 * DAY
+        assert await local.prune_expired(RETENTION, 14 * DAY) == (0, 0)
+        assert [await local.store.message(tracking_id) is not None for tracking_id in ("m1", "m4")] == [True, True]
+
+    async def test_entries_older_than_the_retention_before_the_newest_are_pruned(
+        self, log: tuple[LocalLog, FakeClock]
+    ) -> None:
+        """Retention still works: what was received more than the retention before the newest entry (and before
+        the clock) goes, the rest stays."""
+        local, clock = log
+        await post(local, "old")
+        clock.now += 8 * DAY
+        await post(local, "new")
+        clock.now += 60
+        assert await local.prune_expired(RETENTION) == (1, 0)
+        assert await local.store.message("old") is None
+        assert await local.store.message("new") is not None
+
+    async def test_quarantine_expiry_is_measured_by_the_log_too(self, log: tuple[LocalLog, FakeClock]) -> None:
+        """A quarantined body seen a minute ago survives a clock 30 days ahead."""
+        local, clock = log
+        await post(local, "m1")
+        await local.writer.submit(Quarantine(b"{}", "127.0.0.1", 422, "invalid_callback", "no trackingId", 1 << 20))
+        clock.now += 30 * DAY
+        assert await local.prune_expired(RETENTION, 14 * DAY) == (0, 0)
+        assert len(await local.store.quarantined()) == 1
