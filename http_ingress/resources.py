@@ -21,12 +21,12 @@ from service.errors import (
     UnsupportedMediaError,
 )
 from service.ingest import Ingest
+from service.limits import MAX_BODY_BYTES
 from service.metrics import Metrics
 from service.store import INBOUND, STATUS
 
 _LOGGER = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 64 * 1024
 REJECTION_LOG_INTERVAL = 60.0
 JSON = "application/json"
 _DUPLICATE = b'{"status": "duplicate"}'

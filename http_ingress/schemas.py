@@ -47,6 +47,7 @@ from routee.callbacks.v1 import callback_pb2 as pb
 from service.convert import status_from_name
 from service.errors import InvalidCallbackError, MalformedJsonError
 from service.ingest import Adjustment, ParsedCallback, ParsedInbound
+from service.limits import MAX_ID_LENGTH
 
 
 def _no_nul(text: str) -> str:
@@ -57,7 +58,9 @@ def _no_nul(text: str) -> str:
 
 # No NUL: an identifier with one is no identifier Routee sends (and PostgreSQL text cannot hold one).
 RequiredText = Annotated[
-    str, Strict(), StringConstraints(strip_whitespace=False, min_length=1, max_length=256, pattern=r"^[^\x00]*$")
+    str,
+    Strict(),
+    StringConstraints(strip_whitespace=False, min_length=1, max_length=MAX_ID_LENGTH, pattern=r"^[^\x00]*$"),
 ]
 
 

@@ -10,13 +10,12 @@ from grpc_reflection.v1alpha import reflection
 
 from service.config import HostPort
 from service.errors import StartupError
+from service.limits import MAX_GRPC_REQUEST_BYTES
 from service.servicer import SERVICE_NAME, MessageStatusServicer, method_handlers
-
-MAX_REQUEST_BYTES = 16 * 1024
 
 # Chosen, not inherited: see the README's "Keepalive" section.
 SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
-    ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+    ("grpc.max_receive_message_length", MAX_GRPC_REQUEST_BYTES),
     # The server pings idle connections so dead peers and silent proxies are noticed.
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),

@@ -24,6 +24,7 @@ from service.errors import (
     UnavailableError,
 )
 from service.events import EventFilter, StoredEvent, StoredInbound
+from service.limits import MAX_BATCH_IDS, MAX_ID_LENGTH, MAX_PAGE_SIZE
 from service.metrics import Metrics
 from service.store import LogReader
 
@@ -32,9 +33,7 @@ _LOGGER = logging.getLogger(__name__)
 SERVICE_NAME = pb2.DESCRIPTOR.services_by_name["MessageStatusService"].full_name
 # A catching-up stream holds one page: this bounds its memory (about 1 KiB an event).
 REPLAY_PAGE = 100
-MAX_BATCH = 1000
 DEFAULT_PAGE = 100
-MAX_PAGE = 1000
 _T = TypeVar("_T")
 
 _CODES: dict[type[RouteeCallbacksError], grpc.StatusCode] = {
@@ -74,8 +73,7 @@ class MessageStatusServicer:
         return await _abort_on_error(context, self._get_message_status(request))
 
     async def _get_message_status(self, request: pb2.GetMessageStatusRequest) -> pb2.GetMessageStatusResponse:
-        if not request.tracking_id:
-            raise InvalidArgumentError("tracking_id is required")
+        _check_id("tracking_id", request.tracking_id)
         state = await self._store.message(request.tracking_id)
         if state is None:
             raise NotFoundError(f"no callback received for tracking_id {request.tracking_id!r}")
@@ -91,10 +89,10 @@ class MessageStatusServicer:
         ids = list(request.tracking_ids)
         if not ids:
             raise InvalidArgumentError("tracking_ids is required")
-        if len(ids) > MAX_BATCH:
-            raise InvalidArgumentError(f"tracking_ids holds {len(ids)} ids; at most {MAX_BATCH} are allowed")
-        if "" in ids:
-            raise InvalidArgumentError("tracking_ids holds an empty id")
+        if len(ids) > MAX_BATCH_IDS:
+            raise InvalidArgumentError(f"tracking_ids holds {len(ids)} ids; at most {MAX_BATCH_IDS} are allowed")
+        for tracking_id in ids:
+            _check_id("tracking_ids", tracking_id)
         if len(set(ids)) < len(ids):
             twice = next(tracking_id for tracking_id in ids if ids.count(tracking_id) > 1)
             raise InvalidArgumentError(f"tracking_ids holds {twice!r} more than once")
@@ -115,12 +113,11 @@ class MessageStatusServicer:
         return await _abort_on_error(context, self._list(request))
 
     async def _list(self, request: pb2.ListMessageStatusesRequest) -> pb2.ListMessageStatusesResponse:
-        if not request.campaign_tracking_id:
-            raise InvalidArgumentError("campaign_tracking_id is required")
+        _check_id("campaign_tracking_id", request.campaign_tracking_id)
         if request.page_size < 0:
             raise InvalidArgumentError("page_size must not be negative")
         statuses = _statuses(request.statuses)
-        size = min(request.page_size or DEFAULT_PAGE, MAX_PAGE)
+        size = min(request.page_size or DEFAULT_PAGE, MAX_PAGE_SIZE)
         after = page_tokens.read(request.page_token, request.campaign_tracking_id, statuses)
         events = await self._store.list_messages(request.campaign_tracking_id, statuses, after, size + 1)
         response = pb2.ListMessageStatusesResponse(messages=[_message_status(event, [], []) for event in events[:size]])
@@ -137,8 +134,7 @@ class MessageStatusServicer:
         return await _abort_on_error(context, self._summary(request))
 
     async def _summary(self, request: pb2.GetCampaignSummaryRequest) -> pb2.GetCampaignSummaryResponse:
-        if not request.campaign_tracking_id:
-            raise InvalidArgumentError("campaign_tracking_id is required")
+        _check_id("campaign_tracking_id", request.campaign_tracking_id)
         summary = await self._store.campaign_summary(request.campaign_tracking_id)
         if summary is None:
             raise NotFoundError(f"no callback received for campaign {request.campaign_tracking_id!r}")
@@ -170,6 +166,10 @@ class MessageStatusServicer:
         self, request: pb2.StreamInboundMessagesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[bytes]:
         """Stream inbound messages (replies): replay first when asked, then live."""
+        try:
+            _check_id("campaign_tracking_id", request.campaign_tracking_id, required=False)
+        except RouteeCallbacksError as ex:
+            await context.abort(grpc_code(ex), str(ex))
         event_filter = EventFilter(request.campaign_tracking_id or None, inbound=True)
         after = request.after_sequence if request.HasField("after_sequence") else None
         async for item in self._follow(context, event_filter, after, _inbound_progress):
@@ -289,6 +289,14 @@ def _message_status(
     return response
 
 
+def _check_id(field: str, value: str, *, required: bool = True) -> None:
+    """Refuse an identifier that is empty (when required) or longer than any this service accepts."""
+    if not value and required:
+        raise InvalidArgumentError(f"{field} is required")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidArgumentError(f"{field}: an id is at most {MAX_ID_LENGTH} characters, not {len(value)}")
+
+
 def _statuses(requested: Iterable[int]) -> frozenset[int]:
     known = set(pb.MessageStatus.values()) - {pb.MESSAGE_STATUS_UNSPECIFIED}
     for status in requested:
@@ -298,6 +306,7 @@ def _statuses(requested: Iterable[int]) -> frozenset[int]:
 
 
 def _event_filter(request: pb2.StreamStatusUpdatesRequest) -> EventFilter:
+    _check_id("campaign_tracking_id", request.campaign_tracking_id, required=False)
     if request.include_snapshot and request.HasField("after_sequence"):
         raise InvalidArgumentError("include_snapshot and after_sequence cannot be combined")
     return EventFilter(request.campaign_tracking_id or None, _statuses(request.statuses))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from routee.callbacks.v1 import callback_pb2 as pb
 from routee.callbacks.v1 import message_status_service_pb2 as pb2
 from routee.callbacks.v1 import message_status_service_pb2_grpc as pb2_grpc
 from service.config import HostPort
+from service.limits import MAX_BATCH_IDS, MAX_ID_LENGTH
 from service.server import create_server
 from service.servicer import MessageStatusServicer
 from support import fixture_bodies, inbound_bodies
@@ -433,6 +436,41 @@ class TestCampaignQuestions:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await server.stub.BatchGetMessageStatuses(pb2.BatchGetMessageStatusesRequest(tracking_ids=ids))
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    @pytest.mark.parametrize(
+        "make_id",
+        [lambda n: str(uuid.UUID(int=n)), lambda n: f"{n:04d}".ljust(MAX_ID_LENGTH, "\u00e9")],
+        ids=["uuids", "ids-at-the-bound"],
+    )
+    async def test_batch_get_takes_its_largest_request(self, server: Server, make_id: Callable[[int], str]) -> None:
+        """The most ids of the longest accepted length (two bytes a character in UTF-8) fit one request; what
+        is stored comes back, the rest is missing."""
+        ids = [make_id(n) for n in range(MAX_BATCH_IDS)]
+        for tracking_id in ids[:3]:
+            body = {"trackingId": tracking_id, "status": {"name": "Queued", "updatedDate": "2024-05-01T10:00:00Z"}}
+            await server.append(parse_callback(json.dumps(body).encode()).callback)
+        response = await server.stub.BatchGetMessageStatuses(pb2.BatchGetMessageStatusesRequest(tracking_ids=ids))
+        assert [status.tracking_id for status in response.statuses] == ids[:3]
+        assert list(response.missing_tracking_ids) == ids[3:]
+
+    async def test_an_id_longer_than_any_accepted_is_invalid(self, server: Server) -> None:
+        """An id one character past the bound is INVALID_ARGUMENT, alone or in a batch; one at the bound is just
+        not found."""
+        too_long = "x" * (MAX_ID_LENGTH + 1)
+        calls = [
+            server.stub.GetMessageStatus(pb2.GetMessageStatusRequest(tracking_id=too_long)),
+            server.stub.BatchGetMessageStatuses(pb2.BatchGetMessageStatusesRequest(tracking_ids=["m1", too_long])),
+            server.stub.ListMessageStatuses(pb2.ListMessageStatusesRequest(campaign_tracking_id=too_long)),
+            server.stub.GetCampaignSummary(pb2.GetCampaignSummaryRequest(campaign_tracking_id=too_long)),
+        ]
+        for call in calls:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await call
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert f"at most {MAX_ID_LENGTH} characters" in (caught.value.details() or "")
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await server.stub.GetMessageStatus(pb2.GetMessageStatusRequest(tracking_id="x" * MAX_ID_LENGTH))
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
 
     async def test_list_walks_every_page_once_with_filters_and_tokens(self, server: Server) -> None:
         for index in range(25):

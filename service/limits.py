@@ -1,0 +1,17 @@
+"""The bounds on what callers may send, in one place: each is enforced where it applies and hit by a test."""
+
+from __future__ import annotations
+
+#: The longest callback body accepted over HTTP, in bytes (longer: 413).
+MAX_BODY_BYTES = 64 * 1024
+#: The longest identifier accepted, in characters: a tracking id, a campaign tracking id, a status name. Routee's
+#: are UUIDs (36); a callback with a longer ``trackingId`` cannot be identified (422), a request naming one is
+#: refused (INVALID_ARGUMENT).
+MAX_ID_LENGTH = 256
+#: The most tracking ids one BatchGetMessageStatuses may ask for.
+MAX_BATCH_IDS = 1000
+#: The largest page ListMessageStatuses returns.
+MAX_PAGE_SIZE = 1000
+#: The largest gRPC request, in bytes: the largest valid request of every RPC fits (a batch of the most ids of the
+#: longest length, each character up to 4 bytes of UTF-8 and 3 of framing), with room for the other fields.
+MAX_GRPC_REQUEST_BYTES = MAX_BATCH_IDS * (4 * MAX_ID_LENGTH + 3) + 16 * 1024
