@@ -21,7 +21,7 @@ from routee.callbacks.v1 import callback_pb2 as pb
 from routee.callbacks.v1 import message_status_service_pb2 as pb2
 from routee.callbacks.v1 import message_status_service_pb2_grpc as pb2_grpc
 from service.config import HostPort
-from service.limits import MAX_BATCH_IDS, MAX_ID_LENGTH
+from service.limits import MAX_BATCH_IDS, MAX_GRPC_REQUEST_BYTES, MAX_ID_LENGTH
 from service.server import create_server
 from service.servicer import MessageStatusServicer
 from support import fixture_bodies, inbound_bodies
@@ -128,8 +128,9 @@ class TestGetMessageStatus:
 
     async def test_oversized_request(self, server: Server) -> None:
         """A request over the size limit is RESOURCE_EXHAUSTED."""
+        too_large = "x" * (MAX_GRPC_REQUEST_BYTES + 1)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await server.stub.GetMessageStatus(pb2.GetMessageStatusRequest(tracking_id="x" * 100_000))
+            await server.stub.GetMessageStatus(pb2.GetMessageStatusRequest(tracking_id=too_large))
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
