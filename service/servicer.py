@@ -286,6 +286,8 @@ def _message_status(
     response.callback.MergeFromString(current.callback)  # Parsed in place: no message to build, then copy.
     for reply in replies:
         response.replies.add().MergeFromString(reply.message)
+    # A conversation reads in the order its messages were written, whatever order Routee delivered them in.
+    response.replies.sort(key=lambda message: (message.send_time.seconds, message.send_time.nanos, message.sequence))
     return response
 
 

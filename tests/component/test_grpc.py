@@ -368,6 +368,26 @@ class TestInbound:
         )
         assert list(other.replies) == []
 
+    async def test_replies_are_listed_in_the_order_they_were_written(self, server: Server) -> None:
+        """Replies delivered newest first are listed by ``sentDate``, oldest first, and by sequence where two
+        share a time; in a batch with history too."""
+        await server.append(callback(1))
+        for text, sent in [("third", "10:03"), ("second", "10:02"), ("first", "10:01"), ("first too", "10:01")]:
+            body = {
+                "from": "+306900000001",
+                "message": text,
+                "sentDate": f"2024-05-01T{sent}:00Z",
+                "referenceTrackingId": "m1",
+            }
+            await server.append_inbound(json.dumps(body).encode())
+        expected = ["first", "first too", "second", "third"]
+        single = await server.stub.GetMessageStatus(pb2.GetMessageStatusRequest(tracking_id="m1"))
+        assert [reply.text for reply in single.replies] == expected
+        batch = await server.stub.BatchGetMessageStatuses(
+            pb2.BatchGetMessageStatusesRequest(tracking_ids=["m1"], include_history=True)
+        )
+        assert [reply.text for reply in batch.statuses[0].replies] == expected
+
     async def test_a_campaign_stream_replays_then_goes_live_without_status_updates(self, server: Server) -> None:
         bodies = inbound_bodies()
         await server.append_inbound(bodies["01-m1-reply-text.json"])

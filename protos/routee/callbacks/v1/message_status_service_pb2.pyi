@@ -59,7 +59,9 @@ class GetMessageStatusRequest(_message.Message):
 
     TRACKING_ID_FIELD_NUMBER: _builtins.int
     tracking_id: _builtins.str
-    """The message's tracking id (Routee's `trackingId`). Required."""
+    """The message's tracking id (Routee's `trackingId`). Required; at most 256
+    characters (longer: INVALID_ARGUMENT).
+    """
     def __init__(
         self,
         *,
@@ -115,7 +117,8 @@ class GetMessageStatusResponse(_message.Message):
     @_builtins.property
     def replies(self) -> _containers.RepeatedCompositeFieldContainer[_callback_pb2.InboundMessage]:
         """The messages users sent back in answer to this message (inbound messages
-        whose `referenceTrackingId` is this tracking id), oldest first.
+        whose `referenceTrackingId` is this tracking id), in the order they were
+        written: oldest `send_time` (Routee's `sentDate`) first, then by sequence.
         """
 
     def __init__(
@@ -479,7 +482,9 @@ class BatchGetMessageStatusesRequest(_message.Message):
     """When true, each status also carries its history (`events`) and `replies`."""
     @_builtins.property
     def tracking_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The messages' tracking ids: 1 to 1 000, each at most once."""
+        """The messages' tracking ids: 1 to 1 000, each at most once and at most 256
+        characters long.
+        """
 
     def __init__(
         self,
