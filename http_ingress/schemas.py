@@ -66,6 +66,9 @@ RequiredText = Annotated[
 
 # -- tolerance -------------------------------------------------------------------------------------------------
 
+#: The JSON path of every secondary field, as adjustments name it (metrics export each from the start).
+TOLERATED_FIELDS: list[str] = []
+
 
 @dataclass(frozen=True)
 class _Tolerant:
@@ -74,6 +77,9 @@ class _Tolerant:
 
     path: str
     coerce: Callable[[Any], Any]
+
+    def __post_init__(self) -> None:
+        TOLERATED_FIELDS.append(self.path)
 
     def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
         expected = handler(source)

@@ -17,12 +17,18 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
+#: Label values known in advance (exported at 0 from the start).
+REFUSAL_REASONS = ("source_not_allowed", "over_capacity", "tls_handshake", "header_timeout", "body_timeout")
+TRACKING_ENDPOINTS = ("token", "message", "campaign")
+TRACKING_OUTCOMES = ("ok", "not_found", "rate_limited", "server_error", "unreachable", "unauthorized", "error")
+ADJUSTMENT_ACTIONS = ("coerced", "dropped")
+BODY_KINDS = ("status", "inbound")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 _T = TypeVar("_T", bound="_Sequenced")
 
@@ -196,6 +202,24 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="livemax",
         )
+        self._export_known_labels()
+
+    def _export_known_labels(self) -> None:
+        """Create every series whose label values are known in advance, at 0: a panel shows 0 rather than "no
+        data", and an alert can tell zero from absent."""
+        for reason in REFUSAL_REASONS:
+            self.connections_refused.labels(reason)
+        for endpoint in TRACKING_ENDPOINTS:
+            for outcome in TRACKING_OUTCOMES:
+                self.tracking_calls.labels(endpoint, outcome)
+        for kind in BODY_KINDS:
+            self.last_kept.labels(kind)
+
+    def expect_adjustments(self, fields: Iterable[str]) -> None:
+        """Export the adjustment counters of these fields (JSON paths) at 0, for every action."""
+        for field in fields:
+            for action in ADJUSTMENT_ACTIONS:
+                self.fields_adjusted.labels(field, action)
 
     def callback_kept(self, duplicate: bool, seconds: float) -> None:
         """Count one kept callback and the time it took (added to the shared metrics at the next ``flush``)."""

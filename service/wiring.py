@@ -34,7 +34,7 @@ from http_ingress.app import create_app
 from http_ingress.connections import Connection, ConnectionPolicy, connection_class
 from http_ingress.errors import http_status
 from http_ingress.readiness import Readiness
-from http_ingress.schemas import parse_callback, parse_inbound
+from http_ingress.schemas import TOLERATED_FIELDS, parse_callback, parse_inbound
 from routee.callbacks.v1 import callback_pb2 as pb
 from service.broker import Broker
 from service.config import Settings, redact
@@ -184,6 +184,7 @@ class WorkerParts:
 def build_worker(settings: Settings, instance: Instance) -> WorkerParts:
     """Wire one worker; call it in the worker, after the fork."""
     metrics = Metrics(multiprocess_dir=instance.metrics_dir)
+    metrics.expect_adjustments(TOLERATED_FIELDS)
     broker = Broker(settings.subscriber_queue_size, following=False)
     store = open_store(settings.database, synchronous=settings.sqlite_synchronous)
 

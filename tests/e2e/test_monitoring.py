@@ -101,3 +101,24 @@ def test_every_metric_the_dashboard_and_the_rules_use_is_exported(
                 assert started - 1 <= last <= time.time(), kind
         finally:
             stream.close()
+
+
+def test_every_series_the_dashboard_and_the_rules_use_is_exported_from_the_start(
+    start_service: StartService, dns_zone: tuple[Zone, int]
+) -> None:
+    """A service that has received nothing yet already exports every metric docs/monitoring uses, each with its
+    known label values at 0: a panel shows 0, not "no data", and an alert can tell zero from absent."""
+    _, dns_port = dns_zone
+    service = start_service(
+        "--allowlist-host", "callbacksallow.routee.test", "--dns-server", f"127.0.0.1:{dns_port}",
+        "--monitor-cidr", "127.0.0.1/32",
+    )  # fmt: skip
+    samples = scrape(service)
+    assert metric_names_used() - {name for name, _ in samples} == set(), "used by docs/monitoring, not exported"
+    for name, labels in [
+        ("routee_callbacks_callback_fields_adjusted_total", (("action", "coerced"), ("field", "ttl"))),
+        ("routee_callbacks_http_connections_refused_total", (("reason", "source_not_allowed"),)),
+        ("routee_callbacks_tracking_api_calls_total", (("endpoint", "message"), ("outcome", "unauthorized"))),
+    ]:
+        assert samples.get((name, labels)) == 0, (name, labels)
+    assert samples[("routee_callbacks_last_accepted_timestamp_seconds", (("kind", "inbound"),))] == 0
