@@ -1,6 +1,6 @@
 """The current-status rule, in one place: which of a message's events is its current status.
 
-DESIGN.md, "Decided rules": the event with the latest ``updatedDate`` wins; on
+As the README states it (section "Pointing Routee at it"): the event with the latest ``updatedDate`` wins; on
 equal dates the higher lifecycle rank (UNKNOWN < QUEUED < DELIVERED <
 UNDELIVERED = FAILED = UNSENT = EXPIRED < SEEN); on equal rank too, the one
 stored later (the greater sequence). Engines order by ``ORDER_COLUMNS`` and

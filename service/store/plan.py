@@ -58,7 +58,8 @@ class StatusPlan:
 
 
 def event_key(callback: pb.ViberCallback) -> EventKey:
-    """The key under which a callback is one distinct event (DESIGN.md, "Decided rules")."""
+    """The key under which a callback is one distinct event: its tracking id, status name case-insensitively and
+    ``updatedDate`` as an instant (the README's duplicate rule)."""
     status = callback.status
     update_time = status.update_time  # Its fields directly: Timestamp.ToMicroseconds is slow, and this is hot.
     return (
