@@ -50,7 +50,7 @@ wheel-venv: dist  ## Install the wheel of dist/ into a fresh venv, as users inst
 
 test: install wheel-venv  ## Run the whole test suite, end to end against the installed wheel (installs PostgreSQL, haproxy, promtool from Debian where missing).
 	.ci/system-packages
-	ROUTEE_TEST_EXECUTABLE=$(WHEEL_VENV)/bin/routee-callbacks $(BIN)/pytest
+	ROUTEE_TEST_EXECUTABLE=$(abspath $(WHEEL_VENV))/bin/routee-callbacks $(BIN)/pytest
 
 lint: install  ## ruff, mypy and buf lint.
 	$(BIN)/ruff check .

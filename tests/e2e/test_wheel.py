@@ -62,7 +62,8 @@ class TestWheel:
     @pytest.mark.skipif(not os.environ.get(EXECUTABLE_VARIABLE), reason="run by `make test`, on the wheel's venv")
     def test_the_service_under_test_is_the_installed_wheel(self) -> None:
         """Under ``make test`` the console script comes from a venv where the wheel is installed, not editable."""
-        python = Path(executable()).with_name("python")
+        script = Path(executable()).absolute()
+        python = script.with_name("python")
         found = subprocess.run(
             [
                 python,
@@ -76,7 +77,7 @@ class TestWheel:
             check=True,
         ).stdout.splitlines()
         module = Path(found[0]).resolve()
-        assert module.is_relative_to(Path(executable()).parents[1])
+        assert module.is_relative_to(script.parents[1])
         assert "site-packages" in module.parts
         assert module != ROOT / "service" / "__init__.py"
         direct_url = json.loads(found[1]) if found[1] != "None" else {}
