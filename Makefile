@@ -19,7 +19,12 @@ DIST := dist
 # The wheel installed as users install it (not editable), into a venv of its own: what the end-to-end tests run.
 WHEEL_VENV := .venv-wheel
 
-.PHONY: help install run cluster test lint breaking protos check-protos clients bench bench-smoke stress clean dist wheel-venv
+IMAGE := localhost/routee-callbacks
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+# The host's CA bundle: pip inside the build needs it where a proxy stands between the build and the index.
+HOST_CA := /etc/ssl/certs/ca-certificates.crt
+
+.PHONY: help install run cluster test lint breaking protos check-protos clients bench bench-smoke stress clean dist wheel-venv image image-test
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -36,7 +41,7 @@ run: install  ## Start the service on embedded defaults (HTTP :8080, gRPC :50051
 	$(BIN)/routee-callbacks serve --allow-cidr 127.0.0.1/32 --allow-cidr ::1/128
 
 cluster: install  ## Two instances on a throwaway PostgreSQL behind haproxy (HTTP :8080, gRPC :50051); needs postgresql, haproxy.
-	docs/deploy/local-cluster.sh
+	deploy/local-cluster.sh
 
 dist: install  ## Build the sdist and the wheel into dist/ and check the wheel's contents.
 	rm -rf $(DIST)
@@ -47,6 +52,19 @@ wheel-venv: dist  ## Install the wheel of dist/ into a fresh venv, as users inst
 	rm -rf $(WHEEL_VENV)
 	$(PYTHON) -m venv $(WHEEL_VENV)
 	$(WHEEL_VENV)/bin/pip install --quiet --disable-pip-version-check $(DIST)/*.whl
+
+image: dist  ## Build the container image $(IMAGE):<version> and :latest with buildah (no daemon, no registry needed).
+	base=$$(deploy/container/base-image.sh) && \
+	buildah bud --isolation chroot --layers=false --quiet -f deploy/container/Containerfile \
+		--build-arg BASE="$$base" --build-arg VERSION=$(VERSION) \
+		--build-arg SOURCE="$$(git remote get-url origin 2>/dev/null || echo local)" \
+		--build-arg REVISION="$$(git rev-parse HEAD)" \
+		$(if $(wildcard $(HOST_CA)),--build-arg PIP_CERT=/run/host-ca.crt --volume $(HOST_CA):/run/host-ca.crt:ro) \
+		--tag $(IMAGE):$(VERSION) --tag $(IMAGE):latest $(DIST)
+	@buildah images --format '{{.Name}}:{{.Tag}} {{.Size}}' $(IMAGE):$(VERSION)
+
+image-test: image  ## Run the image as its user: a callback in over HTTP and out over gRPC, health, SIGTERM, its configuration.
+	ROUTEE_TEST_IMAGE=$(IMAGE):$(VERSION) $(BIN)/pytest tests/image
 
 test: install wheel-venv  ## Run the whole test suite, end to end against the installed wheel (installs PostgreSQL, haproxy, promtool from Debian where missing).
 	.ci/system-packages

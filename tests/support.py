@@ -438,7 +438,7 @@ def _balancing(http_port: int, grpc_port: int) -> bool:
     return False
 
 
-HAPROXY_CONFIG = Path(__file__).resolve().parents[1] / "docs" / "deploy" / "haproxy.cfg"
+HAPROXY_CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "haproxy.cfg"
 
 
 @contextlib.contextmanager

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Two routee-callbacks instances on one PostgreSQL, behind haproxy with docs/deploy/haproxy.cfg — the deployment
+# Two routee-callbacks instances on one PostgreSQL, behind haproxy with deploy/haproxy.cfg — the deployment
 # of docs/deploy.md on one machine, to try it. `make cluster` runs it; Ctrl-C stops everything and deletes the
 # database. Needs Debian's postgresql and haproxy packages (apt-get install postgresql haproxy).
 #
 #   callbacks: http://127.0.0.1:8080/v1/callbacks/viber   (haproxy; instances on :8081 and :8082)
 #   gRPC:      127.0.0.1:50051                              (haproxy; instances on :50061 and :50062)
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/.."
 bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
 [[ -x "$bin/initdb" ]] || { echo "PostgreSQL is not installed: apt-get install postgresql" >&2; exit 1; }
 command -v haproxy >/dev/null || { echo "haproxy is not installed: apt-get install haproxy" >&2; exit 1; }
@@ -44,7 +44,7 @@ done
 HTTP_BIND=127.0.0.1:8080 GRPC_BIND=127.0.0.1:50051 \
     INSTANCE_1_HTTP=127.0.0.1:8081 INSTANCE_1_GRPC=127.0.0.1:50061 INSTANCE_1_CHECK_PORT=8081 \
     INSTANCE_2_HTTP=127.0.0.1:8082 INSTANCE_2_GRPC=127.0.0.1:50062 INSTANCE_2_CHECK_PORT=8082 \
-    haproxy -db -f docs/deploy/haproxy.cfg &
+    haproxy -db -f deploy/haproxy.cfg &
 pids+=($!)
 
 echo "PostgreSQL on 127.0.0.1:5433, instances on :8081/:50061 and :8082/:50062, haproxy on :8080 and :50051."
