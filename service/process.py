@@ -280,6 +280,16 @@ class ServiceArbiter(Arbiter):  # type: ignore[misc]
         multiprocess.mark_process_dead(pid, str(self._service.instance.metrics_dir))  # type: ignore[no-untyped-call]
 
 
+def graceful_timeout(settings: Settings) -> int:
+    """How long the master waits for the workers to finish after SIGTERM, and then as long for the writer."""
+    return math.ceil(settings.shutdown_grace) + 5
+
+
+def stop_seconds(settings: Settings) -> int:
+    """The longest a SIGTERM may take to stop the whole instance (a supervisor's grace period must exceed it)."""
+    return 2 * graceful_timeout(settings)
+
+
 class ServiceApplication(BaseApplication):  # type: ignore[misc]
     """gunicorn configured from Settings only; its own config files and variables are ignored."""
 
@@ -295,7 +305,7 @@ class ServiceApplication(BaseApplication):  # type: ignore[misc]
             "bind": [str(self.settings.http_bind)],
             "workers": self.settings.workers,
             "worker_class": f"{Worker.__module__}.{Worker.__qualname__}",
-            "graceful_timeout": math.ceil(self.settings.shutdown_grace) + 5,
+            "graceful_timeout": graceful_timeout(self.settings),
             "timeout": 30,
             "keepalive": 75,
             "accesslog": None,
