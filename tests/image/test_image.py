@@ -126,8 +126,10 @@ class TestRunning:
 
     def test_serves_keeps_answers_health_and_stops_cleanly(self, container: str, tmp_path: Path) -> None:
         """``serve`` runs as uid 10001, keeps a callback posted over HTTP and serves it over gRPC, answers the
-        health check, and exits 0 on SIGTERM to its entrypoint."""
+        health check, exits 0 on SIGTERM to its entrypoint, and writes only to /tmp and its data volume (so a
+        read-only root filesystem serves)."""
         http_port, grpc_port = free_port(), free_port()
+        started = time.time() - 1
         log = (tmp_path / "image.log").open("wb")
         # buildah run answers its own SIGTERM with SIGKILL to the child: the test signals the entrypoint itself.
         run = subprocess.Popen(
@@ -167,3 +169,19 @@ class TestRunning:
                 run.wait(30)
             log.close()
         assert b"Shutting down: Master" in (tmp_path / "image.log").read_bytes()
+        # What a read-only root filesystem needs: the service wrote nothing but its runtime files (/tmp) and its
+        # data (the volume).
+        root = Path(buildah("mount", container))
+        try:
+            written = [
+                str(path.relative_to(root))
+                for path in root.rglob("*")
+                if not path.is_symlink()
+                and path.is_file()
+                and path.stat().st_mtime >= started
+                and not path.is_relative_to(root / "tmp")
+                and not path.is_relative_to(root / DATA.lstrip("/"))
+            ]
+        finally:
+            buildah("umount", container)
+        assert written == []
