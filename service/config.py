@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from service.errors import ConfigError
 
@@ -153,25 +155,42 @@ def parse_database(value: str) -> str:
     return value
 
 
+#: Query parameters of a libpq URI whose values are secrets (``password``, ``sslpassword``, and any like them).
+_SECRET_PARAMETER = re.compile(r"pass|secret|token", re.IGNORECASE)
+
+
 def redact(database: str) -> str:
-    """The ``--database`` value fit for logs and errors: a URI's password replaced by ``***``."""
+    """The ``--database`` value fit for logs and errors: every secret of a URI replaced by ``***``, the password in
+    its user information and secret query parameters (``?password=``, ``&sslpassword=``) alike."""
     if not database.startswith(("postgresql://", "postgres://")):
         return database
     parts = urlsplit(database)
-    if parts.password is None:
-        return database
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{parts.netloc.rpartition('@')[2]}"))
+    netloc = parts.netloc
+    user, at, host = netloc.rpartition("@")
+    if at and ":" in user:
+        netloc = f"{user.partition(':')[0]}:***@{host}"
+    query = "&".join(
+        f"{key}=***" if _SECRET_PARAMETER.search(unquote(key)) else f"{key}{separator}{value}"
+        for key, separator, value in (item.partition("=") for item in parts.query.split("&") if item)
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
-def _positive(kind: type[int] | type[float]) -> Callable[[str], Any]:
+#: The largest value any numeric option takes: infinity, NaN and absurd values stop start-up (exit status 2)
+#: rather than a loop, a timer or a SQL bound that overflows later.
+MAX_OPTION_VALUE = 1e9
+
+
+def _positive(kind: type[int] | type[float], most: float = MAX_OPTION_VALUE) -> Callable[[str], Any]:
     def parse(value: str) -> int | float:
         try:
             number = kind(value)
         except ValueError:
             raise ValueError(f"expected a positive number, got {value!r}") from None
-        if number <= 0:
+        if not math.isfinite(number) or number <= 0:
             raise ValueError(f"expected a positive number, got {value!r}")
+        if number > most:
+            raise ValueError(f"expected a number of at most {most:g}, got {value!r}")
         return number
 
     return parse
@@ -291,7 +310,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "--retention-hours",
         "retention_hours",
-        _positive(float),
+        _positive(float, most=100 * 365 * 24),
         "how long status events are kept (at least 48, the duplicate window); older ones are deleted",
         "HOURS",
     ),
@@ -305,7 +324,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "--quarantine-days",
         "quarantine_days",
-        _positive(float),
+        _positive(float, most=100 * 365),
         "how long a refused body stays in quarantine after it was last received, in days",
         "DAYS",
     ),

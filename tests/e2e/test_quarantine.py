@@ -63,3 +63,18 @@ def test_refused_bodies_are_kept_listed_replayed_and_dropped(start_service: Star
     assert (dropped.returncode, dropped.stdout.strip()) == (0, "dropped 1")
     assert listed(database) == []
     stream.close()
+
+
+def test_no_secret_of_the_database_uri_is_printed(start_service: StartService, pg_database: str) -> None:
+    """A password given in the URI's query string reaches neither the service's log (its ``writer started`` line
+    names the database) nor the command line's error about a database it cannot reach."""
+    service = start_service(*OPEN, database=f"{pg_database}?password=s3cret-in-query")
+    assert post_callback(service.http_port, fixture_bodies()["01-m1-queued.json"]).status == 200
+    service.stop()
+    assert "writer started" in service.log()
+    assert "s3cret" not in service.log()
+    unreachable = "postgresql://routee:s3cret-in-userinfo@127.0.0.1:1/routee?sslpassword=s3cret-in-query"
+    result = quarantine(unreachable, "list")
+    assert result.returncode != 0
+    assert "s3cret" not in result.stdout + result.stderr
+    assert "routee:***@127.0.0.1:1/routee?sslpassword=***" in result.stderr

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from service.config import HostPort, Settings, load_settings, parse_host_port
+from service.config import HostPort, Settings, load_settings, parse_host_port, redact
 from service.errors import ConfigError
 
 
@@ -48,6 +48,14 @@ class TestLoadSettings:
             ({"dns_min_ttl": "600"}, "--dns-min-ttl: must not exceed --dns-max-ttl"),
             ({"sqlite_synchronous": "OFF"}, "--sqlite-synchronous: expected one of FULL, NORMAL"),
             ({"http_bind": "127.0.0.1:5000", "grpc_bind": "127.0.0.1:5000"}, "--grpc-bind: must differ"),
+            ({"quarantine_max_mb": "inf"}, "--quarantine-max-mb: expected a positive number, got 'inf'"),
+            ({"header_timeout": "nan"}, "--header-timeout: expected a positive number, got 'nan'"),
+            ({"retention_hours": "NaN"}, "--retention-hours: expected a positive number"),
+            ({"body_timeout": "-inf"}, "--body-timeout: expected a positive number"),
+            ({"max_streams": "1e3"}, "--max-streams: expected a positive number"),
+            ({"retention_hours": "1e7"}, "--retention-hours: expected a number of at most 876000"),
+            ({"quarantine_days": "40000"}, "--quarantine-days: expected a number of at most 36500"),
+            ({"shutdown_grace": "1e10"}, "--shutdown-grace: expected a number of at most 1e+09"),
         ],
     )
     def test_bad_values_name_the_option(self, flags: dict[str, object], message: str) -> None:
@@ -77,13 +85,41 @@ class TestLoadSettings:
     @pytest.mark.parametrize(
         "value", ["postgresql://routee:s3cret@db:notaport/routee", "postgresql://routee:s3cret@db/routee?nope=1"]
     )
-    def test_a_bad_uri_is_refused_without_its_password(self, value: str) -> None:
+    def test_a_bad_uri_is_refused_without_its_secrets(self, value: str) -> None:
         """A URI libpq cannot use is a configuration error, and the message hides the password."""
         with pytest.raises(ConfigError) as caught:
             load_settings({"database": value}, {})
         assert str(caught.value).startswith("--database: expected a libpq URI")
         assert "s3cret" not in str(caught.value)
         assert "routee:***@db" in str(caught.value)
+
+
+class TestRedact:
+    """Secrets of a database URI never reach a log line or an error."""
+
+    @pytest.mark.parametrize(
+        ("uri", "shown"),
+        [
+            ("postgresql://routee:s3cret@db/routee", "postgresql://routee:***@db/routee"),
+            ("postgresql://routee:s3cret@db:5432/routee?sslmode=require", "postgresql://routee:***@db:5432/routee?sslmode=require"),
+            ("postgresql://routee@db/routee?password=s3cret", "postgresql://routee@db/routee?password=***"),
+            ("postgresql://routee@db/r?sslmode=verify-full&sslpassword=s3cret", "postgresql://routee@db/r?sslmode=verify-full&sslpassword=***"),
+            ("postgres://db/r?Password=s3cret&application_name=x", "postgres://db/r?Password=***&application_name=x"),
+            ("postgresql://u:s3cr@et@db/r?password=s3cret&password=s3cret", "postgresql://u:***@db/r?password=***&password=***"),
+            ("./routee-callbacks.db", "./routee-callbacks.db"),
+        ],
+    )  # fmt: skip
+    def test_every_form_of_secret_is_masked(self, uri: str, shown: str) -> None:
+        """A password in the user information or in any secret query parameter is replaced by ``***``."""
+        assert redact(uri) == shown
+        assert "s3cr" not in redact(uri)
+
+    def test_a_parse_error_shows_no_query_secret(self) -> None:
+        """The --database parse error masks a password given as a query parameter too."""
+        with pytest.raises(ConfigError) as caught:
+            load_settings({"database": "postgresql://routee@db:port/routee?password=s3cret"}, {})
+        assert "s3cret" not in str(caught.value)
+        assert "password=***" in str(caught.value)
 
 
 class TestHostPort:
