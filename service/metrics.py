@@ -103,6 +103,11 @@ class Metrics:
             "Status events found by asking Routee's tracking API that no callback had brought.",
             registry=self.registry,
         )
+        self.tracking_mismatches = Counter(
+            "routee_callbacks_tracking_api_mismatches",
+            "Answers of Routee's tracking API about another message than the one asked for (discarded).",
+            registry=self.registry,
+        )
         self.connections_refused = Counter(
             "routee_callbacks_http_connections_refused",
             "HTTP connections turned away or cut off before the app saw a request, by reason (source_not_allowed,"

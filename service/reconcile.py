@@ -102,6 +102,7 @@ class Reconciler:
         after: float,
         state: ReconcileState,
         found: Callable[[int], None] = lambda count: None,
+        mismatched: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
         idle: float = 10.0,
     ) -> None:
@@ -112,6 +113,7 @@ class Reconciler:
         self._after = after
         self._state = state
         self._found = found
+        self._mismatched = mismatched
         self._clock = clock
         self._idle = idle
 
@@ -163,7 +165,14 @@ class Reconciler:
                     extra={"tracking_id": current.tracking_id, "error": str(ex)},
                 )
             else:
-                event = await self._writer.submit(AppendStatus(callback, source=FROM_TRACKING_API))
+                if callback.tracking_id == current.tracking_id:
+                    event = await self._writer.submit(AppendStatus(callback, source=FROM_TRACKING_API))
+                else:  # Not the message asked about: never stored under any id.
+                    self._mismatched()
+                    _LOGGER.warning(
+                        "the tracking API answered for another message; the answer is discarded",
+                        extra={"tracking_id": current.tracking_id, "answered_for": callback.tracking_id[:256]},
+                    )
         if event is not None:
             self._found(1)
         if event is None or not event.is_current:  # Nothing new: look again later, less often.

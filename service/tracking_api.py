@@ -24,6 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -92,7 +93,7 @@ class TrackingApi:
 
     async def message(self, tracking_id: str) -> dict[str, Any] | None:
         """The current status of one message, as the API returns it; None when Routee does not know it."""
-        body = await self._get("message", f"{self._api_url}/viber/tracking/{tracking_id}", {})
+        body = await self._get("message", f"{self._api_url}/viber/tracking/{_segment(tracking_id)}", {})
         if body is not None and not isinstance(body, dict):
             raise TrackingApiUnavailableError("Routee's message lookup answered something other than an object")
         return body
@@ -101,7 +102,7 @@ class TrackingApi:
         """One page (from 0) of a campaign's messages; an unknown campaign is an empty last page."""
         body = await self._get(
             "campaign",
-            f"{self._api_url}/viber/tracking/campaign/{campaign_tracking_id}",
+            f"{self._api_url}/viber/tracking/campaign/{_segment(campaign_tracking_id)}",
             {"page": page, "size": size},
         )
         if body is None:
@@ -249,3 +250,9 @@ def as_callback(item: dict[str, Any], campaign_tracking_id: str = "") -> dict[st
     if any(value is not None for value in body.values()):
         callback["body"] = body
     return callback
+
+
+def _segment(identifier: str) -> str:
+    """An id as one path segment: every character but the unreserved ones percent-encoded, so that no stored id
+    (``../../accounts/me``, ``x?y#``) can point the bearer token at another resource."""
+    return quote(identifier, safe="")

@@ -315,6 +315,7 @@ async def _writer_main(settings: Settings, instance: Instance) -> None:
                 after=settings.reconcile_after,
                 state=ReconcileState(instance.reconcile_state),
                 found=metrics.reconciled_events.inc,
+                mismatched=metrics.tracking_mismatches.inc,
                 idle=min(10.0, settings.reconcile_after),
             ).run(),
             name="reconciler",

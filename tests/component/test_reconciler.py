@@ -4,7 +4,7 @@ event like a callback's; lookups back off, stop at final statuses and after TTL 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -62,7 +62,9 @@ def fake() -> AsyncIterator[FakeRoutee]:
         yield running
 
 
-async def reconciler(service: Embedded, fake: FakeRoutee, clock: Clock, tmp_path: Path) -> Reconciler:
+async def reconciler(
+    service: Embedded, fake: FakeRoutee, clock: Clock, tmp_path: Path, *, mismatched: Callable[[], None] = lambda: None
+) -> Reconciler:
     api = TrackingApi(Credentials(APPLICATION_ID, SECRET), api_url=fake.url, auth_url=fake.url, rate=1000.0)
     return Reconciler(
         service.store,
@@ -72,6 +74,7 @@ async def reconciler(service: Embedded, fake: FakeRoutee, clock: Clock, tmp_path
         after=HOUR,
         state=ReconcileState(tmp_path / "reconcile.json"),
         clock=clock,
+        mismatched=mismatched,
     )
 
 
@@ -144,3 +147,32 @@ async def test_a_campaign_backfill_stores_what_is_new_once(service: Embedded, fa
     assert summary is not None
     assert summary.counts == {pb.MESSAGE_STATUS_SEEN: 115, pb.MESSAGE_STATUS_FAILED: 115}
     assert len(fake.token_requests) == 1
+
+
+async def test_an_odd_tracking_id_stays_one_path_segment(service: Embedded, fake: FakeRoutee, tmp_path: Path) -> None:
+    """A stored id made of path syntax is percent-encoded: the bearer token goes to that message's lookup only,
+    never to another resource of the API."""
+    odd = "../../accounts/me/balance#"
+    await service.append(body(odd, "Queued", QUEUED_AT))
+    clock = Clock()
+    reconcile = await reconciler(service, fake, clock, tmp_path)
+    clock.now += HOUR + 60
+    assert (await reconcile.reconcile_due()).looked_up == 1
+    assert [path for path, _ in fake.calls] == ["/viber/tracking/..%2F..%2Faccounts%2Fme%2Fbalance%23"]
+
+
+async def test_an_answer_about_another_message_is_discarded_and_counted(
+    service: Embedded, fake: FakeRoutee, tmp_path: Path
+) -> None:
+    """Routee's answer names another tracking id than the one asked for: nothing is stored, for either id, and
+    the mismatch is counted."""
+    await service.append(body("m1", "Queued", QUEUED_AT))
+    fake.messages["m1"] = tracking_object("m2", "Delivered", date(2))
+    clock = Clock()
+    mismatches: list[int] = []
+    reconcile = await reconciler(service, fake, clock, tmp_path, mismatched=lambda: mismatches.append(1))
+    clock.now += HOUR + 60
+    assert (await reconcile.reconcile_due()).new_events == 0
+    assert [event.status_name for event in await service.store.history("m1")] == ["Queued"]
+    assert await service.store.history("m2") == []
+    assert mismatches == [1]
