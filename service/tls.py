@@ -18,6 +18,7 @@ in use.
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 import threading
 import time
@@ -30,6 +31,8 @@ from service.config import Settings
 from service.errors import StartupError
 
 _LOGGER = logging.getLogger(__name__)
+#: A certificate chain, its key and an optional client CA, as PEM bytes.
+Material = tuple[bytes, bytes, bytes | None]
 #: Forward secrecy and authenticated encryption only, for TLS 1.2 (TLS 1.3's suites are all of that kind).
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
@@ -45,8 +48,10 @@ class CertificateFiles:
         *,
         check_interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        read: Callable[[Path], bytes] = Path.read_bytes,
     ) -> None:
         self.cert, self.key, self.client_ca = cert, key, client_ca
+        self._read_file = read
         self._check_interval = check_interval
         self._clock = clock
         self._lock = threading.Lock()  # gRPC core calls from its own threads.
@@ -64,15 +69,16 @@ class CertificateFiles:
         except OSError:
             return ()
 
-    def _read(self) -> tuple[tuple[bytes, bytes, bytes | None], ssl.SSLContext]:
-        """The files as bytes (for gRPC) and as a server context (for HTTP; it also proves OpenSSL takes them)."""
+    def _read(self) -> tuple[Material, ssl.SSLContext]:
+        """The files as bytes (for gRPC) and a server context made of those very bytes: it proves that OpenSSL
+        takes them as a pair, even when a renewal replaced one file between the two reads."""
         try:
             material = (
-                self.cert.read_bytes(),
-                self.key.read_bytes(),
-                self.client_ca.read_bytes() if self.client_ca else None,
+                self._read_file(self.cert),
+                self._read_file(self.key),
+                self._read_file(self.client_ca) if self.client_ca else None,
             )
-            return material, server_context(self.cert, self.key, self.client_ca)
+            return material, server_context(material)
         except (OSError, ssl.SSLError) as ex:
             raise StartupError(f"cannot use the TLS certificate {self.cert} with key {self.key}: {ex}") from None
 
@@ -97,16 +103,30 @@ class CertificateFiles:
             return True
 
 
-def server_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.SSLContext:
-    """A server context: TLS 1.2 or newer, forward-secret AEAD ciphers, client certificates if there is a CA."""
+def server_context(material: Material) -> ssl.SSLContext:
+    """A server context of a chain, its key and an optional client CA (PEM bytes): TLS 1.2 or newer,
+    forward-secret AEAD ciphers, client certificates if there is a CA."""
+    cert, key, client_ca = material
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers(TLS12_CIPHERS)
-    context.load_cert_chain(cert, key)
+    load_pair(context, cert, key)
     if client_ca is not None:
-        context.load_verify_locations(client_ca)
+        context.load_verify_locations(cadata=client_ca.decode("ascii", errors="replace"))
         context.verify_mode = ssl.CERT_REQUIRED
     return context
+
+
+def load_pair(context: ssl.SSLContext, cert: bytes, key: bytes) -> None:
+    """Load a chain and its key given as bytes (OpenSSL reads files only: in-memory ones, never on disk)."""
+    descriptors = [os.memfd_create("routee-callbacks-tls", os.MFD_CLOEXEC) for _ in (cert, key)]
+    try:
+        for descriptor, data in zip(descriptors, (cert, key), strict=True):
+            os.write(descriptor, data)
+        context.load_cert_chain(*(f"/proc/self/fd/{descriptor}" for descriptor in descriptors))
+    finally:
+        for descriptor in descriptors:
+            os.close(descriptor)
 
 
 class ReloadingContext:
@@ -119,13 +139,14 @@ class ReloadingContext:
     def __init__(self, files: CertificateFiles) -> None:
         self._files = files
         self._generation = files.generation
-        self.context = server_context(files.cert, files.key, files.client_ca)
+        self.context = server_context(files.material)
 
     def refresh(self) -> None:
         """Use the newest certificate for the handshakes to come."""
         self._files.refresh()
         if self._generation != self._files.generation:
-            self.context.load_cert_chain(self._files.cert, self._files.key)
+            cert, key, _ = self._files.material  # The pair proven to match, not the files as they are now.
+            load_pair(self.context, cert, key)
             self._generation = self._files.generation
 
 

@@ -107,3 +107,34 @@ def served_certificate(server: ssl.SSLContext, ca: Path) -> bytes:
     der = client_side.getpeercert(binary_form=True)
     assert der is not None
     return der
+
+
+def test_a_renewal_between_reading_the_certificate_and_the_key_is_not_taken_half(
+    certificates: Path, tmp_path: Path
+) -> None:
+    """The renewal replaces both files just after the certificate was read and before the key is: the mixed pair
+    is refused and the previous one kept, and the next look takes the whole renewed pair."""
+    clock = Clock()
+    renewal: list[tuple[bytes, bytes]] = []
+
+    def read(path: Path) -> bytes:
+        if path.name == "server.key" and renewal:
+            cert, key = renewal.pop()
+            (certificates / "server.crt").write_bytes(cert)
+            (certificates / "server.key").write_bytes(key)
+        return path.read_bytes()
+
+    files = CertificateFiles(certificates / "server.crt", certificates / "server.key", clock=clock, read=read)
+    context = ReloadingContext(files)
+    old = files.material
+    cert, key = renew(certificates, tmp_path / "renewed")
+    (certificates / "server.crt").write_bytes(old[0] + b"\n")  # A first change the next look notices...
+    renewal.append((cert, key))  # ...and the rest of the renewal lands in the middle of that look.
+    clock.now = 1.5
+    assert not files.refresh()
+    assert files.material == old
+    context.refresh()
+    clock.now = 3.0
+    assert files.refresh()
+    assert files.material[:2] == (cert, key)
+    context.refresh()  # The HTTP context takes the pair that was proven, from memory.
