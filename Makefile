@@ -37,8 +37,9 @@ $(BIN)/routee-callbacks: pyproject.toml
 
 install: $(BIN)/routee-callbacks  ## Create .venv and install the service with its development tools.
 
-run: install  ## Start the service on embedded defaults (HTTP :8080, gRPC :50051, ./routee-callbacks.db), local posts allowed.
-	$(BIN)/routee-callbacks serve --allow-cidr 127.0.0.1/32 --allow-cidr ::1/128
+run: install  ## Start the service on embedded defaults on loopback (HTTP 127.0.0.1:8080, gRPC 127.0.0.1:50051, ./routee-callbacks.db), local posts allowed.
+	$(BIN)/routee-callbacks serve --http-bind 127.0.0.1:8080 --grpc-bind 127.0.0.1:50051 \
+		--allow-cidr 127.0.0.1/32 --allow-cidr ::1/128
 
 cluster: install  ## Two instances on a throwaway PostgreSQL behind haproxy (HTTP :8080, gRPC :50051); needs postgresql, haproxy.
 	deploy/local-cluster.sh

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import os
 import socket
@@ -111,7 +112,12 @@ def serve(settings: Settings) -> None:
         store.open()
         asyncio.run(store.close())
         http_certificates(settings)  # Unreadable or unusable TLS files: one line now, not a worker crash later.
-        grpc_certificates(settings)
+        if grpc_certificates(settings) is None and not _is_loopback(settings.grpc_bind.host):
+            logging.getLogger(__name__).warning(
+                "gRPC serves phone numbers and message texts in plain text beyond this machine: give it"
+                " --grpc-tls-cert and --grpc-tls-key, or bind it to loopback behind a proxy that terminates TLS",
+                extra={"grpc_bind": str(settings.grpc_bind)},
+            )
         port_lock = lock_grpc_port(settings.grpc_bind)
         _check_port("HTTP", settings.http_bind.host, settings.http_bind.port)
         _check_port("gRPC", settings.grpc_bind.host, settings.grpc_bind.port)
@@ -125,6 +131,16 @@ def serve(settings: Settings) -> None:
             port_lock.close()
     finally:
         remove_instance(instance)
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether a bind address is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # A name (or "" for every interface): assume it reaches beyond.
 
 
 def _check_port(kind: str, host: str, port: int) -> None:

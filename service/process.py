@@ -25,6 +25,7 @@ import math
 import os
 import resource
 import signal
+import stat
 import sys
 import tempfile
 import time
@@ -86,7 +87,7 @@ def prepare_instance() -> Instance:
 
     Must run before any metric is created (every process forked later inherits the choice).
     """
-    runtime_dir = Path(tempfile.mkdtemp(prefix="routee-callbacks-"))
+    runtime_dir = Path(tempfile.mkdtemp(prefix="instance-", dir=user_directory()))
     instance = Instance(runtime_dir, os.getpid())
     instance.metrics_dir.mkdir()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(instance.metrics_dir)
@@ -118,14 +119,37 @@ def raise_open_files_limit() -> tuple[int, int]:
     return soft, resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+def user_directory() -> Path:
+    """This user's private directory for routee-callbacks: the instances' runtime directories and the gRPC port
+    locks. Under ``$XDG_RUNTIME_DIR``, else the temporary directory; created with mode 0700, and refused
+    (StartupError) when it is not a directory of this user's that nobody else may enter: another local user must
+    not be able to hold a lock or plant a file there."""
+    path = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()) / f"routee-callbacks-{os.getuid()}"
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        info = path.lstat()
+    except OSError as ex:
+        raise StartupError(f"cannot use the runtime directory {path}: {ex.strerror or ex}") from None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise StartupError(
+            f"cannot use the runtime directory {path}: it must be this user's directory with mode 0700"
+            f" (it is owned by uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o})"
+        )
+    return path
+
+
 def lock_grpc_port(bind: HostPort) -> IO[bytes]:
     """Hold a lock named after the gRPC address for as long as the process lives.
 
-    The workers bind the port with SO_REUSEPORT to share it, and so could a second instance; this lock is what
-    keeps a second instance off. Raises StartupError when another instance holds it.
+    The workers bind the port with SO_REUSEPORT to share it, and so could a second instance of the same user (the
+    kernel lets only the same user share a port); this lock, in that user's private directory, is what keeps a
+    second instance off. Raises StartupError when another instance holds it, or it cannot be taken.
     """
-    path = Path(tempfile.gettempdir()) / f"routee-callbacks-grpc-{bind.host}-{bind.port}.lock"
-    handle = path.open("ab")
+    path = user_directory() / f"grpc-{bind.host}-{bind.port}.lock"
+    try:
+        handle = path.open("ab")
+    except OSError as ex:
+        raise StartupError(f"cannot lock the gRPC port {bind} with {path}: {ex.strerror or ex}") from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

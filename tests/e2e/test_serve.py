@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import grpc
@@ -171,6 +173,59 @@ class TestLifecycle:
         assert result.returncode == 2
         assert result.stderr.startswith("routee-callbacks: error: --allow-cidr: expected a CIDR")
         assert len(result.stderr.splitlines()) == 1
+
+    @pytest.mark.parametrize("value", ["inf", "nan", "-Infinity", "1e12"])
+    def test_infinite_and_absurd_numbers_are_one_line_exit_2(self, value: str) -> None:
+        """inf, NaN and values past an option's bound stop start-up like any bad value."""
+        result = subprocess.run(
+            [executable(), "serve", f"--header-timeout={value}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert result.returncode == 2
+        assert result.stderr.startswith("routee-callbacks: error: --header-timeout: expected a")
+        assert len(result.stderr.splitlines()) == 1
+
+    def test_a_runtime_directory_others_may_enter_is_refused(self, tmp_path: Path) -> None:
+        """The per-user directory of the instances and the gRPC port locks must be this user's, mode 0700: one
+        that others may write (where another local user could hold the port's lock) stops start-up with one line."""
+        shared = tmp_path / f"routee-callbacks-{os.getuid()}"
+        shared.mkdir()
+        shared.chmod(0o777)
+        result = subprocess.run(
+            [executable(), "serve", *OPEN, "--database", str(tmp_path / "x.db"),
+             "--grpc-bind", f"127.0.0.1:{free_port()}", "--http-bind", f"127.0.0.1:{free_port()}"],
+            capture_output=True, text=True, timeout=30, check=False,
+            env={**os.environ, "XDG_RUNTIME_DIR": str(tmp_path)},
+        )  # fmt: skip
+        assert result.returncode == 1
+        assert result.stderr.strip().splitlines() == [
+            f"routee-callbacks: error: cannot use the runtime directory {shared}: it must be this user's directory"
+            " with mode 0700 (it is owned by uid 0, mode 777)".replace("uid 0", f"uid {os.getuid()}")
+        ]
+
+    @pytest.mark.parametrize(("host", "warned"), [("0.0.0.0", 1), ("127.0.0.1", 0)])
+    def test_plain_grpc_beyond_loopback_is_warned_about(self, tmp_path: Path, host: str, warned: int) -> None:
+        """gRPC without TLS on every interface: one warning at start; on loopback, none."""
+        log = tmp_path / "serve.log"
+        with log.open("wb") as output:
+            process = subprocess.Popen(
+                [executable(), "serve", *OPEN, "--database", str(tmp_path / "x.db"), "--log-format", "json",
+                 "--grpc-bind", f"{host}:{free_port()}", "--http-bind", f"127.0.0.1:{free_port()}"],
+                stdout=output, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+            try:
+                deadline = time.monotonic() + 20
+                while "worker started" not in log.read_text():
+                    assert process.poll() is None, log.read_text()
+                    assert time.monotonic() < deadline, log.read_text()
+                    time.sleep(0.1)
+            finally:
+                process.send_signal(signal.SIGTERM)
+                process.wait(30)
+        assert log.read_text().count("gRPC serves phone numbers and message texts in plain text") == warned
 
     def test_port_in_use_is_one_line_exit_1(self, tmp_path: Path) -> None:
         """A port in use stops start-up with exit 1 and one line saying what and where."""
