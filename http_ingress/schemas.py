@@ -18,6 +18,7 @@ other field is tolerant.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable
@@ -315,12 +316,37 @@ def parse_callback(body: bytes) -> ParsedCallback:
     not a JSON object).
     """
     adjusted: list[Adjustment] = []
-    fields = _validate(_CALLBACK, body, adjusted)
+    fields = _validate(_CALLBACK, body, adjusted, _CALLBACK_IDENTITY)
     return ParsedCallback(pb.ViberCallback(**fields, raw_json=body.decode("utf-8")), adjusted)
 
 
-def _validate(adapter: TypeAdapter[Any], body: bytes, adjusted: list[Adjustment]) -> dict[str, Any]:
-    """The body's fields as the keyword arguments of its protobuf message."""
+#: The fields that identify a body: the only ones whose text may refuse it.
+_CALLBACK_IDENTITY = frozenset({"trackingId", "status.name", "status.updatedDate"})
+_INBOUND_IDENTITY = frozenset({"from", "sentDate"})
+_UTF8_BOM = b"\xef\xbb\xbf"
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _validate(
+    adapter: TypeAdapter[Any], body: bytes, adjusted: list[Adjustment], identity: frozenset[str]
+) -> dict[str, Any]:
+    """The body's fields as the keyword arguments of its protobuf message.
+
+    JSON that the strict parser refuses only for a UTF-8 byte-order mark or a lone surrogate escape (``"\\ud83d"``,
+    valid JSON text but no character) is repaired and validated again: the mark dropped, each lone surrogate
+    replaced by U+FFFD, unless it is in an identity field (then the body is refused, naming it). ``raw_json``
+    keeps the body as it came either way.
+    """
+    try:
+        return _validated(adapter, body, adjusted)
+    except MalformedJsonError:
+        repaired = _repaired(body, identity)
+        if repaired is None:
+            raise
+        return _validated(adapter, repaired, adjusted)
+
+
+def _validated(adapter: TypeAdapter[Any], body: bytes, adjusted: list[Adjustment]) -> dict[str, Any]:
     try:
         fields: dict[str, Any] = adapter.validate_json(body, context={"adjusted": adjusted})
         return fields
@@ -333,6 +359,32 @@ def _validate(adapter: TypeAdapter[Any], body: bytes, adjusted: list[Adjustment]
             ) from None
         field_path = ".".join(str(part) for part in first["loc"])
         raise InvalidCallbackError(field_path, first["msg"]) from None
+
+
+def _repaired(body: bytes, identity: frozenset[str]) -> bytes | None:
+    """The body without a byte-order mark and with lone surrogates replaced; None when that does not make it JSON."""
+    try:
+        document = json.loads(body.removeprefix(_UTF8_BOM))
+    except (ValueError, RecursionError):
+        return None
+    return json.dumps(_without_surrogates(document, "", identity), ensure_ascii=False).encode()
+
+
+def _without_surrogates(value: Any, path: str, identity: frozenset[str]) -> Any:
+    if isinstance(value, str):
+        if _LONE_SURROGATE.search(value) is None:
+            return value
+        if path in identity:
+            raise InvalidCallbackError(path, "holds a lone surrogate escape, which is no character")
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {
+            _LONE_SURROGATE.sub("\ufffd", key): _without_surrogates(item, f"{path}.{key}" if path else key, identity)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_without_surrogates(item, path, identity) for item in value]
+    return value
 
 
 # -- inbound messages ------------------------------------------------------------------------------------------
@@ -403,5 +455,5 @@ def parse_inbound(body: bytes) -> ParsedInbound:
     field, when ``from`` or ``sentDate`` is missing or unusable (or the body is not a JSON object).
     """
     adjusted: list[Adjustment] = []
-    fields = _validate(_INBOUND, body, adjusted)
+    fields = _validate(_INBOUND, body, adjusted, _INBOUND_IDENTITY)
     return ParsedInbound(pb.InboundMessage(**fields, raw_json=body.decode("utf-8")), adjusted)

@@ -225,6 +225,16 @@ class TestNothingRouteeSendsIsLost:
         )
         assert counted == 1
 
+    async def test_a_byte_order_mark_and_a_lone_surrogate_are_kept_with_200(self, harness: Harness) -> None:
+        """A UTF-8 byte-order mark, and a lone surrogate escape in a field the service does not even know: 200,
+        stored, raw_json as it came."""
+        body = b"\xef\xbb\xbf" + fixture_bodies()["01-m1-queued.json"][:-2] + b', "note": "\\udc00"}'
+        assert body.endswith(b'"\\udc00"}')
+        response = await post(harness, body)
+        assert response.status_code == 200, response.text
+        [event] = await harness.store.history("a1b2c3d4-0000-4000-8000-000000000001")
+        assert event.status_name == "Queued"
+
     async def test_a_422_from_an_allowed_sender_is_quarantined_and_a_retry_counted(self, harness: Harness) -> None:
         """The refused body, its sender and the answer are kept; the same body again only raises the count."""
         body = b'{"trackingId": "t", "status": {"name": "Queued"}}'

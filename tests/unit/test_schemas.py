@@ -386,3 +386,50 @@ class TestInboundMessages:
             ("inbound.message", "coerced"),
             ("inbound.referenceTrackingId", "dropped"),
         ]
+
+
+def _with_escape(document: dict[str, Any], *path: str) -> bytes:
+    """The document as JSON with the text at ``path`` a lone surrogate escape (valid JSON, no character)."""
+    document = copy.deepcopy(document)
+    target = document
+    for key in path[:-1]:
+        target = target.setdefault(key, {})
+    target[path[-1]] = "PLACEHOLDER"
+    return json.dumps(document).replace('"PLACEHOLDER"', '"a\\ud83db"').encode()
+
+
+class TestOddText:
+    """A lone surrogate escape or a byte-order mark refuses a body only in an identity field."""
+
+    @pytest.mark.parametrize("path", [("to",), ("body", "text"), ("status", "reason", "description"), ("extra",)])
+    def test_a_lone_surrogate_in_a_secondary_field_is_replaced(self, path: tuple[str, ...]) -> None:
+        body = _with_escape(fixture("01-m1-queued.json"), *path)
+        callback = parse_callback(body).callback
+        assert callback.tracking_id == fixture("01-m1-queued.json")["trackingId"]
+        assert callback.raw_json == body.decode()  # Kept as it came, escape and all.
+        if path == ("to",):
+            assert callback.recipient == "a\ufffdb"
+
+    @pytest.mark.parametrize("path", [("trackingId",), ("status", "name"), ("status", "updatedDate")])
+    def test_a_lone_surrogate_in_an_identity_field_refuses_it(self, path: tuple[str, ...]) -> None:
+        with pytest.raises(InvalidCallbackError) as caught:
+            parse_callback(_with_escape(fixture("01-m1-queued.json"), *path))
+        assert caught.value.field == ".".join(path)
+
+    def test_a_byte_order_mark_is_tolerated(self) -> None:
+        body = b"\xef\xbb\xbf" + fixture_bodies()["01-m1-queued.json"]
+        callback = parse_callback(body).callback
+        assert callback.status.name == "Queued"
+        assert callback.raw_json == body.decode()
+
+    def test_inbound_messages_likewise(self) -> None:
+        reply = json.loads(next(iter(inbound_bodies().values())))
+        assert parse_inbound(_with_escape(reply, "message")).message.text == "a\ufffdb"
+        with pytest.raises(InvalidCallbackError) as caught:
+            parse_inbound(_with_escape(reply, "from"))
+        assert caught.value.field == "from"
+
+    def test_what_is_still_not_json_is_refused(self) -> None:
+        for body in (b"\xef\xbb\xbf{", b'{"trackingId": "\xff"}', b"[" * 5000 + b"]" * 5000):
+            with pytest.raises((MalformedJsonError, InvalidCallbackError)):
+                parse_callback(body)
