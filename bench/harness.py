@@ -104,7 +104,7 @@ def service(workdir: Path, *extra: str, database: str | None = None) -> Iterator
         "--http-bind", f"127.0.0.1:{http_port}", "--grpc-bind", f"127.0.0.1:{grpc_port}",
         "--database", database or str(workdir / f"bench-{http_port}.db"),
         "--allowlist-host", "", "--allow-cidr", "127.0.0.0/8",
-        "--log-level", "WARNING", "--max-streams", "20000", *extra,
+        "--log-level", "WARNING", "--max-streams", "20000", "--max-streams-per-client", "20000", *extra,
     ]  # fmt: skip
     with process(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
         wait_http(http_port)

@@ -62,6 +62,7 @@ class Settings:
     quarantine_max_mb: float = 64.0
     quarantine_days: float = 14.0
     max_streams: int = 20_000
+    max_streams_per_client: int = 5_000
     subscriber_queue_size: int = 1024
     progress_interval: float = 15.0
     shutdown_grace: float = 10.0
@@ -329,6 +330,14 @@ OPTIONS: tuple[Option, ...] = (
         "DAYS",
     ),
     Option("--max-streams", "max_streams", _positive(int), "most concurrent StreamStatusUpdates streams", "N"),
+    Option(
+        "--max-streams-per-client",
+        "max_streams_per_client",
+        _positive(int),
+        "most concurrent streams of one client (its TLS client certificate's name, else its address; behind a TCP"
+        " load balancer every client has the balancer's address)",
+        "N",
+    ),
     Option(
         "--subscriber-queue-size",
         "subscriber_queue_size",

@@ -57,14 +57,24 @@ class MessageStatusServicer:
     """Serves message status from the store and live updates from the broker."""
 
     def __init__(
-        self, store: LogReader, broker: Broker, metrics: Metrics, *, max_streams: int, progress_interval: float
+        self,
+        store: LogReader,
+        broker: Broker,
+        metrics: Metrics,
+        *,
+        max_streams: int,
+        progress_interval: float,
+        max_streams_per_client: int | None = None,
     ) -> None:
         self._store = store
         self._broker = broker
         self._metrics = metrics
         self._max_streams = max_streams
+        self._max_per_client = max_streams_per_client or max_streams
         self._progress_interval = progress_interval
         self._streams = 0
+        #: Open streams by client (its certificate's name, else its address); a client leaves when it has none.
+        self._streams_by_client: dict[str, int] = {}
 
     async def GetMessageStatus(  # noqa: N802 (the RPC's name)
         self, request: pb2.GetMessageStatusRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -184,14 +194,21 @@ class MessageStatusServicer:
         snapshot: bool = False,
     ) -> AsyncIterator[bytes]:
         """The entries of the filter: those after ``after_sequence`` (or a snapshot) first, then live, in order."""
+        client = client_identity(context)
         if self._streams >= self._max_streams:
             error = ResourceExhaustedError(f"the server already serves {self._max_streams} streams; retry later")
+            await context.abort(grpc_code(error), str(error))
+        if self._streams_by_client.get(client, 0) >= self._max_per_client:
+            error = ResourceExhaustedError(
+                f"this client ({client}) already has {self._max_per_client} streams open; close one or retry later"
+            )
             await context.abort(grpc_code(error), str(error))
         try:
             subscription = self._broker.subscribe(event_filter)
         except RouteeCallbacksError as ex:
             await context.abort(grpc_code(ex), str(ex))
         self._streams += 1
+        self._streams_by_client[client] = self._streams_by_client.get(client, 0) + 1
         self._metrics.subscribers.inc()
         position = subscription.start_sequence
         try:
@@ -252,6 +269,10 @@ class MessageStatusServicer:
         finally:
             self._broker.unsubscribe(subscription)
             self._streams -= 1
+            if (left := self._streams_by_client[client] - 1) == 0:
+                del self._streams_by_client[client]
+            else:
+                self._streams_by_client[client] = left
             self._metrics.subscribers.dec()
 
     async def _replay(self, event_filter: EventFilter, after_sequence: int) -> AsyncIterator[Update]:
@@ -289,6 +310,19 @@ def _message_status(
     # A conversation reads in the order its messages were written, whatever order Routee delivered them in.
     response.replies.sort(key=lambda message: (message.send_time.seconds, message.send_time.nanos, message.sequence))
     return response
+
+
+def client_identity(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """Who a call comes from, for per-client limits: the common name of its TLS client certificate when it has one,
+    else its address without the port (every connection of one host is one client)."""
+    name = next(iter(context.auth_context().get("x509_common_name", ())), None)
+    if name is not None:
+        return f"certificate {name.decode(errors='replace')}"
+    peer = context.peer()  # ipv4:10.0.0.1:5000, ipv6:[::1]:5000, unix:...
+    kind, _, address = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        return address.rpartition(":")[0].strip("[]")
+    return peer
 
 
 def _check_id(field: str, value: str, *, required: bool = True) -> None:

@@ -200,7 +200,12 @@ def build_worker(settings: Settings, instance: Instance) -> WorkerParts:
         wanted=lambda: broker.subscriber_count > 0,
     )
     servicer = MessageStatusServicer(
-        store, broker, metrics, max_streams=settings.max_streams, progress_interval=settings.progress_interval
+        store,
+        broker,
+        metrics,
+        max_streams=settings.max_streams,
+        max_streams_per_client=settings.max_streams_per_client,
+        progress_interval=settings.progress_interval,
     )
     allowlist = build_allowlist(settings, metrics)
     ingest = RemoteIngest(log.client, parsers(metrics))

@@ -40,15 +40,23 @@ def callback(index: int, campaign: str = "load", name: str = "Queued") -> pb.Vib
 class Server(Embedded):
     """The embedded service with its gRPC server on a free port and a stub on a real channel."""
 
-    def __init__(self, database: str, *, queue_size: int, progress: float, max_streams: int) -> None:
+    def __init__(
+        self, database: str, *, queue_size: int, progress: float, max_streams: int, per_client: int | None = None
+    ) -> None:
         super().__init__(database, queue_size=queue_size)
         servicer = MessageStatusServicer(
-            self.store, self.broker, self.metrics, max_streams=max_streams, progress_interval=progress
+            self.store,
+            self.broker,
+            self.metrics,
+            max_streams=max_streams,
+            max_streams_per_client=per_client,
+            progress_interval=progress,
         )
-        self.server, port = create_server(
-            HostPort("127.0.0.1", 0), servicer, health.aio.HealthServicer(), max_streams=max_streams
+        # Every interface, IPv6 and IPv4: a channel to ::1 and one to 127.0.0.1 are two clients.
+        self.server, self.port = create_server(
+            HostPort("::", 0), servicer, health.aio.HealthServicer(), max_streams=max_streams
         )
-        self.stub = pb2_grpc.MessageStatusServiceStub(grpc.aio.insecure_channel(f"127.0.0.1:{port}"))
+        self.stub = pb2_grpc.MessageStatusServiceStub(grpc.aio.insecure_channel(f"127.0.0.1:{self.port}"))
 
     async def start(self) -> None:
         await super().start()
@@ -60,8 +68,21 @@ class Server(Embedded):
         await super().stop()
 
 
-async def start(tmp_path: Path, *, queue_size: int = 1024, progress: float = 30.0, max_streams: int = 100) -> Server:
-    server = Server(str(tmp_path / "grpc.db"), queue_size=queue_size, progress=progress, max_streams=max_streams)
+async def start(
+    tmp_path: Path,
+    *,
+    queue_size: int = 1024,
+    progress: float = 30.0,
+    max_streams: int = 100,
+    per_client: int | None = None,
+) -> Server:
+    server = Server(
+        str(tmp_path / "grpc.db"),
+        queue_size=queue_size,
+        progress=progress,
+        max_streams=max_streams,
+        per_client=per_client,
+    )
     await server.start()
     return server
 
@@ -323,6 +344,33 @@ class TestSlowAndMany:
             await again.initial_metadata()
             again.cancel()
             calls[1].cancel()
+        finally:
+            await running.stop()
+
+    async def test_one_client_cannot_take_every_stream(self, tmp_path: Path) -> None:
+        """Past its own limit a client's next stream gets RESOURCE_EXHAUSTED while another client (another
+        address) still opens one; the client's closed streams free its places, on any of its connections."""
+        running = await start(tmp_path, max_streams=10, per_client=2)
+        other = pb2_grpc.MessageStatusServiceStub(grpc.aio.insecure_channel(f"[::1]:{running.port}"))
+        second_connection = pb2_grpc.MessageStatusServiceStub(grpc.aio.insecure_channel(f"127.0.0.1:{running.port}"))
+        try:
+            calls = [running.stub.StreamInboundMessages(pb2.StreamInboundMessagesRequest()) for _ in range(2)]
+            for call in calls:
+                await call.initial_metadata()
+            for stub in (running.stub, second_connection):  # The same client, whatever the connection.
+                extra = stub.StreamStatusUpdates(pb2.StreamStatusUpdatesRequest())
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await extra.read()
+                assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "this client (127.0.0.1) already has 2 streams open" in (caught.value.details() or "")
+            elsewhere = other.StreamStatusUpdates(pb2.StreamStatusUpdatesRequest())
+            await elsewhere.initial_metadata()
+            calls[0].cancel()
+            await asyncio.sleep(0.2)
+            again = second_connection.StreamStatusUpdates(pb2.StreamStatusUpdatesRequest())
+            await again.initial_metadata()
+            for call in (again, elsewhere, calls[1]):
+                call.cancel()
         finally:
             await running.stop()
 
