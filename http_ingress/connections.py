@@ -10,6 +10,10 @@ What a connection may do, decided before the app sees a request:
   While more than ``stranger_budget`` strangers wait at once (an attack), a
   new one is dropped on the spot. So no number of strangers can hold the
   process's file descriptors.
+- **Size limits.** A request's head (request line and headers) is at most
+  ``MAX_HEAD_BYTES`` and ``MAX_HEADER_LINES`` lines, counted as its bytes
+  arrive, before the parser buffers them: past either, ``431`` and the
+  connection is closed.
 - **Time limits.** A request's headers must arrive within ``header_timeout``
   of its first byte (or of the connection, for its first request), its body
   within ``body_timeout`` of its headers; otherwise ``408`` and the connection
@@ -42,6 +46,7 @@ from typing import Any, ClassVar
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from http_ingress.errors import PROBLEM_JSON, problem
+from service.limits import MAX_HEAD_BYTES, MAX_HEADER_LINES
 from service.tls import ReloadingContext
 
 _LOGGER = logging.getLogger(__name__)
@@ -137,6 +142,9 @@ class Connection(HttpToolsProtocol):
         self._deadline_kind = ""
         self._stranger: asyncio.Transport | None = None
         self._upgrading = False
+        # The head of the request being received: its bytes and lines so far, the last bytes of the previous read
+        # (its end may straddle two reads); None once the head is complete, until the next request.
+        self._head: tuple[int, int, bytes] | None = (0, 0, b"")
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Turn away strangers and connections past capacity; start the clock for the first request's headers."""
@@ -215,6 +223,17 @@ class Connection(HttpToolsProtocol):
             )
             self._stranger.close()
             return
+        if (head := self._head) is not None and not self._head_fits(head, data):
+            self.policy.refused("header_too_large")
+            _write_problem(
+                self.transport,
+                HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "header_too_large",
+                f"a request head is at most {MAX_HEAD_BYTES} bytes and {MAX_HEADER_LINES} header lines",
+            )
+            self._disarm()
+            self.transport.close()
+            return
         super().data_received(data)
         if not self._in_request or self.transport.is_closing():
             self._disarm()
@@ -236,7 +255,22 @@ class Connection(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         """Its body is all there."""
         self._in_request = False
+        self._head = (0, 0, b"")  # What comes next is the head of the next request.
         super().on_message_complete()
+
+    def _head_fits(self, head: tuple[int, int, bytes], data: bytes) -> bool:
+        """Count what ``data`` adds to the head being received; tell whether the head is still within bounds."""
+        size, lines, tail = head
+        window = tail + data
+        end = min(
+            (found + len(mark) for mark in (b"\r\n\r\n", b"\n\n") if (found := window.find(mark)) >= 0), default=-1
+        )
+        part = window[len(tail) : end] if end >= 0 else data
+        size, lines = size + len(part), lines + part.count(b"\n")
+        if size > MAX_HEAD_BYTES or lines > MAX_HEADER_LINES + 2:  # + the request line and the empty line
+            return False
+        self._head = None if end >= 0 else (size, lines, window[-3:])
+        return True
 
     def _arm(self, kind: str, seconds: float) -> None:
         if self._deadline is not None and self._deadline_kind == kind:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 #: The longest callback body accepted over HTTP, in bytes (longer: 413).
 MAX_BODY_BYTES = 64 * 1024
+#: The longest HTTP request head (request line and headers, as nginx's large_client_header_buffers 4 x 8k would
+#: hold it in two buffers) and the most header lines in it; past either: 431, and the connection is closed.
+MAX_HEAD_BYTES = 16 * 1024
+MAX_HEADER_LINES = 100
 #: The longest identifier accepted, in characters: a tracking id, a campaign tracking id, a status name. Routee's
 #: are UUIDs (36); a callback with a longer ``trackingId`` cannot be identified (422), a request naming one is
 #: refused (INVALID_ARGUMENT).

@@ -24,7 +24,14 @@ from typing import Protocol, TypeVar
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 #: Label values known in advance (exported at 0 from the start).
-REFUSAL_REASONS = ("source_not_allowed", "over_capacity", "tls_handshake", "header_timeout", "body_timeout")
+REFUSAL_REASONS = (
+    "source_not_allowed",
+    "over_capacity",
+    "tls_handshake",
+    "header_timeout",
+    "body_timeout",
+    "header_too_large",
+)
 TRACKING_ENDPOINTS = ("token", "message", "campaign")
 TRACKING_OUTCOMES = ("ok", "not_found", "rate_limited", "server_error", "unreachable", "unauthorized", "error")
 ADJUSTMENT_ACTIONS = ("coerced", "dropped")

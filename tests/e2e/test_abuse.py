@@ -13,6 +13,7 @@ import shutil
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -20,7 +21,16 @@ import pytest
 from conftest import StartService
 from routee.callbacks.v1 import message_status_service_pb2 as pb2
 from routee.callbacks.v1 import message_status_service_pb2_grpc as pb2_grpc
-from support import CALLBACKS_PATH, OPEN, ServiceProcess, fixture, http_request, post_callback
+from support import (
+    CALLBACKS_PATH,
+    OPEN,
+    ServiceProcess,
+    children,
+    fixture,
+    http_request,
+    post_callback,
+    writer_process,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -146,6 +156,77 @@ class TestStrangers:
         assert head.startswith(b"HTTP/1.1 408"), answer
         assert json.loads(problem)["reason"] == "header_timeout"
         assert 0.9 < elapsed < 1.8
+
+
+def worker_rss_kib(service: ServiceProcess) -> int:
+    """The resident memory of the service's worker (the child that is not the writer), in KiB."""
+    writer = writer_process(service)
+    (worker,) = [pid for pid in children(service.process.pid) if pid != writer]
+    status = Path(f"/proc/{worker}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+
+
+def send_until_closed(sock: socket.socket, head: bytes, line: bytes, most: int) -> tuple[int, bytes]:
+    """Send ``head``, then ``line`` again and again (at most ``most`` bytes) until the server closes; return how
+    much was sent and what the server answered."""
+    sent = 0
+    sock.sendall(head)
+    with contextlib.suppress(OSError):  # A reset once the server has closed.
+        while sent < most:
+            sock.sendall(line)
+            sent += len(line)
+    answer = b""
+    with contextlib.suppress(OSError):
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return sent, answer
+
+
+class TestHeadLimits:
+    """A request head is bounded in bytes and lines, whoever sends it: 431 and the connection closed at once."""
+
+    def test_endless_headers_are_cut_off_at_the_bound_and_memory_stays(self, start_service: StartService) -> None:
+        """An allowed peer sending header lines for ever: 431 after about 16 KiB (not after the header timeout),
+        and the worker's memory does not grow with what was sent."""
+        service = start_service(*ONLY_LOCALHOST)
+        before = worker_rss_kib(service)
+        for _ in range(20):
+            with socket.create_connection(("127.0.0.1", service.http_port), timeout=10) as sock:
+                started = time.monotonic()
+                sent, answer = send_until_closed(
+                    sock,
+                    f"POST {CALLBACKS_PATH} HTTP/1.1\r\n".encode(),
+                    b"X-Filler: " + b"a" * 1000 + b"\r\n",
+                    50 << 20,
+                )
+                assert time.monotonic() - started < 5
+            assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+            assert json.loads(answer.partition(b"\r\n\r\n")[2])["reason"] == "header_too_large"
+            assert sent < 50 << 20, "the server read everything"
+        assert worker_rss_kib(service) - before < 20 * 1024
+        assert post_callback(service.http_port, json.dumps(fixture("01-m1-queued.json")).encode()).status == 200
+
+    @pytest.mark.parametrize(
+        ("lines", "head_bytes", "status"),
+        [(100, None, 200), (101, None, 431), (4, 16 * 1024, 200), (4, 16 * 1024 + 1, 431)],
+        ids=["100-lines", "101-lines", "16384-bytes", "16385-bytes"],
+    )
+    def test_the_bounds(self, start_service: StartService, lines: int, head_bytes: int | None, status: int) -> None:
+        """100 header lines and a head of 16 KiB pass; one line or one byte more does not (a stranger's request
+        never gets this far: it is turned away at the door)."""
+        service = start_service(*ONLY_LOCALHOST)
+        body = json.dumps(fixture("01-m1-queued.json")).encode()
+        fixed = [f"POST {CALLBACKS_PATH} HTTP/1.1", "Content-Type: application/json", f"Content-Length: {len(body)}"]
+        extra = [f"X-{n}: a" for n in range(lines - len(fixed) + 1)]  # The request line is no header line.
+        head = "\r\n".join([*fixed, *extra]).encode() + b"\r\n\r\n"
+        if head_bytes is not None:
+            head = head[:-4] + b"b" * (head_bytes - len(head)) + b"\r\n\r\n"
+            assert len(head) == head_bytes
+        assert head.count(b"\r\n") - 2 == lines
+        with socket.create_connection(("127.0.0.1", service.http_port), timeout=10) as sock:
+            sock.sendall(head + body)
+            answer = sock.recv(65536)
+        assert answer.startswith(f"HTTP/1.1 {status}".encode()), answer[:200]
 
 
 class TestSlowHttpClients:
