@@ -248,27 +248,35 @@ class Allowlist:
         self.dns = dns_allowlist
         self._clients: dict[tuple[str, str | None], _Client] = {}
 
-    def admits(self, peer: str) -> bool:
-        """Whether a peer may open a connection at all (decided before any request is read).
+    def door(self, peer: str) -> str | None:
+        """Whether a peer may open a connection at all (decided before any request is read): None when it may,
+        else why not: ``source_not_allowed`` (it gets 403 at the door), or ``allowlist_unavailable`` (503 at the
+        door: the DNS allowlist has no usable answer to tell, and Routee retries a 503).
 
         Trusted proxies speak for others and are admitted; so are monitoring networks (probes and scrapes; their
-        callbacks still get 403), every allowed address, and everybody while the DNS allowlist has no usable
-        answer (they get 503 then, not a closed door: Routee retries a 503).
+        callbacks still get 403) and every allowed address.
         """
         try:
             address = parse_address(peer)
         except ValueError:
-            return False
+            return "source_not_allowed"
         if any(
             _within(address, networks) for networks in (self._trusted_proxies, self._allow_cidrs, self._monitor_cidrs)
         ):
-            return True
+            return None
         if self.dns is None:
-            return False
+            return "source_not_allowed"
         try:
-            return address in self.dns.addresses()
+            return None if address in self.dns.addresses() else "source_not_allowed"
         except AllowlistUnavailableError:
-            return True
+            return "allowlist_unavailable"
+
+    def check_monitor(self, peer: str, forwarded_for: str | None) -> None:
+        """Raise SourceNotAllowedError unless the client (after X-Forwarded-For from trusted proxies) is in a
+        monitoring network: probes, metrics and the API description are for them only."""
+        address = client_address(peer, forwarded_for, self._trusted_proxies)
+        if not _within(address, self._monitor_cidrs):
+            raise SourceNotAllowedError(f"{address} may not read monitoring pages (--monitor-cidr)")
 
     def check(self, peer: str, forwarded_for: str | None) -> IPAddress:
         """Return the client address when it is allowed.

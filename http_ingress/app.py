@@ -19,6 +19,21 @@ from service.store import INBOUND
 
 CALLBACKS_PATH = "/v1/callbacks/viber"
 INBOUND_PATH = "/v1/callbacks/viber/inbound"
+#: Pages for the monitoring networks only (--monitor-cidr): probes, metrics, the API description.
+MONITORING_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
+
+
+class MonitoringOnly:
+    """Refuses the monitoring pages (403) to every client outside the monitoring networks, judged by the address
+    after ``X-Forwarded-For`` from trusted proxies: behind a load balancer, the balancer speaks for others."""
+
+    def __init__(self, allowlist: Allowlist) -> None:
+        self._allowlist = allowlist
+
+    async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """Check the client of a monitoring page."""
+        if req.path in MONITORING_PATHS:
+            self._allowlist.check_monitor(req.remote_addr, req.get_header("X-Forwarded-For"))
 
 
 def create_app(
@@ -33,7 +48,7 @@ def create_app(
     """Build the ingress app; it starts nothing and reads no environment. ``readiness`` is what /readyz checks
     (by default the ingest's store and the allowlist); ``reconcile`` tells it what reconciliation is doing (when
     it is configured)."""
-    app = falcon.asgi.App(middleware=list(middleware))
+    app = falcon.asgi.App(middleware=[MonitoringOnly(allowlist), *middleware])
     app.add_route(CALLBACKS_PATH, CallbacksResource(ingest, allowlist, metrics))
     app.add_route(INBOUND_PATH, CallbacksResource(ingest, allowlist, metrics, kind=INBOUND))
     app.add_route("/healthz", HealthResource())

@@ -52,8 +52,8 @@ from service.tls import ReloadingContext
 _LOGGER = logging.getLogger(__name__)
 
 
-def _admit_everyone(peer: str) -> bool:
-    return True
+def _admit_everyone(peer: str) -> str | None:
+    return None
 
 
 def _ignore(reason: str) -> None:
@@ -71,8 +71,9 @@ class ConnectionPolicy:
     stranger_budget: int = 64
     #: Serve HTTPS: admitted peers are upgraded to TLS (within header_timeout); strangers never get a handshake.
     tls: ReloadingContext | None = None
-    #: Whether a peer address may open a connection at all.
-    admit: Callable[[str], bool] = _admit_everyone
+    #: Whether a peer address may open a connection at all: None when it may, else the reason it may not
+    #: (``source_not_allowed``: 403 at the door; ``allowlist_unavailable``: 503 at the door).
+    admit: Callable[[str], str | None] = _admit_everyone
     #: Told the reason of every connection refused or cut off (for metrics).
     refused: Callable[[str], None] = _ignore
 
@@ -141,6 +142,7 @@ class Connection(HttpToolsProtocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._deadline_kind = ""
         self._stranger: asyncio.Transport | None = None
+        self._stranger_reason = ""
         self._upgrading = False
         # The head of the request being received: its bytes and lines so far, the last bytes of the previous read
         # (its end may straddle two reads); None once the head is complete, until the next request.
@@ -155,13 +157,14 @@ class Connection(HttpToolsProtocol):
         tls = self.policy.tls
         peer = transport.get_extra_info("peername")
         host = peer[0] if isinstance(peer, tuple) else ""
-        if not self.policy.admit(host):
-            self.policy.refused("source_not_allowed")
+        if (refusal := self.policy.admit(host)) is not None:
+            self.policy.refused(refusal)
             if tls is not None or type(self).waiting_strangers >= self.policy.stranger_budget:
                 transport.abort()  # No answer a TLS client could read, or too many at once: no descriptor held.
                 return
             type(self).waiting_strangers += 1
             self._stranger = transport
+            self._stranger_reason = refusal
             self._deadline = self.loop.call_later(self.policy.stranger_grace, self._drop_stranger)
             return
         if len(self.server_state.connections) >= self.policy.max_connections:
@@ -218,9 +221,20 @@ class Connection(HttpToolsProtocol):
             self._disarm()
             peer = self._stranger.get_extra_info("peername")
             host = peer[0] if isinstance(peer, tuple) else "?"
-            _write_problem(
-                self._stranger, HTTPStatus.FORBIDDEN, "source_not_allowed", f"{host} is not an allowed callback sender"
-            )
+            if self._stranger_reason == "allowlist_unavailable":
+                _write_problem(
+                    self._stranger,
+                    HTTPStatus.SERVICE_UNAVAILABLE,
+                    "allowlist_unavailable",
+                    "the allowlist of callback senders is not resolved yet; retry later",
+                )
+            else:
+                _write_problem(
+                    self._stranger,
+                    HTTPStatus.FORBIDDEN,
+                    "source_not_allowed",
+                    f"{host} is not an allowed callback sender",
+                )
             self._stranger.close()
             return
         if (head := self._head) is not None and not self._head_fits(head, data):

@@ -363,9 +363,9 @@ def _validated(adapter: TypeAdapter[Any], body: bytes, adjusted: list[Adjustment
 
 def _repaired(body: bytes, identity: frozenset[str]) -> bytes | None:
     """The body without a byte-order mark and with lone surrogates replaced; None when that does not make it JSON."""
-    try:
-        document = json.loads(body.removeprefix(_UTF8_BOM))
-    except (ValueError, RecursionError):
+    try:  # UTF-8 only, as the strict parser: json.loads would take UTF-16 and UTF-32 too.
+        document = json.loads(body.removeprefix(_UTF8_BOM).decode("utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError.
         return None
     return json.dumps(_without_surrogates(document, "", identity), ensure_ascii=False).encode()
 

@@ -31,6 +31,7 @@ REFUSAL_REASONS = (
     "header_timeout",
     "body_timeout",
     "header_too_large",
+    "allowlist_unavailable",
 )
 TRACKING_ENDPOINTS = ("token", "message", "campaign")
 TRACKING_OUTCOMES = ("ok", "not_found", "rate_limited", "server_error", "unreachable", "unauthorized", "error")
@@ -117,8 +118,9 @@ class Metrics:
         )
         self.connections_refused = Counter(
             "routee_callbacks_http_connections_refused",
-            "HTTP connections turned away or cut off before the app saw a request, by reason (source_not_allowed,"
-            " over_capacity, header_timeout).",
+            "HTTP connections turned away or cut off before the app saw a request, by reason ("
+            + ", ".join(REFUSAL_REASONS)
+            + ").",
             ["reason"],
             registry=self.registry,
         )

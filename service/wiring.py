@@ -226,7 +226,7 @@ def build_worker(settings: Settings, instance: Instance) -> WorkerParts:
         header_timeout=settings.header_timeout,
         body_timeout=settings.body_timeout,
         max_connections=connection_capacity(),
-        admit=allowlist.admits,
+        admit=allowlist.door,
         refused=lambda reason: metrics.connections_refused.labels(reason).inc(),
     )
     reconcile = ReconcileState(instance.reconcile_state).get if settings.routee_credentials() else None

@@ -39,7 +39,7 @@ class Harness(Embedded):
 
 @pytest.fixture
 async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
-    harness = Harness(tmp_path, Allowlist(allow_cidrs=[LOOPBACK]))
+    harness = Harness(tmp_path, Allowlist(allow_cidrs=[LOOPBACK], monitor_cidrs=[LOOPBACK]))
     await harness.start()
     yield harness
     await harness.stop()
@@ -288,7 +288,7 @@ class TestNothingRouteeSendsIsLost:
 
     async def test_an_injected_failure_that_is_not_a_database_error_is_503_then_200(self, tmp_path: Path) -> None:
         """The writer survives a bug in a batch: that callback gets 503 and the next one 200."""
-        harness = Harness(tmp_path, Allowlist(allow_cidrs=[LOOPBACK]))
+        harness = Harness(tmp_path, Allowlist(allow_cidrs=[LOOPBACK], monitor_cidrs=[LOOPBACK]))
         store = harness.store
         real_write = store.write
         failures = [RuntimeError("a bug in the middle of a batch")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 
@@ -94,11 +95,20 @@ class TestDnsAllowlist:
         """Started while DNS fails: 503 and not ready, then recovery without a restart."""
         zone, port = dns_zone
         zone.mode = "servfail"
-        service = start_service(*dns_args(port), ready_path="/healthz")
+        service = start_service(*dns_args(port, "--monitor-cidr", "127.0.0.1/32"), ready_path="/healthz")
         assert status_from(service, "127.0.0.2") == 503
         answer = post_callback(service.http_port, BODY, source="127.0.0.2")
         assert answer.json()["reason"] == "allowlist_unavailable"
         assert http_request(service.http_port, "GET", "/readyz").status == 503
+        # A stranger meanwhile gets the door, not the app: 503 on its first bytes (even for a monitoring page),
+        # and a silent one is dropped after the door's grace, not held.
+        door = http_request(service.http_port, "GET", "/metrics", source="127.0.0.9")
+        assert (door.status, door.json()["reason"]) == (503, "allowlist_unavailable")
+        with socket.create_connection(("127.0.0.1", service.http_port), source_address=("127.0.0.9", 0)) as silent:
+            silent.settimeout(10)
+            started = time.monotonic()
+            assert silent.recv(1) == b""
+            assert time.monotonic() - started < 3
         zone.mode = "ok"
         eventually(lambda: status_from(service, "127.0.0.2") == 200, 15, "the allowlist recovers")
         assert http_request(service.http_port, "GET", "/readyz").status == 200
@@ -110,7 +120,18 @@ class TestForwardedFor:
     def test_trusted_and_untrusted_peers(self, start_service: StartService, dns_zone: tuple[Zone, int]) -> None:
         """From the proxy, the right-most untrusted entry decides; from anyone else the header is ignored."""
         _, port = dns_zone
-        service = start_service(*dns_args(port, "--trusted-proxy", "127.0.0.10/32"), ready_path="/readyz")
+        service = start_service(
+            *dns_args(
+                port,
+                "--trusted-proxy",
+                "127.0.0.10/32",
+                "--monitor-cidr",
+                "127.0.0.1/32",
+                "--monitor-cidr",
+                "127.0.0.10/32",
+            ),
+            ready_path="/readyz",
+        )
         proxy = "127.0.0.10"
         assert status_from(service, proxy) == 403  # The proxy itself is not Routee.
         assert status_from(service, proxy, X_Forwarded_For="127.0.0.2") == 200
@@ -122,3 +143,10 @@ class TestForwardedFor:
         malformed = post_callback(service.http_port, BODY, source=proxy, X_Forwarded_For="127.0.0.2, garbage")
         assert malformed.status == 403
         assert "malformed" in malformed.json()["detail"]
+        # Monitoring pages: the balancer's own probe reads them; a client it forwards from outside the monitoring
+        # networks does not, nor does an allowed sender.
+        for path in ("/metrics", "/readyz", "/healthz", "/openapi.json"):
+            assert http_request(service.http_port, "GET", path, source=proxy).status in (200, 503), path
+            outside = {"X-Forwarded-For": "203.0.113.7"}
+            assert http_request(service.http_port, "GET", path, source=proxy, headers=outside).status == 403, path
+            assert http_request(service.http_port, "GET", path, source="127.0.0.2").status == 403, path

@@ -176,3 +176,34 @@ class TestAllowlist:
         assert allowlist.check("10.2.3.4", None) == ip("10.2.3.4")
         with pytest.raises(SourceNotAllowedError):
             allowlist.check("192.0.2.1", None)
+
+    async def test_the_door_before_and_after_the_first_answer(self) -> None:
+        """Before the DNS allowlist has an answer, a stranger is turned away at the door with 503 (not admitted
+        to read and hold a connection); after it, with 403; allowed senders, proxies and monitors always pass."""
+        dns = DnsAllowlist("routee.test", FakeResolver(answer("192.0.2.1")), clock=FakeClock())
+        allowlist = Allowlist(
+            allow_cidrs=[ipaddress.ip_network("10.0.0.0/8")],
+            trusted_proxies=[ipaddress.ip_network("172.16.0.0/12")],
+            monitor_cidrs=[ipaddress.ip_network("127.0.0.0/8")],
+            dns_allowlist=dns,
+        )
+        assert [allowlist.door(peer) for peer in ("10.1.1.1", "172.16.0.9", "127.0.0.1")] == [None, None, None]
+        assert allowlist.door("203.0.113.7") == "allowlist_unavailable"
+        await dns.refresh()
+        assert allowlist.door("192.0.2.1") is None
+        assert allowlist.door("203.0.113.7") == "source_not_allowed"
+        assert allowlist.door("not an address") == "source_not_allowed"
+
+    def test_monitoring_pages_by_the_forwarded_client(self) -> None:
+        """Monitoring pages are for monitoring networks only, judged after X-Forwarded-For from a trusted proxy:
+        the proxy's own probe passes, a client on the internet behind it does not, nor does an allowed sender."""
+        allowlist = Allowlist(
+            allow_cidrs=[ipaddress.ip_network("10.0.0.0/8")],
+            trusted_proxies=[ipaddress.ip_network("192.168.1.0/24")],
+            monitor_cidrs=[ipaddress.ip_network("192.168.0.0/16")],
+        )
+        allowlist.check_monitor("192.168.1.5", None)  # The balancer's own health check.
+        allowlist.check_monitor("192.168.1.5", "192.168.7.7")  # Prometheus through the balancer.
+        for peer, forwarded in [("192.168.1.5", "203.0.113.7"), ("10.0.0.1", None), ("203.0.113.7", "192.168.7.7")]:
+            with pytest.raises(SourceNotAllowedError):
+                allowlist.check_monitor(peer, forwarded)
