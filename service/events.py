@@ -50,13 +50,16 @@ class EventFilter:
     inbound: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class MessageState:
-    """A message as a batch read finds it: its current-status event, and its history and replies when asked."""
+    """A message as a read finds it: its current-status event, and when asked its latest events and replies (at
+    most MAX_EVENTS_PER_MESSAGE and MAX_REPLIES_PER_MESSAGE) with how many there are in all."""
 
     current: StoredEvent
     history: list[StoredEvent]
     replies: list[StoredInbound]
+    events_total: int = 0
+    replies_total: int = 0
 
 
 @dataclass(frozen=True, slots=True)

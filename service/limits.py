@@ -14,6 +14,9 @@ MAX_HEADER_LINES = 100
 MAX_ID_LENGTH = 256
 #: The most tracking ids one BatchGetMessageStatuses may ask for.
 MAX_BATCH_IDS = 1000
+#: The most status events and replies one message's answer carries (the latest ones; the answer counts them all).
+MAX_EVENTS_PER_MESSAGE = 100
+MAX_REPLIES_PER_MESSAGE = 100
 #: The largest page ListMessageStatuses returns.
 MAX_PAGE_SIZE = 1000
 #: The largest gRPC request, in bytes: the largest valid request of every RPC fits (a batch of the most ids of the

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import grpc
@@ -23,7 +23,7 @@ from service.errors import (
     ShuttingDownError,
     UnavailableError,
 )
-from service.events import EventFilter, StoredEvent, StoredInbound
+from service.events import EventFilter, MessageState
 from service.limits import MAX_BATCH_IDS, MAX_ID_LENGTH, MAX_PAGE_SIZE
 from service.metrics import Metrics
 from service.store import LogReader
@@ -87,7 +87,7 @@ class MessageStatusServicer:
         state = await self._store.message(request.tracking_id)
         if state is None:
             raise NotFoundError(f"no callback received for tracking_id {request.tracking_id!r}")
-        return _message_status(state.current, state.history, state.replies)
+        return _message_status(state)
 
     async def BatchGetMessageStatuses(  # noqa: N802 (the RPC's name)
         self, request: pb2.BatchGetMessageStatusesRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -113,7 +113,7 @@ class MessageStatusServicer:
             if state is None:
                 response.missing_tracking_ids.append(tracking_id)
             else:
-                response.statuses.append(_message_status(state.current, state.history, state.replies))
+                response.statuses.append(_message_status(state))
         return response
 
     async def ListMessageStatuses(  # noqa: N802 (the RPC's name)
@@ -130,7 +130,9 @@ class MessageStatusServicer:
         size = min(request.page_size or DEFAULT_PAGE, MAX_PAGE_SIZE)
         after = page_tokens.read(request.page_token, request.campaign_tracking_id, statuses)
         events = await self._store.list_messages(request.campaign_tracking_id, statuses, after, size + 1)
-        response = pb2.ListMessageStatusesResponse(messages=[_message_status(event, [], []) for event in events[:size]])
+        response = pb2.ListMessageStatusesResponse(
+            messages=[_message_status(MessageState(event, [], [])) for event in events[:size]]
+        )
         if len(events) > size:
             response.next_page_token = page_tokens.make(
                 request.campaign_tracking_id, statuses, events[size - 1].tracking_id
@@ -293,9 +295,8 @@ def _inbound_progress(sequence: int) -> bytes:
     return pb2.StreamInboundMessagesResponse(progress=pb2.Progress(sequence=sequence)).SerializeToString()
 
 
-def _message_status(
-    current: StoredEvent, history: Sequence[StoredEvent], replies: Sequence[StoredInbound]
-) -> pb2.GetMessageStatusResponse:
+def _message_status(state: MessageState) -> pb2.GetMessageStatusResponse:
+    current, history, replies = state.current, state.history, state.replies
     response = pb2.GetMessageStatusResponse(
         tracking_id=current.tracking_id,
         campaign_tracking_id=current.campaign_tracking_id,
@@ -303,6 +304,8 @@ def _message_status(
         status_name=current.status_name,
         sequence=current.sequence,
         events=[status_event(event) for event in history],
+        total_events=state.events_total,
+        total_replies=state.replies_total,
     )
     response.callback.MergeFromString(current.callback)  # Parsed in place: no message to build, then copy.
     for reply in replies:

@@ -41,6 +41,8 @@ from service.events import (
     StoredEvent,
     StoredInbound,
 )
+from service.limits import MAX_EVENTS_PER_MESSAGE, MAX_REPLIES_PER_MESSAGE
+from service.order import order_by
 
 #: What a body posted to the service is: a status callback, or an inbound message (a reply).
 STATUS = "status"
@@ -205,7 +207,9 @@ class LogReader(Protocol):
         """Return the inbound messages that answer a message, oldest first."""
 
     async def message(self, tracking_id: str) -> MessageState | None:
-        """Return a message's history and replies, read together (None when it has no event)."""
+        """Return a message's latest events (precedence order, its current status last) and the replies received
+        last, at most MAX_EVENTS_PER_MESSAGE and MAX_REPLIES_PER_MESSAGE, with how many there are in all; read
+        together (None when it has no event)."""
 
     async def events_after(self, after_sequence: int, event_filter: EventFilter, limit: int) -> Sequence[Entry]:
         """Return up to ``limit`` entries of the filter (status events, or inbound messages) with a greater
@@ -215,7 +219,8 @@ class LogReader(Protocol):
         """Return the current-status event of every message of the filter and the sequence it is consistent with."""
 
     async def statuses(self, tracking_ids: Sequence[str], *, history: bool = False) -> dict[str, MessageState]:
-        """Return the messages found among ``tracking_ids`` (by tracking id), with history and replies when asked."""
+        """Return the messages found among ``tracking_ids`` (by tracking id), with their latest events and replies
+        and their totals when asked (bounded as ``message``)."""
 
     async def list_messages(
         self, campaign_tracking_id: str, statuses: frozenset[int], after_tracking_id: str, limit: int
@@ -253,6 +258,53 @@ class Store(LogWriter, LogReader, Protocol):
 
     async def close(self) -> None:
         """Close every connection."""
+
+
+#: The columns of a stored event and of a stored inbound message, in the order of StoredEvent and StoredInbound.
+EVENT_COLUMNS = (
+    "sequence, tracking_id, campaign_tracking_id, status, status_name, update_us, receive_us, was_current, callback,"
+    " previous_status, source"
+)
+INBOUND_COLUMNS = "sequence, campaign_tracking_id, reference_tracking_id, receive_us, message"
+
+
+def latest_events_sql(where: str) -> str:
+    """The SQL of the latest MAX_EVENTS_PER_MESSAGE events of each message that ``where`` selects (a condition on
+    ``tracking_id``, in the engine's placeholders), in precedence order; each row ends with the count of all the
+    message's events. Both engines run it as it is."""
+    return (
+        f"SELECT {EVENT_COLUMNS}, total FROM (SELECT *,"
+        f" ROW_NUMBER() OVER (PARTITION BY tracking_id ORDER BY {order_by(descending=True)}) AS latest,"
+        f" COUNT(*) OVER (PARTITION BY tracking_id) AS total FROM events WHERE {where}) AS bounded"
+        f" WHERE latest <= {MAX_EVENTS_PER_MESSAGE} ORDER BY tracking_id, {order_by()}"
+    )
+
+
+def latest_replies_sql(where: str) -> str:
+    """The SQL of the latest MAX_REPLIES_PER_MESSAGE replies received to each message that ``where`` selects (a
+    condition on ``reference_tracking_id``), in sequence order; each row ends with the count of all its replies."""
+    return (
+        f"SELECT {INBOUND_COLUMNS}, total FROM (SELECT {INBOUND_COLUMNS},"
+        " ROW_NUMBER() OVER (PARTITION BY reference_tracking_id ORDER BY sequence DESC) AS latest,"
+        " COUNT(*) OVER (PARTITION BY reference_tracking_id) AS total FROM inbound"
+        f" WHERE {where}) AS bounded WHERE latest <= {MAX_REPLIES_PER_MESSAGE} ORDER BY reference_tracking_id, sequence"
+    )
+
+
+def with_latest(
+    found: dict[str, MessageState],
+    events: Sequence[tuple[StoredEvent, int]],
+    replies: Sequence[tuple[StoredInbound, int]],
+) -> None:
+    """Put the rows of ``latest_events_sql`` and ``latest_replies_sql`` (each with its total) into the states."""
+    for event, total in events:
+        if (state := found.get(event.tracking_id)) is not None:
+            state.history.append(event)
+            state.events_total = total
+    for reply, total in replies:
+        if (state := found.get(reply.reference_tracking_id)) is not None:
+            state.replies.append(reply)
+            state.replies_total = total
 
 
 def merge_entries(events: Sequence[StoredEvent], inbound: Sequence[StoredInbound], limit: int) -> list[Entry]:

@@ -50,8 +50,11 @@ from service.store import (
     Reschedule,
     WriteResult,
     body_digest,
+    latest_events_sql,
+    latest_replies_sql,
     merge_entries,
     oldest_beyond,
+    with_latest,
 )
 from service.store.plan import (
     Current,
@@ -201,6 +204,8 @@ _EVENT_COLUMNS = (
 )
 _HISTORY = f"SELECT {_EVENT_COLUMNS} FROM events WHERE tracking_id = %s ORDER BY {order_by()}"
 _REPLIES = f"SELECT {_INBOUND_COLUMNS} FROM inbound WHERE reference_tracking_id = %s ORDER BY sequence"
+_LATEST_EVENTS = latest_events_sql("tracking_id = %s")
+_LATEST_REPLIES = latest_replies_sql("reference_tracking_id = %s")
 
 
 class PostgresStore:
@@ -428,11 +433,13 @@ class PostgresStore:
         """Return a message's history and replies, read together (None when it has no event)."""
 
         async def read(connection: psycopg.AsyncConnection[Any]) -> MessageState | None:
-            history = _events(await (await connection.execute(_HISTORY, (tracking_id,))).fetchall())
-            if not history:
+            events = _totalled_events(await (await connection.execute(_LATEST_EVENTS, (tracking_id,))).fetchall())
+            if not events:
                 return None
-            replies = _inbound(await (await connection.execute(_REPLIES, (tracking_id,))).fetchall())
-            return MessageState(history[-1], history, replies)
+            replies = _totalled_inbound(await (await connection.execute(_LATEST_REPLIES, (tracking_id,))).fetchall())
+            state = MessageState(events[-1][0], [], [])
+            with_latest({tracking_id: state}, events, replies)
+            return state
 
         return await self._read(read)
 
@@ -479,19 +486,13 @@ class PostgresStore:
             )
             found = {event.tracking_id: MessageState(event, [], []) for event in _events(await cursor.fetchall())}
             if history and found:
-                events = await connection.execute(
-                    f"SELECT {_EVENT_COLUMNS} FROM events WHERE tracking_id = ANY(%s)"
-                    f" ORDER BY tracking_id, {order_by()}",
-                    (list(found),),
-                )
+                events = await connection.execute(latest_events_sql("tracking_id = ANY(%s)"), (list(found),))
                 replies = await connection.execute(
-                    f"SELECT {_INBOUND_COLUMNS} FROM inbound WHERE reference_tracking_id = ANY(%s) ORDER BY sequence",
-                    (list(found),),
+                    latest_replies_sql("reference_tracking_id = ANY(%s)"), (list(found),)
                 )
-                for event in _events(await events.fetchall()):
-                    found[event.tracking_id].history.append(event)
-                for reply in _inbound(await replies.fetchall()):
-                    found[reply.reference_tracking_id].replies.append(reply)
+                with_latest(
+                    found, _totalled_events(await events.fetchall()), _totalled_inbound(await replies.fetchall())
+                )
             return found
 
         return await self._read(read)
@@ -778,6 +779,14 @@ async def _add_counts(connection: psycopg.AsyncConnection[Any], counts: Mapping[
 
 def _inbound(rows: Any) -> list[StoredInbound]:
     return [StoredInbound(row[0], row[1], row[2], row[3], bytes(row[4])) for row in rows]
+
+
+def _totalled_events(rows: Any) -> list[tuple[StoredEvent, int]]:
+    return list(zip(_events(rows), (row[11] for row in rows), strict=True))
+
+
+def _totalled_inbound(rows: Any) -> list[tuple[StoredInbound, int]]:
+    return list(zip(_inbound(rows), (row[5] for row in rows), strict=True))
 
 
 async def _ameta(connection: psycopg.AsyncConnection[Any], key: str) -> int:

@@ -44,8 +44,11 @@ from service.store import (
     Reschedule,
     WriteResult,
     body_digest,
+    latest_events_sql,
+    latest_replies_sql,
     merge_entries,
     oldest_beyond,
+    with_latest,
 )
 from service.store.plan import (
     Current,
@@ -171,6 +174,8 @@ _EVENT_COLUMNS = (
 )
 _HISTORY = f"SELECT {_EVENT_COLUMNS} FROM events WHERE tracking_id = ? ORDER BY {order_by()}"
 _REPLIES = f"SELECT {_INBOUND_COLUMNS} FROM inbound WHERE reference_tracking_id = ? ORDER BY sequence"
+_LATEST_EVENTS = latest_events_sql("tracking_id = ?")
+_LATEST_REPLIES = latest_replies_sql("reference_tracking_id = ?")
 
 
 class SqliteStore:
@@ -439,13 +444,16 @@ class SqliteStore:
         return await self._read(lambda connection: _inbound(connection, _REPLIES, (tracking_id,)), inline=True)
 
     async def message(self, tracking_id: str) -> MessageState | None:
-        """Return a message's history and replies, read together (None when it has no event)."""
+        """Return a message's latest events and replies with their totals, read together (None when it has no
+        event); its current status is the last of its events in precedence order."""
 
         def read(connection: sqlite3.Connection) -> MessageState | None:
-            history = _events(connection, _HISTORY, (tracking_id,))
-            if not history:
+            events = _totalled_events(connection, _LATEST_EVENTS, (tracking_id,))
+            if not events:
                 return None
-            return MessageState(history[-1], history, _inbound(connection, _REPLIES, (tracking_id,)))
+            state = MessageState(events[-1][0], [], [])
+            with_latest({tracking_id: state}, events, _totalled_inbound(connection, _LATEST_REPLIES, (tracking_id,)))
+            return state
 
         return await self._read(read, inline=True)
 
@@ -496,21 +504,17 @@ class SqliteStore:
             )
             found = {event.tracking_id: MessageState(event, [], []) for event in current}
             if history and found:
-                for event in _events(
-                    connection,
-                    f"SELECT {_EVENT_COLUMNS} FROM events WHERE tracking_id IN (SELECT value FROM json_each(?))"
-                    f" ORDER BY tracking_id, {order_by()}",
-                    (ids,),
-                ):
-                    found[event.tracking_id].history.append(event)
-                for reply in _inbound(
-                    connection,
-                    f"SELECT {_INBOUND_COLUMNS} FROM inbound"
-                    " WHERE reference_tracking_id IN (SELECT value FROM json_each(?)) ORDER BY sequence",
-                    (ids,),
-                ):
-                    if reply.reference_tracking_id in found:
-                        found[reply.reference_tracking_id].replies.append(reply)
+                with_latest(
+                    found,
+                    _totalled_events(
+                        connection, latest_events_sql("tracking_id IN (SELECT value FROM json_each(?))"), (ids,)
+                    ),
+                    _totalled_inbound(
+                        connection,
+                        latest_replies_sql("reference_tracking_id IN (SELECT value FROM json_each(?))"),
+                        (ids,),
+                    ),
+                )
             return found
 
         return await self._read(read)
@@ -770,6 +774,18 @@ def _add_counts(connection: sqlite3.Connection, counts: Mapping[tuple[str, int],
 
 def _inbound(connection: sqlite3.Connection, sql: str, params: Sequence[object]) -> list[StoredInbound]:
     return [StoredInbound(*row) for row in connection.execute(sql, params)]
+
+
+def _totalled_events(
+    connection: sqlite3.Connection, sql: str, params: Sequence[object]
+) -> list[tuple[StoredEvent, int]]:
+    return [(_event(row), row[11]) for row in connection.execute(sql, params)]
+
+
+def _totalled_inbound(
+    connection: sqlite3.Connection, sql: str, params: Sequence[object]
+) -> list[tuple[StoredInbound, int]]:
+    return [(StoredInbound(*row[:5]), row[5]) for row in connection.execute(sql, params)]
 
 
 def _meta(connection: sqlite3.Connection, key: str) -> int:

@@ -436,6 +436,27 @@ class TestInbound:
         )
         assert [reply.text for reply in batch.statuses[0].replies] == expected
 
+    async def test_many_large_replies_keep_one_answer_small(self, server: Server) -> None:
+        """300 replies of 8 KB to one message: GetMessageStatus carries the 100 received last and counts 300, so
+        a default client reads it, alone or in a batch with history."""
+        await server.append(callback(1))
+        for number in range(300):
+            body = {
+                "from": "+306900000001",
+                "message": f"{number:03d} " + "x" * 8000,
+                "sentDate": f"2024-05-01T10:{number // 60:02d}:{number % 60:02d}Z",
+                "referenceTrackingId": "m1",
+            }
+            await server.append_inbound(json.dumps(body).encode())
+        answer = await server.stub.GetMessageStatus(pb2.GetMessageStatusRequest(tracking_id="m1"))
+        assert (len(answer.replies), answer.total_replies, answer.total_events) == (100, 300, 1)
+        assert [reply.text[:3] for reply in answer.replies] == [f"{n:03d}" for n in range(200, 300)]
+        assert answer.ByteSize() < 2 << 20  # Each reply twice (text and raw_json): far under a client's 4 MiB.
+        batch = await server.stub.BatchGetMessageStatuses(
+            pb2.BatchGetMessageStatusesRequest(tracking_ids=["m1", "m2"], include_history=True)
+        )
+        assert [(status.tracking_id, status.total_replies) for status in batch.statuses] == [("m1", 300)]
+
     async def test_a_campaign_stream_replays_then_goes_live_without_status_updates(self, server: Server) -> None:
         bodies = inbound_bodies()
         await server.append_inbound(bodies["01-m1-reply-text.json"])

@@ -697,3 +697,31 @@ async def _show(connection: psycopg.AsyncConnection[object], setting: str) -> st
     row = await (await connection.execute(f"SHOW {setting}")).fetchone()  # type: ignore[arg-type]
     assert row is not None
     return str(row[0])
+
+
+class TestOneMessageIsBounded:
+    """A message's answer carries its latest events and replies, and counts them all."""
+
+    async def test_the_latest_events_and_replies_with_their_totals(self, store: Store) -> None:
+        """150 events and 130 replies: the latest 100 events in precedence order (the current last) and the 100
+        replies received last, with totals of 150 and 130; the same in a batch read."""
+        for second in range(150):
+            minute, rest = divmod(second, 60)
+            await write(store, callback("big", "Delivered", f"2024-05-01T10:{minute:02d}:{rest:02d}Z"))
+        for number in range(130):
+            await store.write([AppendInbound(reply("big", f"reply {number}"))], NOW_US + number)
+        state = await store.message("big")
+        assert state is not None
+        assert (len(state.history), state.events_total, len(state.replies), state.replies_total) == (100, 150, 100, 130)
+        assert state.current == state.history[-1]
+        assert state.current.update_us == max(event.update_us for event in state.history)
+        assert state.history == sorted(state.history, key=lambda event: (event.update_us, event.sequence))
+        assert [reply_text(item) for item in state.replies] == [f"reply {n}" for n in range(30, 130)]
+        batch = await store.statuses(["big", "none"], history=True)
+        assert list(batch) == ["big"]
+        assert (batch["big"].history, batch["big"].replies) == (state.history, state.replies)
+        assert (batch["big"].events_total, batch["big"].replies_total) == (150, 130)
+
+
+def reply_text(item: StoredInbound) -> str:
+    return pb.InboundMessage.FromString(item.message).text

@@ -89,6 +89,8 @@ class GetMessageStatusResponse(_message.Message):
     CALLBACK_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
     REPLIES_FIELD_NUMBER: _builtins.int
+    TOTAL_EVENTS_FIELD_NUMBER: _builtins.int
+    TOTAL_REPLIES_FIELD_NUMBER: _builtins.int
     tracking_id: _builtins.str
     """The message's tracking id."""
     campaign_tracking_id: _builtins.str
@@ -103,15 +105,23 @@ class GetMessageStatusResponse(_message.Message):
     """The current status name exactly as Routee sent it, for example `Delivered`."""
     sequence: _builtins.int
     """The sequence of the current-status event."""
+    total_events: _builtins.int
+    """How many distinct status events the message has in all; set when `events`
+    is (GetMessageStatus, and BatchGetMessageStatuses with `include_history`).
+    """
+    total_replies: _builtins.int
+    """How many replies the message has in all; set when `replies` is."""
     @_builtins.property
     def callback(self) -> _callback_pb2.ViberCallback:
         """The full callback of the current-status event."""
 
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___StatusEvent]:
-        """Every distinct status event of the message, oldest `update_time` first
+        """The distinct status events of the message, oldest `update_time` first
         (then lifecycle rank, then sequence), including late events that did not
-        change the current status.
+        change the current status: at most the latest 100 in that order (the
+        current status always among them); `total_events` counts them all. The
+        others remain on `StreamStatusUpdates` (resume with `after_sequence`).
         """
 
     @_builtins.property
@@ -119,6 +129,8 @@ class GetMessageStatusResponse(_message.Message):
         """The messages users sent back in answer to this message (inbound messages
         whose `referenceTrackingId` is this tracking id), in the order they were
         written: oldest `send_time` (Routee's `sentDate`) first, then by sequence.
+        At most the 100 received last; `total_replies` counts them all, and
+        `StreamInboundMessages` (resumed with `after_sequence`) carries every one.
         """
 
     def __init__(
@@ -132,10 +144,12 @@ class GetMessageStatusResponse(_message.Message):
         callback: _callback_pb2.ViberCallback | None = ...,
         events: _abc.Iterable[Global___StatusEvent] | None = ...,
         replies: _abc.Iterable[_callback_pb2.InboundMessage] | None = ...,
+        total_events: _builtins.int = ...,
+        total_replies: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback", "campaign_tracking_id", b"campaign_tracking_id", "events", b"events", "replies", b"replies", "sequence", b"sequence", "status", b"status", "status_name", b"status_name", "tracking_id", b"tracking_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback", "campaign_tracking_id", b"campaign_tracking_id", "events", b"events", "replies", b"replies", "sequence", b"sequence", "status", b"status", "status_name", b"status_name", "total_events", b"total_events", "total_replies", b"total_replies", "tracking_id", b"tracking_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
