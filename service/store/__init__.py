@@ -29,7 +29,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from routee.callbacks.v1 import callback_pb2 as pb
 from service.events import (
@@ -43,6 +43,8 @@ from service.events import (
 )
 from service.limits import MAX_EVENTS_PER_MESSAGE, MAX_REPLIES_PER_MESSAGE
 from service.order import order_by
+
+_Row = TypeVar("_Row")
 
 #: What a body posted to the service is: a status callback, or an inbound message (a reply).
 STATUS = "status"
@@ -289,6 +291,27 @@ def latest_replies_sql(where: str) -> str:
         " COUNT(*) OVER (PARTITION BY reference_tracking_id) AS total FROM inbound"
         f" WHERE {where}) AS bounded WHERE latest <= {MAX_REPLIES_PER_MESSAGE} ORDER BY reference_tracking_id, sequence"
     )
+
+
+def one_message_sql(placeholder: str) -> tuple[str, str, str, str]:
+    """The SQL that reads one message's latest events and replies (newest first, one more row than the bound, so
+    that a full page shows there are more) and, only then needed, counts them all: events, replies, count of
+    events, count of replies. Cheaper than the windows of ``latest_events_sql`` for a single message (measured on
+    SQLite, a message of two events: 18 us of CPU per read against 34, and 15 before the bound)."""
+    return (
+        f"SELECT {EVENT_COLUMNS} FROM events WHERE tracking_id = {placeholder}"
+        f" ORDER BY {order_by(descending=True)} LIMIT {MAX_EVENTS_PER_MESSAGE + 1}",
+        f"SELECT {INBOUND_COLUMNS} FROM inbound WHERE reference_tracking_id = {placeholder}"
+        f" ORDER BY sequence DESC LIMIT {MAX_REPLIES_PER_MESSAGE + 1}",
+        f"SELECT COUNT(*) FROM events WHERE tracking_id = {placeholder}",
+        f"SELECT COUNT(*) FROM inbound WHERE reference_tracking_id = {placeholder}",
+    )
+
+
+def bounded(rows: list[_Row], most: int) -> tuple[list[_Row], bool]:
+    """Rows read newest first with one more than ``most``: the newest ``most`` in their own order, and whether
+    there were more (then the total must be counted)."""
+    return rows[most - 1 :: -1] if len(rows) > most else rows[::-1], len(rows) > most
 
 
 def with_latest(

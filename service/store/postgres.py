@@ -36,6 +36,7 @@ from service.events import (
     StoredEvent,
     StoredInbound,
 )
+from service.limits import MAX_EVENTS_PER_MESSAGE, MAX_REPLIES_PER_MESSAGE
 from service.order import order_by
 from service.store import (
     AppendInbound,
@@ -50,10 +51,12 @@ from service.store import (
     Reschedule,
     WriteResult,
     body_digest,
+    bounded,
     latest_events_sql,
     latest_replies_sql,
     merge_entries,
     oldest_beyond,
+    one_message_sql,
     with_latest,
 )
 from service.store.plan import (
@@ -204,8 +207,7 @@ _EVENT_COLUMNS = (
 )
 _HISTORY = f"SELECT {_EVENT_COLUMNS} FROM events WHERE tracking_id = %s ORDER BY {order_by()}"
 _REPLIES = f"SELECT {_INBOUND_COLUMNS} FROM inbound WHERE reference_tracking_id = %s ORDER BY sequence"
-_LATEST_EVENTS = latest_events_sql("tracking_id = %s")
-_LATEST_REPLIES = latest_replies_sql("reference_tracking_id = %s")
+_ONE_MESSAGE = one_message_sql("%s")
 
 
 class PostgresStore:
@@ -433,13 +435,16 @@ class PostgresStore:
         """Return a message's history and replies, read together (None when it has no event)."""
 
         async def read(connection: psycopg.AsyncConnection[Any]) -> MessageState | None:
-            events = _totalled_events(await (await connection.execute(_LATEST_EVENTS, (tracking_id,))).fetchall())
-            if not events:
+            key = (tracking_id,)
+            rows = _events(await (await connection.execute(_ONE_MESSAGE[0], key)).fetchall())
+            history, more_events = bounded(rows, MAX_EVENTS_PER_MESSAGE)
+            if not history:
                 return None
-            replies = _totalled_inbound(await (await connection.execute(_LATEST_REPLIES, (tracking_id,))).fetchall())
-            state = MessageState(events[-1][0], [], [])
-            with_latest({tracking_id: state}, events, replies)
-            return state
+            rows_in = _inbound(await (await connection.execute(_ONE_MESSAGE[1], key)).fetchall())
+            replies, more_replies = bounded(rows_in, MAX_REPLIES_PER_MESSAGE)
+            events_total = await _count(connection, _ONE_MESSAGE[2], key) if more_events else len(history)
+            replies_total = await _count(connection, _ONE_MESSAGE[3], key) if more_replies else len(replies)
+            return MessageState(history[-1], history, replies, events_total, replies_total)
 
         return await self._read(read)
 
@@ -779,6 +784,11 @@ async def _add_counts(connection: psycopg.AsyncConnection[Any], counts: Mapping[
 
 def _inbound(rows: Any) -> list[StoredInbound]:
     return [StoredInbound(row[0], row[1], row[2], row[3], bytes(row[4])) for row in rows]
+
+
+async def _count(connection: psycopg.AsyncConnection[Any], sql: str, params: tuple[str]) -> int:
+    row = await (await connection.execute(sql, params)).fetchone()
+    return int(row[0]) if row else 0
 
 
 def _totalled_events(rows: Any) -> list[tuple[StoredEvent, int]]:

@@ -30,6 +30,7 @@ from service.events import (
     StoredEvent,
     StoredInbound,
 )
+from service.limits import MAX_EVENTS_PER_MESSAGE, MAX_REPLIES_PER_MESSAGE
 from service.order import order_by
 from service.store import (
     AppendInbound,
@@ -44,10 +45,12 @@ from service.store import (
     Reschedule,
     WriteResult,
     body_digest,
+    bounded,
     latest_events_sql,
     latest_replies_sql,
     merge_entries,
     oldest_beyond,
+    one_message_sql,
     with_latest,
 )
 from service.store.plan import (
@@ -174,8 +177,7 @@ _EVENT_COLUMNS = (
 )
 _HISTORY = f"SELECT {_EVENT_COLUMNS} FROM events WHERE tracking_id = ? ORDER BY {order_by()}"
 _REPLIES = f"SELECT {_INBOUND_COLUMNS} FROM inbound WHERE reference_tracking_id = ? ORDER BY sequence"
-_LATEST_EVENTS = latest_events_sql("tracking_id = ?")
-_LATEST_REPLIES = latest_replies_sql("reference_tracking_id = ?")
+_ONE_MESSAGE = one_message_sql("?")
 
 
 class SqliteStore:
@@ -448,12 +450,18 @@ class SqliteStore:
         event); its current status is the last of its events in precedence order."""
 
         def read(connection: sqlite3.Connection) -> MessageState | None:
-            events = _totalled_events(connection, _LATEST_EVENTS, (tracking_id,))
-            if not events:
+            key = (tracking_id,)
+            history, more_events = bounded(_events(connection, _ONE_MESSAGE[0], key), MAX_EVENTS_PER_MESSAGE)
+            if not history:
                 return None
-            state = MessageState(events[-1][0], [], [])
-            with_latest({tracking_id: state}, events, _totalled_inbound(connection, _LATEST_REPLIES, (tracking_id,)))
-            return state
+            replies, more_replies = bounded(_inbound(connection, _ONE_MESSAGE[1], key), MAX_REPLIES_PER_MESSAGE)
+            return MessageState(
+                history[-1],
+                history,
+                replies,
+                connection.execute(_ONE_MESSAGE[2], key).fetchone()[0] if more_events else len(history),
+                connection.execute(_ONE_MESSAGE[3], key).fetchone()[0] if more_replies else len(replies),
+            )
 
         return await self._read(read, inline=True)
 
