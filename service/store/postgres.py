@@ -466,7 +466,7 @@ class PostgresStore:
 
     async def snapshot(self, event_filter: EventFilter) -> tuple[list[StoredEvent], int]:
         """Return the current-status event of every message of the filter, and the last sequence it includes."""
-        where, params = _where(event_filter, "e.")
+        where, params = _where(event_filter, "m.")  # The messages of the filter, as on SQLite.
 
         async def read(connection: psycopg.AsyncConnection[Any]) -> tuple[list[StoredEvent], int]:
             cursor = await connection.execute(

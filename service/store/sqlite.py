@@ -169,6 +169,8 @@ _MIGRATIONS = (
     """,
 )
 
+#: Reader threads, each with its connection: a long read (a campaign's snapshot) leaves others to the rest.
+READER_THREADS = 4
 _QUARANTINE_COLUMNS = "id, received_us, last_us, peer, status, reason, detail, attempts, body, kind"
 _INBOUND_COLUMNS = "sequence, campaign_tracking_id, reference_tracking_id, receive_us, message"
 _EVENT_COLUMNS = (
@@ -212,7 +214,7 @@ class SqliteStore:
         #: before it, as a reader saw it) added nothing to follow (as PostgreSQL's watcher ignores its own NOTIFYs).
         self._own_head: int | None = None
         # One thread: data_version is compared across polls, so they must all run on the same connection.
-        self._readers = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-reader")
+        self._readers = ThreadPoolExecutor(max_workers=READER_THREADS, thread_name_prefix="store-reader")
         self._local = threading.local()
         self._reader_connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -486,16 +488,13 @@ class SqliteStore:
 
     async def snapshot(self, event_filter: EventFilter) -> tuple[list[StoredEvent], int]:
         """Return the current-status event of every message of the filter, and the last sequence it includes."""
-        where, params = _where(event_filter, "e.")
+        # Driven from the messages of the filter (their campaign index), each joined to its current event by primary
+        # key: linear in the campaign. Filtering on the events' campaign let SQLite scan every message for each
+        # event of the campaign (30 000 messages: 5 min 47 s).
+        sql, params = snapshot_sql(event_filter)
 
         def read(connection: sqlite3.Connection) -> tuple[list[StoredEvent], int]:
-            events = _events(
-                connection,
-                f"SELECT {_prefixed('e.')} FROM messages m JOIN events e ON e.sequence = m.current_sequence"
-                f" WHERE 1 = 1{where} ORDER BY e.sequence",
-                params,
-            )
-            return events, _meta(connection, "last_sequence")
+            return _events(connection, sql, params), _meta(connection, "last_sequence")
 
         return await self._read(read)
 
@@ -744,6 +743,16 @@ def _apply(connection: sqlite3.Connection, plan: StatusPlan, inbound: InboundPla
 
 def _version_and_head(connection: sqlite3.Connection) -> tuple[int, int]:
     return connection.execute("PRAGMA data_version").fetchone()[0], _meta(connection, "last_sequence")
+
+
+def snapshot_sql(event_filter: EventFilter) -> tuple[str, tuple[object, ...]]:
+    """The SQL and parameters of the current event of every message of the filter."""
+    where, params = _where(event_filter, "m.")
+    sql = (
+        f"SELECT {_prefixed('e.')} FROM messages m CROSS JOIN events e ON e.sequence = m.current_sequence"
+        f" WHERE 1 = 1{where} ORDER BY e.sequence"
+    )
+    return sql, params
 
 
 def _where(event_filter: EventFilter, prefix: str) -> tuple[str, tuple[object, ...]]:
