@@ -12,6 +12,8 @@ MAX_HEADER_LINES = 100
 #: are UUIDs (36); a callback with a longer ``trackingId`` cannot be identified (422), a request naming one is
 #: refused (INVALID_ARGUMENT).
 MAX_ID_LENGTH = 256
+#: The most bodies the quarantine holds, whatever their size (beside --quarantine-max-mb): the oldest go first.
+MAX_QUARANTINE_ENTRIES = 10_000
 #: The most tracking ids one BatchGetMessageStatuses may ask for.
 MAX_BATCH_IDS = 1000
 #: The most status events and replies one message's answer carries (the latest ones; the answer counts them all).

@@ -188,7 +188,7 @@ class Metrics:
         )
         self.quarantined_bytes = Gauge(
             "routee_callbacks_quarantined_bytes",
-            "Bytes of the bodies held in quarantine (bounded by --quarantine-max-mb).",
+            "Bytes the quarantine holds, each body counted with its row (bounded by --quarantine-max-mb).",
             registry=self.registry,
             multiprocess_mode="livemax",
         )

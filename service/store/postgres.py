@@ -57,6 +57,7 @@ from service.store import (
     merge_entries,
     oldest_beyond,
     one_message_sql,
+    quarantine_cost,
     with_latest,
 )
 from service.store.plan import (
@@ -786,7 +787,7 @@ def _inbound(rows: Any) -> list[StoredInbound]:
     return [StoredInbound(row[0], row[1], row[2], row[3], bytes(row[4])) for row in rows]
 
 
-async def _count(connection: psycopg.AsyncConnection[Any], sql: str, params: tuple[str]) -> int:
+async def _count(connection: psycopg.AsyncConnection[Any], sql: str, params: tuple[str, ...]) -> int:
     row = await (await connection.execute(sql, params)).fetchone()
     return int(row[0]) if row else 0
 
@@ -828,16 +829,18 @@ async def _quarantine(connection: psycopg.AsyncConnection[Any], job: Quarantine,
         await connection.execute(
             "INSERT INTO quarantine (body_hash, received_us, last_us, peer, status, reason, detail, attempts, size,"
             " body, kind) VALUES (%s, %s, %s, %s, %s, %s, %s, 1, %s, %b, %s) RETURNING id",
-            (digest, now_us, now_us, job.peer, job.status, job.reason, job.detail, len(job.body), job.body, job.kind),
+            (digest, now_us, now_us, job.peer, job.status, job.reason, job.detail, cost := quarantine_cost(job),
+             job.body, job.kind),
         )
-    ).fetchone()
+    ).fetchone()  # fmt: skip
     assert inserted is not None
-    total = await _ameta(connection, "quarantine_bytes") + len(job.body)
-    if total > job.max_bytes:
+    total = await _ameta(connection, "quarantine_bytes") + cost
+    surplus = await _count(connection, "SELECT COUNT(*) FROM quarantine", ()) - job.max_entries
+    if total > job.max_bytes or surplus > 0:
         oldest = await (
             await connection.execute("SELECT id, size FROM quarantine ORDER BY last_us, id LIMIT 1000")
         ).fetchall()
-        doomed = oldest_beyond([(row[0], row[1]) for row in oldest], total - job.max_bytes)
+        doomed = oldest_beyond([(row[0], row[1]) for row in oldest], total - job.max_bytes, surplus)
         await connection.execute("DELETE FROM quarantine WHERE id = ANY(%s)", (doomed,))
         total -= sum(size for id_, size in oldest if id_ in doomed)
     await _set_meta(connection, "quarantine_bytes", total)

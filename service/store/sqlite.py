@@ -51,6 +51,7 @@ from service.store import (
     merge_entries,
     oldest_beyond,
     one_message_sql,
+    quarantine_cost,
     with_latest,
 )
 from service.store.plan import (
@@ -830,12 +831,14 @@ def _quarantine(connection: sqlite3.Connection, job: Quarantine, now_us: int) ->
     (quarantine_id,) = connection.execute(
         "INSERT INTO quarantine (body_hash, received_us, last_us, peer, status, reason, detail, attempts, size, body,"
         " kind) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?) RETURNING id",
-        (digest, now_us, now_us, job.peer, job.status, job.reason, job.detail, len(job.body), job.body, job.kind),
-    ).fetchone()
-    total = _meta(connection, "quarantine_bytes") + len(job.body)
-    if total > job.max_bytes:
+        (digest, now_us, now_us, job.peer, job.status, job.reason, job.detail, cost := quarantine_cost(job), job.body,
+         job.kind),
+    ).fetchone()  # fmt: skip
+    total = _meta(connection, "quarantine_bytes") + cost
+    surplus = connection.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0] - job.max_entries
+    if total > job.max_bytes or surplus > 0:
         oldest = connection.execute("SELECT id, size FROM quarantine ORDER BY last_us, id LIMIT 1000").fetchall()
-        doomed = oldest_beyond(oldest, total - job.max_bytes)
+        doomed = oldest_beyond(oldest, total - job.max_bytes, surplus)
         connection.execute(f"DELETE FROM quarantine WHERE id IN ({', '.join('?' * len(doomed))})", doomed)
         total -= sum(size for id_, size in oldest if id_ in doomed)
     _set_meta(connection, "quarantine_bytes", total)

@@ -23,6 +23,7 @@ from service.errors import StoreUnavailableError
 from service.events import EventFilter, StoredEvent, StoredInbound
 from service.store import (
     INBOUND,
+    QUARANTINE_ENTRY_BYTES,
     STATUS,
     AppendInbound,
     AppendStatus,
@@ -33,6 +34,7 @@ from service.store import (
     Release,
     Store,
     open_store,
+    quarantine_cost,
 )
 from service.store.postgres import READ_STATEMENT_TIMEOUT_MS
 from service.store.sqlite import snapshot_sql
@@ -614,8 +616,10 @@ def _other_writer(database: str) -> Iterator[Callable[[], None]]:
         connection.close()
 
 
-def quarantine(body: bytes, max_bytes: int = 10_000, kind: str = STATUS) -> Quarantine:
-    return Quarantine(body, "192.0.2.7", 422, "invalid_callback", "status.updatedDate: Field required", max_bytes, kind)
+def quarantine(body: bytes, max_bytes: int = 10_000, kind: str = STATUS, max_entries: int = 1000) -> Quarantine:
+    return Quarantine(
+        body, "192.0.2.7", 422, "invalid_callback", "status.updatedDate: Field required", max_bytes, kind, max_entries
+    )
 
 
 class TestQuarantine:
@@ -638,14 +642,33 @@ class TestQuarantine:
             "invalid_callback",
             b'{"a": 1}',
         )
-        assert await store.quarantine_size() == (2, 16)
+        assert await store.quarantine_size() == (2, 2 * quarantine_cost(quarantine(b'{"a": 1}')))
 
     async def test_past_its_bound_the_longest_unseen_go_first(self, store: Store) -> None:
-        """The quarantine holds at most max_bytes; the entries seen longest ago make room."""
+        """The quarantine holds at most max_bytes, each entry counted for what it stores (its row as well as its
+        body); the entries seen longest ago make room."""
+        cost = quarantine_cost(quarantine(b"x" * 101))
+        assert cost > 101 + QUARANTINE_ENTRY_BYTES
         for number in range(5):
-            await store.write([quarantine(b"x" * 100 + str(number).encode(), max_bytes=350)], 1000 + number)
+            await store.write([quarantine(b"x" * 100 + str(number).encode(), max_bytes=3 * cost + 10)], 1000 + number)
         assert [item.body[-1:] for item in await store.quarantined()] == [b"2", b"3", b"4"]
-        assert await store.quarantine_size() == (3, 303)
+        assert await store.quarantine_size() == (3, 3 * cost)
+
+    async def test_past_its_entries_bound_the_longest_unseen_go_first(self, store: Store) -> None:
+        """However small the bodies, the quarantine holds at most ``max_entries`` of them."""
+        for number in range(8):
+            await store.write([quarantine(b"%d" % number, max_bytes=10**9, max_entries=5)], 1000 + number)
+        assert [item.body for item in await store.quarantined()] == [b"3", b"4", b"5", b"6", b"7"]
+
+    async def test_tiny_bodies_count_for_their_rows(self, store: Store) -> None:
+        """3 000 distinct 3-byte bodies under a 10 KB bound: only as many as their rows fit are kept (all 3 000 were,
+        9 000 bytes of bodies but 938 KB on disk)."""
+        for start in range(0, 3000, 500):
+            await store.write([quarantine(b"%03d" % (n % 1000) + bytes([65 + n // 1000]), max_bytes=10_000)
+                               for n in range(start, start + 500)], 1000 + start)  # fmt: skip
+        count, size = await store.quarantine_size()
+        assert count == 10_000 // quarantine_cost(quarantine(b"0000"))
+        assert size <= 10_000
 
     async def test_drop_by_id_by_age_or_all(self, store: Store) -> None:
         """Dropping removes what it names and frees its bytes."""
