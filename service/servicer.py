@@ -33,6 +33,8 @@ _LOGGER = logging.getLogger(__name__)
 SERVICE_NAME = pb2.DESCRIPTOR.services_by_name["MessageStatusService"].full_name
 # A catching-up stream holds one page: this bounds its memory (about 1 KiB an event).
 REPLAY_PAGE = 100
+#: A snapshot reads and holds this many messages at a time.
+SNAPSHOT_PAGE = 500
 DEFAULT_PAGE = 100
 _T = TypeVar("_T")
 
@@ -229,9 +231,17 @@ class MessageStatusServicer:
                         + (": take a snapshot (include_snapshot) instead" if not event_filter.inbound else "")
                     )
             elif snapshot:
-                events, position = await self._store.snapshot(event_filter)
-                for event in events:
-                    yield Update(event).payload
+                # As of the subscription's start: every update after it comes live (or is caught up from the store
+                # should the stream fall behind meanwhile), so snapshot and live meet with no gap and no repeat.
+                # One page at a time: the stream's memory does not grow with the campaign, and a cancelled call
+                # reads no further page.
+                after = ""
+                while page := await self._store.snapshot_page(event_filter, position, after, SNAPSHOT_PAGE):
+                    for event in page:
+                        yield Update(event).payload
+                    after = page[-1].tracking_id
+                    if len(page) < SNAPSHOT_PAGE:
+                        break
                 yield pb2.StreamStatusUpdatesResponse(
                     snapshot_end=pb2.SnapshotEnd(sequence=position)
                 ).SerializeToString()

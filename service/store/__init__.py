@@ -219,8 +219,12 @@ class LogReader(Protocol):
         """Return up to ``limit`` entries of the filter (status events, or inbound messages) with a greater
         sequence, in order."""
 
-    async def snapshot(self, event_filter: EventFilter) -> tuple[list[StoredEvent], int]:
-        """Return the current-status event of every message of the filter and the sequence it is consistent with."""
+    async def snapshot_page(
+        self, event_filter: EventFilter, as_of: int, after_tracking_id: str, limit: int
+    ) -> list[StoredEvent]:
+        """Return up to ``limit`` messages of the filter after ``after_tracking_id``, in tracking id order, each as
+        its current event was at sequence ``as_of`` (those with no event by then left out): page by page, a
+        snapshot consistent with ``as_of`` in bounded memory, however large the campaign."""
 
     async def statuses(self, tracking_ids: Sequence[str], *, history: bool = False) -> dict[str, MessageState]:
         """Return the messages found among ``tracking_ids`` (by tracking id), with their latest events and replies
@@ -270,6 +274,39 @@ EVENT_COLUMNS = (
     " previous_status, source"
 )
 INBOUND_COLUMNS = "sequence, campaign_tracking_id, reference_tracking_id, receive_us, message"
+
+
+def snapshot_page_sql(placeholder: str, join: str, event_filter: EventFilter) -> str:
+    """The SQL of one page of a snapshot: the messages of the filter after a tracking id, in tracking id order, each
+    with its current event as of a sequence (the best event with a sequence up to it; a message whose first event
+    came later is not in it). Parameters: the sequence twice, the campaign (when the filter has one), the tracking
+    id to start after, the statuses (when the filter has some), the page size.
+
+    A message read as it is now but changed after that sequence would reach the stream twice, or leave a gap: its
+    state as of the sequence makes the snapshot and the live updates after it meet exactly. Driven from the
+    messages' (campaign, tracking id) index, each event found by primary key: linear in the campaign, and a
+    page costs the same at its end as at its start. ``join`` is the engine's join that keeps that order (SQLite:
+    ``CROSS JOIN``)."""
+    as_of = (
+        f"CASE WHEN m.current_sequence <= {placeholder} THEN m.current_sequence ELSE (SELECT h.sequence FROM events h"
+        f" WHERE h.tracking_id = m.tracking_id AND h.sequence <= {placeholder}"
+        f" ORDER BY {order_by('h.', descending=True)} LIMIT 1) END"
+    )
+    where = f"m.campaign_tracking_id = {placeholder} AND " if event_filter.campaign_tracking_id is not None else ""
+    where += f"m.tracking_id > {placeholder}"
+    if event_filter.statuses:
+        where += f" AND e.status IN ({', '.join([placeholder] * len(event_filter.statuses))})"
+    columns = ", ".join(f"e.{column.strip()}" for column in EVENT_COLUMNS.split(","))
+    return (
+        f"SELECT {columns} FROM messages m {join} events e ON e.sequence = {as_of}"
+        f" WHERE {where} ORDER BY m.tracking_id LIMIT {placeholder}"
+    )
+
+
+def snapshot_page_parameters(event_filter: EventFilter, as_of: int, after: str, limit: int) -> tuple[object, ...]:
+    """The parameters of ``snapshot_page_sql``, in its order."""
+    campaign = () if event_filter.campaign_tracking_id is None else (event_filter.campaign_tracking_id,)
+    return (as_of, as_of, *campaign, after, *sorted(event_filter.statuses), limit)
 
 
 def latest_events_sql(where: str) -> str:

@@ -35,9 +35,10 @@ from service.store import (
     Store,
     open_store,
     quarantine_cost,
+    snapshot_page_parameters,
+    snapshot_page_sql,
 )
 from service.store.postgres import READ_STATEMENT_TIMEOUT_MS
-from service.store.sqlite import snapshot_sql
 from support import fixture_bodies
 
 NOW_US = 1_700_000_000_000_000
@@ -229,10 +230,33 @@ class TestReads:
         await write(store, callback("m1", "Seen", "2024-05-01T10:02:00Z"))
         await write(store, callback("m1", "Delivered", "2024-05-01T10:01:00Z"))  # late, not current
         await write(store, callback("m2", "Queued", "2024-05-01T10:00:00Z", campaign="other"))
-        events, position = await store.snapshot(EventFilter("c1"))
+        events = await store.snapshot_page(EventFilter("c1"), await store.last_sequence(), "", 100)
         assert [(event.tracking_id, event.status_name) for event in events] == [("m1", "Seen")]
-        assert position == 4
         assert all(event.is_current for event in events)
+
+    async def test_a_snapshot_is_as_of_its_sequence_and_pages_by_tracking_id(self, store: Store) -> None:
+        """Pages follow tracking ids; each message is as it was at the snapshot's sequence (a later change, or a
+        message that came later, is not in it: the live updates after that sequence bring them)."""
+        for number in range(7):
+            await write(store, callback(f"m{number}", "Queued", "2024-05-01T10:00:00Z"))  # 1..7
+        as_of = await store.last_sequence()
+        await write(store, callback("m2", "Delivered", "2024-05-01T10:01:00Z"))  # 8: after the snapshot's sequence
+        await write(store, callback("m9", "Queued", "2024-05-01T10:00:00Z"))  # 9: a message of later
+        pages: list[list[StoredEvent]] = []
+        after = ""
+        while page := await store.snapshot_page(EventFilter("c1"), as_of, after, 3):
+            pages.append(page)
+            after = page[-1].tracking_id
+        assert [[event.tracking_id for event in page] for page in pages] == [
+            ["m0", "m1", "m2"],
+            ["m3", "m4", "m5"],
+            ["m6"],
+        ]
+        assert [(event.tracking_id, event.status_name, event.sequence) for event in pages[0]][2] == ("m2", "Queued", 3)
+        queued = await store.snapshot_page(
+            EventFilter(None, frozenset({pb.MESSAGE_STATUS_DELIVERED})), await store.last_sequence(), "", 10
+        )
+        assert [event.tracking_id for event in queued] == ["m2"]
 
 
 class TestRetention:
@@ -250,9 +274,8 @@ class TestRetention:
         assert await store.pruned_through() == 2
         assert await store.history("old") == []
         assert [event.sequence for event in await store.history("m1")] == [3]
-        snapshot, position = await store.snapshot(EventFilter())
-        assert [event.sequence for event in snapshot] == [3, 4]
-        assert position == 4
+        snapshot = await store.snapshot_page(EventFilter(), await store.last_sequence(), "", 10)
+        assert sorted(event.sequence for event in snapshot) == [3, 4]
         # Forgotten after retention: the same event again is stored anew (the window is >= 48 h).
         (again,) = await write(store, callback("old", "Queued", "2024-05-01T10:00:00Z"))
         assert again is not None
@@ -761,9 +784,14 @@ class TestSqlitePlans:
         store = open_store(str(tmp_path / "plans.db"))
         store.open()
         asyncio.run(store.close())
-        sql, params = snapshot_sql(EventFilter("c1", frozenset({pb.MESSAGE_STATUS_QUEUED})))
-        with sqlite3.connect(tmp_path / "plans.db") as connection:
-            plan = [row[3] for row in connection.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
-        assert any(step.startswith("SEARCH m USING INDEX messages_by_campaign") for step in plan), plan
-        assert any(step.startswith("SEARCH e USING INTEGER PRIMARY KEY") for step in plan), plan
-        assert not any(step.startswith("SCAN") for step in plan), plan
+        for event_filter in (EventFilter("c1", frozenset({pb.MESSAGE_STATUS_QUEUED})), EventFilter()):
+            sql = snapshot_page_sql("?", "CROSS JOIN", event_filter)
+            params = snapshot_page_parameters(event_filter, 10, "m5", 500)
+            with sqlite3.connect(tmp_path / "plans.db") as connection:
+                plan = [row[3] for row in connection.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+            # The walk itself; a message changed after the snapshot's sequence then sorts its own few events.
+            walk = plan[: next(n for n, step in enumerate(plan) if "SUBQUERY" in step)]
+            assert walk[0].startswith("SEARCH m USING"), plan  # The campaign's index, or the primary key for all.
+            assert walk[1].startswith("SEARCH e USING INTEGER PRIMARY KEY"), plan
+            assert not any(step.startswith("SCAN") or "TEMP B-TREE" in step for step in walk), plan
+            assert not any(step.startswith("SCAN") for step in plan), plan
