@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.harness import clients, service, spread
+from bench.harness import ROOT, clients, service, spread
 from routee.callbacks.v1 import callback_pb2 as pb
 from service.store import AppendStatus, open_store
 
@@ -82,7 +84,19 @@ def bench_campaigns(workdir: Path, databases: dict[str, str], messages: int, sec
                 failed = _client(
                     "pages", target, "100", str(seconds), CAMPAIGN, str(pb.MESSAGE_STATUS_FAILED), seconds=seconds
                 )
-                runs.append({"summary": summary, "point_read": point, "pages_100": pages, "pages_100_failed": failed})
+                # The whole campaign's snapshot, with a point read and list pages beside it (a large but legal
+                # stream must not slow other callers).
+                reader = subprocess.Popen(
+                    [sys.executable, "-m", "bench.grpc_clients", "snapshot", target, CAMPAIGN],
+                    stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                )  # fmt: skip
+                beside = _client("latency", target, "status", str(seconds), "m00000042", seconds=seconds)
+                pages_beside = _client("pages", target, "100", str(seconds), CAMPAIGN, seconds=seconds)
+                whole: dict[str, float] = json.loads(reader.communicate(timeout=600)[0])
+                runs.append({
+                    "summary": summary, "point_read": point, "pages_100": pages, "pages_100_failed": failed,
+                    "snapshot": whole, "point_read_beside_snapshot": beside, "pages_100_beside_snapshot": pages_beside,
+                })  # fmt: skip
         results[engine] = {
             "fill_seconds": round(filled, 1),
             "summary_p50_ms": spread([run["summary"]["p50_ms"] for run in runs]),
@@ -93,6 +107,12 @@ def bench_campaigns(workdir: Path, databases: dict[str, str], messages: int, sec
             ),
             "pages_per_second": spread([run["pages_100"]["pages_per_second"] for run in runs]),
             "failed_pages_per_second": spread([run["pages_100_failed"]["pages_per_second"] for run in runs]),
+            "snapshot_seconds": spread([run["snapshot"]["seconds"] for run in runs]),
+            "snapshot_items": spread([run["snapshot"]["items"] for run in runs]),
+            "point_read_p99_ms_beside_snapshot": spread([run["point_read_beside_snapshot"]["p99_ms"] for run in runs]),
+            "pages_per_second_beside_snapshot": spread(
+                [run["pages_100_beside_snapshot"]["pages_per_second"] for run in runs]
+            ),
             "rounds": runs,
         }
     return results

@@ -157,9 +157,31 @@ async def pages(target: str, size: int, seconds: float, campaign: str, status: i
     return {"pages": count, "pages_per_second": count / elapsed, "messages_per_second": messages / elapsed}
 
 
+async def snapshot(target: str, campaign: str) -> dict[str, float]:
+    """Read a campaign's whole snapshot (up to its end marker): how many items, in how many seconds."""
+    channel = grpc.aio.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20)])
+    stub = pb2_grpc.MessageStatusServiceStub(channel)
+    call = stub.StreamStatusUpdates(
+        pb2.StreamStatusUpdatesRequest(campaign_tracking_id=campaign, include_snapshot=True)
+    )
+    started = time.monotonic()
+    items = 0
+    async for item in call:
+        if item.HasField("snapshot_end"):
+            break
+        items += 1
+    elapsed = time.monotonic() - started
+    call.cancel()
+    await channel.close()
+    return {"items": items, "seconds": elapsed, "items_per_second": items / elapsed}
+
+
 def main() -> None:
     if sys.argv[1] == "latency":
         main_latency()
+        return
+    if sys.argv[1] == "snapshot":  # snapshot TARGET CAMPAIGN
+        print(json.dumps(asyncio.run(snapshot(sys.argv[2], sys.argv[3]))))
         return
     mode, target, count, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
     if mode == "subscribe":

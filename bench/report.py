@@ -130,4 +130,19 @@ def table(results: dict[str, Any]) -> str:
                     f" {_mmm(row['point_read_p99_ms'], 2)} | {_mmm(row['summary_to_point_read_p99'], 2)} |"
                     f" {_mmm(row['pages_per_second'])} | {_mmm(row['failed_pages_per_second'])} |"
                 )
+        lines += [
+            "",
+            "The whole campaign's snapshot (`include_snapshot`), with a point read and list pages beside it:",
+            "",
+            "| engine | snapshot items | snapshot s | point read p99 ms beside | list pages/s beside |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for engine in ("sqlite", "postgres"):
+            if engine in campaigns and "snapshot_seconds" in campaigns[engine]:
+                row = campaigns[engine]
+                lines.append(
+                    f"| {engine} | {_mmm(row['snapshot_items'])} | {_mmm(row['snapshot_seconds'], 1)} |"
+                    f" {_mmm(row['point_read_p99_ms_beside_snapshot'], 2)} |"
+                    f" {_mmm(row['pages_per_second_beside_snapshot'])} |"
+                )
     return "\n".join(lines)
