@@ -271,6 +271,20 @@ class Allowlist:
         except AllowlistUnavailableError:
             return "allowlist_unavailable"
 
+    def monitor_only(self, peer: str) -> bool:
+        """Whether a peer is admitted only as a monitoring network (not a sender, a proxy or a listed address):
+        it may read monitoring pages and send no body."""
+        try:
+            address = parse_address(peer)
+        except ValueError:
+            return False
+        if not _within(address, self._monitor_cidrs) or _within(address, self._trusted_proxies + self._allow_cidrs):
+            return False
+        try:
+            return self.dns is None or address not in self.dns.addresses()
+        except AllowlistUnavailableError:
+            return False  # It may be a sender: its callbacks get 503 from the app, and Routee retries.
+
     def check_monitor(self, peer: str, forwarded_for: str | None) -> None:
         """Raise SourceNotAllowedError unless the client (after X-Forwarded-For from trusted proxies) is in a
         monitoring network: probes, metrics and the API description are for them only."""

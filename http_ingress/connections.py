@@ -76,6 +76,8 @@ class ConnectionPolicy:
     admit: Callable[[str], str | None] = _admit_everyone
     #: Told the reason of every connection refused or cut off (for metrics).
     refused: Callable[[str], None] = _ignore
+    #: Whether an admitted peer may only read monitoring pages (it may not send a body).
+    monitor_only: Callable[[str], bool] = lambda peer: False
 
 
 def connection_class(policy: ConnectionPolicy) -> type[Connection]:
@@ -144,6 +146,8 @@ class Connection(HttpToolsProtocol):
         self._stranger: asyncio.Transport | None = None
         self._stranger_reason = ""
         self._upgrading = False
+        # A monitoring peer's request head as it arrives (bounded by the head's limit): it may only read.
+        self._monitor_head: bytes | None = None
         # The head of the request being received: its bytes and lines so far, the last bytes of the previous read
         # (its end may straddle two reads); None once the head is complete, until the next request.
         self._head: tuple[int, int, bytes] | None = (0, 0, b"")
@@ -167,6 +171,7 @@ class Connection(HttpToolsProtocol):
             self._stranger_reason = refusal
             self._deadline = self.loop.call_later(self.policy.stranger_grace, self._drop_stranger)
             return
+        self._monitor_head = b"" if self.policy.monitor_only(host) else None
         if len(self.server_state.connections) >= self.policy.max_connections:
             self.policy.refused("over_capacity")
             if tls is not None:
@@ -237,17 +242,21 @@ class Connection(HttpToolsProtocol):
                 )
             self._stranger.close()
             return
-        if (head := self._head) is not None and not self._head_fits(head, data):
-            self.policy.refused("header_too_large")
-            _write_problem(
-                self.transport,
-                HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "header_too_large",
-                f"a request head is at most {MAX_HEAD_BYTES} bytes and {MAX_HEADER_LINES} header lines",
-            )
-            self._disarm()
-            self.transport.close()
-            return
+        if (head := self._head) is not None:
+            if not self._head_fits(head, data):
+                self._refuse(
+                    HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "header_too_large",
+                    f"a request head is at most {MAX_HEAD_BYTES} bytes and {MAX_HEADER_LINES} header lines",
+                )
+                return
+            if self._monitor_head is not None and not self._monitor_reads_only(data):
+                self._refuse(
+                    HTTPStatus.FORBIDDEN,
+                    "monitor_sent_body",
+                    "a monitoring network may read (GET or HEAD, with no body), not post",
+                )
+                return
         super().data_received(data)
         if not self._in_request or self.transport.is_closing():
             self._disarm()
@@ -271,6 +280,30 @@ class Connection(HttpToolsProtocol):
         self._in_request = False
         self._head = (0, 0, b"")  # What comes next is the head of the next request.
         super().on_message_complete()
+
+    def _refuse(self, status: HTTPStatus, reason: str, detail: str) -> None:
+        """Answer before the parser has seen the request, and close."""
+        self.policy.refused(reason)
+        _write_problem(self.transport, status, reason, detail)
+        self._disarm()
+        self.transport.close()
+
+    def _monitor_reads_only(self, data: bytes) -> bool:
+        """Whether a monitoring peer's request, as far as its head has come, only reads (GET or HEAD, no body)."""
+        assert self._monitor_head is not None
+        self._monitor_head += data
+        if self._head is not None:  # The head goes on in the next read.
+            return True
+        head, self._monitor_head = self._monitor_head.partition(b"\n\r\n")[0].partition(b"\n\n")[0], b""
+        lines = head.lstrip(b"\r\n").split(b"\n")
+        if lines[0].split(b" ", 1)[0] not in (b"GET", b"HEAD"):
+            return False
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+                return False
+        return True
 
     def _head_fits(self, head: tuple[int, int, bytes], data: bytes) -> bool:
         """Count what ``data`` adds to the head being received; tell whether the head is still within bounds."""

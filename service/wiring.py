@@ -227,6 +227,7 @@ def build_worker(settings: Settings, instance: Instance) -> WorkerParts:
         body_timeout=settings.body_timeout,
         max_connections=connection_capacity(),
         admit=allowlist.door,
+        monitor_only=allowlist.monitor_only,
         refused=lambda reason: metrics.connections_refused.labels(reason).inc(),
     )
     reconcile = ReconcileState(instance.reconcile_state).get if settings.routee_credentials() else None

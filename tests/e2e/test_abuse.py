@@ -300,3 +300,26 @@ class TestGrpcAbuse:
         while subscribers(service) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert subscribers(service) == 0
+
+
+class TestMonitoringPeers:
+    """A monitoring network reads probes and metrics; it cannot send a body."""
+
+    def test_a_monitoring_peer_may_read_but_not_post(self, start_service: StartService) -> None:
+        """From a monitoring network that is no sender: GET /readyz answers, a POST (any body) is refused at once
+        with 403 before its body is read, and the connection is closed."""
+        service = start_service(*ONLY_LOCALHOST, "--monitor-cidr", "127.0.0.8/32")
+        assert http_request(service.http_port, "GET", "/readyz", source="127.0.0.8").status == 200
+        with socket.create_connection(("127.0.0.1", service.http_port), source_address=("127.0.0.8", 0)) as sock:
+            sock.settimeout(10)
+            sock.sendall(partial_post(10_000_000, b'{"trackingId": '))
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 403"), answer[:200]
+        assert json.loads(answer.partition(b"\r\n\r\n")[2])["reason"] == "monitor_sent_body"
+        get_with_body = b"GET /metrics HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", service.http_port), source_address=("127.0.0.8", 0)) as sock:
+            sock.settimeout(10)
+            sock.sendall(get_with_body)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 403")

@@ -207,3 +207,21 @@ class TestAllowlist:
         for peer, forwarded in [("192.168.1.5", "203.0.113.7"), ("10.0.0.1", None), ("203.0.113.7", "192.168.7.7")]:
             with pytest.raises(SourceNotAllowedError):
                 allowlist.check_monitor(peer, forwarded)
+
+    async def test_monitor_only_peers(self) -> None:
+        """A monitoring network's address that is no sender, proxy or listed address is monitor-only; while the
+        DNS allowlist has no answer nobody is (a sender's callbacks must get 503, not a refusal)."""
+        dns = DnsAllowlist("routee.test", FakeResolver(answer("127.0.0.2")), clock=FakeClock())
+        allowlist = Allowlist(
+            allow_cidrs=[ipaddress.ip_network("127.0.0.3/32")],
+            monitor_cidrs=[ipaddress.ip_network("127.0.0.0/8")],
+            dns_allowlist=dns,
+        )
+        assert not allowlist.monitor_only("127.0.0.9")  # Unknown yet.
+        await dns.refresh()
+        assert [allowlist.monitor_only(peer) for peer in ("127.0.0.9", "127.0.0.2", "127.0.0.3", "10.0.0.1")] == [
+            True,
+            False,
+            False,
+            False,
+        ]
