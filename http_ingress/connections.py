@@ -251,10 +251,10 @@ class Connection(HttpToolsProtocol):
                 )
                 return
             if self._monitor_head is not None and not self._monitor_reads_only(data):
-                self._refuse(
+                self._refuse(  # As any peer that may not post: a monitoring network may only read.
                     HTTPStatus.FORBIDDEN,
-                    "monitor_sent_body",
-                    "a monitoring network may read (GET or HEAD, with no body), not post",
+                    "source_not_allowed",
+                    "a monitoring network is not an allowed callback sender: it may read (GET or HEAD, no body)",
                 )
                 return
         super().data_received(data)

@@ -32,7 +32,6 @@ REFUSAL_REASONS = (
     "body_timeout",
     "header_too_large",
     "allowlist_unavailable",
-    "monitor_sent_body",
 )
 TRACKING_ENDPOINTS = ("token", "message", "campaign")
 TRACKING_OUTCOMES = ("ok", "not_found", "rate_limited", "server_error", "unreachable", "unauthorized", "error")

@@ -317,7 +317,9 @@ class TestMonitoringPeers:
             while chunk := sock.recv(65536):
                 answer += chunk
         assert answer.startswith(b"HTTP/1.1 403"), answer[:200]
-        assert json.loads(answer.partition(b"\r\n\r\n")[2])["reason"] == "monitor_sent_body"
+        problem = json.loads(answer.partition(b"\r\n\r\n")[2])
+        assert problem["reason"] == "source_not_allowed"
+        assert "it may read (GET or HEAD, no body)" in problem["detail"]
         get_with_body = b"GET /metrics HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
         with socket.create_connection(("127.0.0.1", service.http_port), source_address=("127.0.0.8", 0)) as sock:
             sock.settimeout(10)
