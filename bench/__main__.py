@@ -45,7 +45,7 @@ def postgres_databases(count: int) -> Any:
     from postgres import postgres_server
 
     with postgres_server(free_port()) as server:
-        yield [server.create_database() for _ in range(count)]
+        yield [server.create_database() for _ in range(count)], server.process.pid
 
 
 def main() -> None:
@@ -85,8 +85,8 @@ def main() -> None:
         workdir = Path(tmp)
         run("ingress", bench_ingress, workdir, seconds, rounds)
         if wanted & {"postgres", "cross_instance", "commit_order", "campaigns"}:
-            with postgres_databases(5) as databases:
-                run("postgres", bench_postgres, workdir, databases[:2], seconds, rounds)
+            with postgres_databases(5) as (databases, postmaster):
+                run("postgres", bench_postgres, workdir, databases[:2], postmaster, seconds, rounds)
                 run("cross_instance", bench_cross_instance, workdir, databases[2], seconds, rounds)
                 run("commit_order", bench_commit_order, databases[4], min(seconds, 5.0), rounds)
                 engines = {"sqlite": str(workdir / "campaign.db"), "postgres": databases[3]}

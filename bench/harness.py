@@ -113,27 +113,48 @@ def service(workdir: Path, *extra: str, database: str | None = None) -> Iterator
 
 
 @contextlib.contextmanager
-def gunicorn(app: str, *options: str) -> Iterator[int]:
-    """A baseline app on gunicorn; yields its port."""
+def gunicorn(app: str, *options: str) -> Iterator[tuple[int, int]]:
+    """A baseline app on gunicorn; yields its port and its master's pid (its process tree is the server)."""
     port = free_port()
     command = [str(BIN / "gunicorn"), "-b", f"127.0.0.1:{port}", "--chdir", str(ROOT), *options, app]
-    with process(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):
+    with process(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
         wait_http(port, CALLBACKS_PATH)
-        yield port
+        yield port, proc.pid
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and every living descendant, in seconds (from /proc/PID/stat): what a server
+    spent, whatever else the shared machine does meanwhile."""
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += [int(child) for child in (task / "children").read_text().split()]
+    return total
 
 
 #: Workers add what they counted to the shared metrics once a second.
 COUNTS_FLUSHED = 1.5
 
 
-def wrk(port: int, seconds: float, connections: int = 32) -> dict[str, float]:
-    """One wrk run of distinct callbacks: requests/s, p50/p99 in ms, errors."""
+def wrk(port: int, seconds: float, connections: int = 32, *, cpu: dict[str, int] | None = None) -> dict[str, float]:
+    """One wrk run of distinct callbacks: requests/s, p50/p99 in ms, errors, answers (2xx); with ``cpu`` (a name
+    for each process tree to measure, by its root pid), each tree's CPU seconds over the run, as ``cpu_s_NAME``."""
     run_id = f"{os.getpid()}-{next(_RUN_IDS)}-{time.time_ns()}"
+    before = {name: tree_cpu_seconds(pid) for name, pid in (cpu or {}).items()}
     output = subprocess.run(
         [WRK, "-t2", f"-c{connections}", f"-d{int(seconds)}s", "-s", str(ROOT / "bench" / "callbacks.lua"),
          f"http://127.0.0.1:{port}{CALLBACKS_PATH}", "--", run_id],
         capture_output=True, text=True, check=True, timeout=seconds + 60,
     ).stdout  # fmt: skip
+    spent = {f"cpu_s_{name}": tree_cpu_seconds(pid) - before[name] for name, pid in (cpu or {}).items()}
     result = json.loads(output.split("RESULT ", 1)[1].splitlines()[0])
     return {
         "rps": result["requests"] / (result["duration_us"] / 1e6),
@@ -141,30 +162,49 @@ def wrk(port: int, seconds: float, connections: int = 32) -> dict[str, float]:
         "p99_ms": result["p99_us"] / 1000,
         "errors": result["errors"],
         "requests": result["requests"],
+        "answers": result["requests"] - result["errors"],
+        **spent,
     }
 
 
-def wrk_service(target: Service, seconds: float, connections: int = 32) -> dict[str, float]:
-    """wrk against the service, with what the service itself counted: accepted must equal requests."""
+def wrk_service(
+    target: Service, seconds: float, connections: int = 32, *, database_pid: int | None = None
+) -> dict[str, float]:
+    """wrk against the service, with what the service itself counted (accepted must equal requests) and the CPU
+    its processes spent (``cpu_s_server``; with ``database_pid``, the database server's apart: ``cpu_s_database``)."""
     before = target.counts()
-    result = wrk(target.http_port, seconds, connections)
+    trees = {"server": target.proc.pid, **({"database": database_pid} if database_pid else {})}
+    result = wrk(target.http_port, seconds, connections, cpu=trees)
     time.sleep(COUNTS_FLUSHED)  # Every worker's last counts reach the metrics the one scraped shows.
     after = target.counts()
     return {**result, **{outcome: after[outcome] - before[outcome] for outcome in after}}
 
 
-def wrk_together(targets: list[Service], seconds: float, connections: int = 32) -> dict[str, float]:
+def wrk_together(
+    targets: list[Service], seconds: float, connections: int = 32, *, database_pid: int | None = None
+) -> dict[str, float]:
     """wrk against several instances at once, the connections shared out; the sum, and the worst p99."""
     results: list[dict[str, float]] = []
     threads = [
-        threading.Thread(target=lambda t=t: results.append(wrk_service(t, seconds, connections // len(targets))))
+        threading.Thread(
+            target=lambda t=t: results.append(
+                wrk_service(t, seconds, connections // len(targets), database_pid=database_pid)
+            )
+        )
         for t in targets
     ]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    summed = {key: sum(result[key] for result in results) for key in results[0] if key not in ("p50_ms", "p99_ms")}
+    # Each run measured its own instance; the database server is one, measured by each run at once: keep one.
+    summed = {
+        key: sum(result[key] for result in results)
+        for key in results[0]
+        if key not in ("p50_ms", "p99_ms", "cpu_s_database")
+    }
+    if "cpu_s_database" in results[0]:
+        summed["cpu_s_database"] = max(result["cpu_s_database"] for result in results)
     return {**summed, "p50_ms": max(r["p50_ms"] for r in results), "p99_ms": max(r["p99_ms"] for r in results)}
 
 

@@ -30,15 +30,33 @@ def _rounds(
     return results
 
 
-def summarise(results: list[dict[str, dict[str, float]]], ratios: dict[str, tuple[str, str]]) -> dict[str, Any]:
-    """min/median/max of every contender's rate and p99, and of every ratio (each taken within one round)."""
+def cpu_us_per_answer(result: dict[str, float], tree: str = "server") -> float:
+    """CPU microseconds a process tree spent per 2xx answer in one run."""
+    return result[f"cpu_s_{tree}"] / max(1.0, result["answers"]) * 1e6
+
+
+def summarise(
+    results: list[dict[str, dict[str, float]]],
+    ratios: dict[str, tuple[str, str]],
+    cpu_ratios: dict[str, tuple[str, str]] | None = None,
+) -> dict[str, Any]:
+    """min/median/max of every contender's CPU per answer, rate and p99, and of every ratio (each taken within
+    one round): CPU ratios of the server's processes, and of server plus database where there is one."""
     summary: dict[str, Any] = {"rounds": results}
     for name in results[0]:
         summary[name] = {
             "rps": spread([result[name]["rps"] for result in results]),
             "p99_ms": spread([result[name]["p99_ms"] for result in results]),
             "errors": sum(result[name]["errors"] for result in results),
+            "cpu_us_per_answer": spread([cpu_us_per_answer(result[name]) for result in results]),
         }
+        if "cpu_s_database" in results[0][name]:
+            summary[name]["database_cpu_us_per_answer"] = spread(
+                [cpu_us_per_answer(result[name], "database") for result in results]
+            )
+            summary[name]["total_cpu_us_per_answer"] = spread(
+                [cpu_us_per_answer(result[name]) + cpu_us_per_answer(result[name], "database") for result in results]
+            )
         if "accepted" in results[0][name]:
             summary[name]["accepted"] = sum(result[name]["accepted"] for result in results)
             summary[name]["duplicate"] = sum(result[name]["duplicate"] for result in results)
@@ -47,22 +65,33 @@ def summarise(results: list[dict[str, dict[str, float]]], ratios: dict[str, tupl
         ratio: spread([result[ours]["rps"] / result[base]["rps"] for result in results])
         for ratio, (ours, base) in ratios.items()
     }
+    summary["cpu_ratios"] = {
+        ratio: spread([_total_cpu(result[ours]) / _total_cpu(result[base]) for result in results])
+        for ratio, (ours, base) in (cpu_ratios or {}).items()
+    }
     baselines = {base for _, base in ratios.values()}
     summary["noisy"] = any(noisy([result[base]["rps"] for result in results]) for base in baselines)
     return summary
 
 
+def _total_cpu(result: dict[str, float]) -> float:
+    """CPU per answer of the server and, where there is one, its database server."""
+    return cpu_us_per_answer(result) + (cpu_us_per_answer(result, "database") if "cpu_s_database" in result else 0.0)
+
+
 def bench_ingress(workdir: Path, seconds: float, rounds: int) -> dict[str, Any]:
     """The service (one and two workers, SQLite) against gunicorn's sync worker and the do-nothing ASGI ceiling."""
     with contextlib.ExitStack() as stack:
-        sync_port = stack.enter_context(gunicorn("bench.baseline_wsgi:app"))
-        asgi_port = stack.enter_context(gunicorn("bench.baseline_asgi:app", "-k", "bench.baseline_asgi.Worker"))
+        sync_port, sync_pid = stack.enter_context(gunicorn("bench.baseline_wsgi:app"))
+        asgi_port, asgi_pid = stack.enter_context(
+            gunicorn("bench.baseline_asgi:app", "-k", "bench.baseline_asgi.Worker")
+        )
         one = stack.enter_context(service(workdir))
         two = stack.enter_context(service(workdir, "--workers", "2"))
         results = _rounds(
             {
-                "sync_baseline": lambda s: wrk(sync_port, s),
-                "asgi_ceiling": lambda s: wrk(asgi_port, s),
+                "sync_baseline": lambda s: wrk(sync_port, s, cpu={"server": sync_pid}),
+                "asgi_ceiling": lambda s: wrk(asgi_port, s, cpu={"server": asgi_pid}),
                 "ours": lambda s: wrk_service(one, s),
                 "ours_two_workers": lambda s: wrk_service(two, s),
             },
@@ -78,11 +107,17 @@ def bench_ingress(workdir: Path, seconds: float, rounds: int) -> dict[str, Any]:
             "two_workers_vs_sync": ("ours_two_workers", "sync_baseline"),
             "two_workers_vs_one": ("ours_two_workers", "ours"),
         },
+        cpu_ratios={
+            "ours_cpu_vs_ceiling": ("ours", "asgi_ceiling"),
+            "two_workers_cpu_vs_ceiling": ("ours_two_workers", "asgi_ceiling"),
+            "two_workers_cpu_vs_one": ("ours_two_workers", "ours"),
+        },
     )
 
 
-def bench_postgres(workdir: Path, databases: list[str], seconds: float, rounds: int) -> dict[str, Any]:
-    """One instance on SQLite against one and two instances on PostgreSQL (two wrk at once, 16 connections each)."""
+def bench_postgres(workdir: Path, databases: list[str], postmaster: int, seconds: float, rounds: int) -> dict[str, Any]:
+    """One instance on SQLite against one and two instances on PostgreSQL (two wrk at once, 16 connections each);
+    the CPU of the PostgreSQL server's processes (``postmaster``'s tree) is measured apart and added to theirs."""
     with contextlib.ExitStack() as stack:
         sqlite = stack.enter_context(service(workdir))
         single = stack.enter_context(service(workdir, database=databases[0]))
@@ -90,8 +125,8 @@ def bench_postgres(workdir: Path, databases: list[str], seconds: float, rounds: 
         results = _rounds(
             {
                 "sqlite_one_instance": lambda s: wrk_service(sqlite, s),
-                "postgres_one_instance": lambda s: wrk_service(single, s),
-                "postgres_two_instances": lambda s: wrk_together(pair, s),
+                "postgres_one_instance": lambda s: wrk_service(single, s, database_pid=postmaster),
+                "postgres_two_instances": lambda s: wrk_together(pair, s, database_pid=postmaster),
             },
             seconds,
             rounds,
@@ -103,4 +138,5 @@ def bench_postgres(workdir: Path, databases: list[str], seconds: float, rounds: 
             "postgres_one_vs_sqlite": ("postgres_one_instance", "sqlite_one_instance"),
             "postgres_two_vs_one": ("postgres_two_instances", "postgres_one_instance"),
         },
+        cpu_ratios={"postgres_cpu_vs_sqlite": ("postgres_one_instance", "sqlite_one_instance")},
     )

@@ -11,8 +11,36 @@ def _mmm(values: dict[str, float], digits: int = 0) -> str:
     return " / ".join(f"{values[key]:,.{digits}f}" for key in ("min", "median", "max"))
 
 
+def cpu_table(results: dict[str, Any]) -> list[str]:
+    """CPU per answer: the measure a shared machine does not blur (see docs/benchmarks.md)."""
+    lines = [
+        "| contender | CPU µs per answer, server (min / median / max) | database server | total |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, row in results.items():
+        if isinstance(row, dict) and "cpu_us_per_answer" in row:
+            database = row.get("database_cpu_us_per_answer")
+            total = row.get("total_cpu_us_per_answer", row["cpu_us_per_answer"])
+            lines.append(
+                f"| {name} | {_mmm(row['cpu_us_per_answer'])} | {_mmm(database) if database else '—'} | {_mmm(total)} |"
+            )
+    if results.get("cpu_ratios"):
+        lines += ["", "| CPU ratio (each round's own) | min / median / max |", "| --- | --- |"]
+        lines += [f"| {name} | {_mmm(values, 2)} |" for name, values in results["cpu_ratios"].items()]
+    rounds = "; ".join(
+        ", ".join(
+            f"{name} {result['cpu_s_server'] / max(1, result['answers']) * 1e6:,.0f}"
+            for name, result in round_.items()
+            if "cpu_s_server" in result
+        )
+        for round_ in results["rounds"]
+    )
+    return [*lines, "", f"Rounds (server CPU µs per answer): {rounds}.", ""]
+
+
 def ingress_table(results: dict[str, Any]) -> list[str]:
     lines = [
+        *cpu_table(results),
         "| contender | req/s min / median / max | p99 ms (median) | requests | accepted / duplicate (its metrics)"
         " | errors |",
         "| --- | --- | --- | --- | --- | --- |",
