@@ -276,6 +276,11 @@ EVENT_COLUMNS = (
 INBOUND_COLUMNS = "sequence, campaign_tracking_id, reference_tracking_id, receive_us, message"
 
 
+def event_columns(prefix: str) -> str:
+    """EVENT_COLUMNS of a table alias ``prefix`` (for example ``"e."``)."""
+    return ", ".join(f"{prefix}{column.strip()}" for column in EVENT_COLUMNS.split(","))
+
+
 def snapshot_page_sql(placeholder: str, join: str, event_filter: EventFilter) -> str:
     """The SQL of one page of a snapshot: the messages of the filter after a tracking id, in tracking id order, each
     with its current event as of a sequence (the best event with a sequence up to it; a message whose first event
@@ -296,9 +301,8 @@ def snapshot_page_sql(placeholder: str, join: str, event_filter: EventFilter) ->
     where += f"m.tracking_id > {placeholder}"
     if event_filter.statuses:
         where += f" AND e.status IN ({', '.join([placeholder] * len(event_filter.statuses))})"
-    columns = ", ".join(f"e.{column.strip()}" for column in EVENT_COLUMNS.split(","))
     return (
-        f"SELECT {columns} FROM messages m {join} events e ON e.sequence = {as_of}"
+        f"SELECT {event_columns('e.')} FROM messages m {join} events e ON e.sequence = {as_of}"
         f" WHERE {where} ORDER BY m.tracking_id LIMIT {placeholder}"
     )
 

@@ -39,6 +39,8 @@ from service.events import (
 from service.limits import MAX_EVENTS_PER_MESSAGE, MAX_REPLIES_PER_MESSAGE
 from service.order import order_by
 from service.store import (
+    EVENT_COLUMNS,
+    INBOUND_COLUMNS,
     AppendInbound,
     AppendStatus,
     DropQuarantined,
@@ -52,6 +54,7 @@ from service.store import (
     WriteResult,
     body_digest,
     bounded,
+    event_columns,
     latest_events_sql,
     latest_replies_sql,
     merge_entries,
@@ -209,13 +212,8 @@ _MIGRATIONS = (
 )
 
 _QUARANTINE_COLUMNS = "id, received_us, last_us, peer, status, reason, detail, attempts, body, kind"
-_INBOUND_COLUMNS = "sequence, campaign_tracking_id, reference_tracking_id, receive_us, message"
-_EVENT_COLUMNS = (
-    "sequence, tracking_id, campaign_tracking_id, status, status_name, update_us, receive_us, was_current, callback,"
-    " previous_status, source"
-)
-_HISTORY = f"SELECT {_EVENT_COLUMNS} FROM events WHERE tracking_id = %s ORDER BY {order_by()}"
-_REPLIES = f"SELECT {_INBOUND_COLUMNS} FROM inbound WHERE reference_tracking_id = %s ORDER BY sequence"
+_HISTORY = f"SELECT {EVENT_COLUMNS} FROM events WHERE tracking_id = %s ORDER BY {order_by()}"
+_REPLIES = f"SELECT {INBOUND_COLUMNS} FROM inbound WHERE reference_tracking_id = %s ORDER BY sequence"
 _ONE_MESSAGE = one_message_sql("%s")
 
 
@@ -362,11 +360,11 @@ class PostgresStore:
 
         async def read(connection: psycopg.AsyncConnection[Any]) -> list[Entry]:
             events = await connection.execute(
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE sequence > %s ORDER BY sequence LIMIT %s",
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE sequence > %s ORDER BY sequence LIMIT %s",
                 (after_sequence, limit),
             )
             inbound = await connection.execute(
-                f"SELECT {_INBOUND_COLUMNS} FROM inbound WHERE sequence > %s ORDER BY sequence LIMIT %s",
+                f"SELECT {INBOUND_COLUMNS} FROM inbound WHERE sequence > %s ORDER BY sequence LIMIT %s",
                 (after_sequence, limit),
             )
             return merge_entries(_events(await events.fetchall()), _inbound(await inbound.fetchall()), limit)
@@ -441,7 +439,7 @@ class PostgresStore:
         return await self._read(read)
 
     async def message(self, tracking_id: str) -> MessageState | None:
-        """Return a message's history and replies, read together (None when it has no event)."""
+        """Return a message's latest events and replies with their totals, read together (see ``LogReader``)."""
 
         async def read(connection: psycopg.AsyncConnection[Any]) -> MessageState | None:
             key = (tracking_id,)
@@ -461,7 +459,7 @@ class PostgresStore:
         """Return up to ``limit`` entries of the filter with a sequence greater than ``after_sequence``, in order."""
         where, params = _where(event_filter, "")
         table, columns, build = (
-            ("inbound", _INBOUND_COLUMNS, _inbound) if event_filter.inbound else ("events", _EVENT_COLUMNS, _events)
+            ("inbound", INBOUND_COLUMNS, _inbound) if event_filter.inbound else ("events", EVENT_COLUMNS, _events)
         )
 
         async def read(connection: psycopg.AsyncConnection[Any]) -> Sequence[Entry]:
@@ -491,7 +489,7 @@ class PostgresStore:
 
         async def read(connection: psycopg.AsyncConnection[Any]) -> dict[str, MessageState]:
             cursor = await connection.execute(
-                f"SELECT {_prefixed('e.')} FROM messages m JOIN events e ON e.sequence = m.current_sequence"
+                f"SELECT {event_columns('e.')} FROM messages m JOIN events e ON e.sequence = m.current_sequence"
                 " WHERE m.tracking_id = ANY(%s)",
                 (ids,),
             )
@@ -517,7 +515,7 @@ class PostgresStore:
 
         async def read(connection: psycopg.AsyncConnection[Any]) -> list[StoredEvent]:
             cursor = await connection.execute(
-                f"SELECT {_prefixed('e.')} FROM messages m JOIN events e ON e.sequence = m.current_sequence"
+                f"SELECT {event_columns('e.')} FROM messages m JOIN events e ON e.sequence = m.current_sequence"
                 f" WHERE m.campaign_tracking_id = %s{where} AND m.tracking_id > %s ORDER BY m.tracking_id LIMIT %s",
                 (campaign_tracking_id, *params, after_tracking_id, limit),
             )
@@ -557,7 +555,8 @@ class PostgresStore:
 
         async def read(connection: psycopg.AsyncConnection[Any]) -> list[DueCheck]:
             cursor = await connection.execute(
-                f"SELECT {_prefixed('e.')}, m.checks FROM messages m JOIN events e ON e.sequence = m.current_sequence"
+                f"SELECT {event_columns('e.')}, m.checks"
+                " FROM messages m JOIN events e ON e.sequence = m.current_sequence"
                 " WHERE m.check_from_us IS NOT NULL AND m.check_from_us < %s ORDER BY m.check_from_us LIMIT %s",
                 (changed_before_us, limit),
             )
@@ -770,10 +769,6 @@ def _events(rows: Any) -> list[StoredEvent]:
         )
         for row in rows
     ]
-
-
-def _prefixed(prefix: str) -> str:
-    return ", ".join(f"{prefix}{column.strip()}" for column in _EVENT_COLUMNS.split(","))
 
 
 async def _add_counts(connection: psycopg.AsyncConnection[Any], counts: Mapping[tuple[str, int], int]) -> None:

@@ -33,6 +33,8 @@ from service.events import (
 from service.limits import MAX_EVENTS_PER_MESSAGE, MAX_REPLIES_PER_MESSAGE
 from service.order import order_by
 from service.store import (
+    EVENT_COLUMNS,
+    INBOUND_COLUMNS,
     AppendInbound,
     AppendStatus,
     DropQuarantined,
@@ -46,6 +48,7 @@ from service.store import (
     WriteResult,
     body_digest,
     bounded,
+    event_columns,
     latest_events_sql,
     latest_replies_sql,
     merge_entries,
@@ -181,13 +184,8 @@ _MIGRATIONS = (
 #: Reader threads, each with its connection: a long read (a campaign's snapshot) leaves others to the rest.
 READER_THREADS = 4
 _QUARANTINE_COLUMNS = "id, received_us, last_us, peer, status, reason, detail, attempts, body, kind"
-_INBOUND_COLUMNS = "sequence, campaign_tracking_id, reference_tracking_id, receive_us, message"
-_EVENT_COLUMNS = (
-    "sequence, tracking_id, campaign_tracking_id, status, status_name, update_us, receive_us, was_current, callback,"
-    " previous_status, source"
-)
-_HISTORY = f"SELECT {_EVENT_COLUMNS} FROM events WHERE tracking_id = ? ORDER BY {order_by()}"
-_REPLIES = f"SELECT {_INBOUND_COLUMNS} FROM inbound WHERE reference_tracking_id = ? ORDER BY sequence"
+_HISTORY = f"SELECT {EVENT_COLUMNS} FROM events WHERE tracking_id = ? ORDER BY {order_by()}"
+_REPLIES = f"SELECT {INBOUND_COLUMNS} FROM inbound WHERE reference_tracking_id = ? ORDER BY sequence"
 _ONE_MESSAGE = one_message_sql("?")
 
 
@@ -374,12 +372,12 @@ class SqliteStore:
         def read(connection: sqlite3.Connection) -> list[Entry]:
             events = _events(
                 connection,
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE sequence > ? ORDER BY sequence LIMIT ?",
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE sequence > ? ORDER BY sequence LIMIT ?",
                 (after_sequence, limit),
             )
             inbound = _inbound(
                 connection,
-                f"SELECT {_INBOUND_COLUMNS} FROM inbound WHERE sequence > ? ORDER BY sequence LIMIT ?",
+                f"SELECT {INBOUND_COLUMNS} FROM inbound WHERE sequence > ? ORDER BY sequence LIMIT ?",
                 (after_sequence, limit),
             )
             return merge_entries(events, inbound, limit)
@@ -483,14 +481,14 @@ class SqliteStore:
             return await self._read(
                 lambda connection: _inbound(
                     connection,
-                    f"SELECT {_INBOUND_COLUMNS} FROM inbound WHERE sequence > ?{where} ORDER BY sequence LIMIT ?",
+                    f"SELECT {INBOUND_COLUMNS} FROM inbound WHERE sequence > ?{where} ORDER BY sequence LIMIT ?",
                     (after_sequence, *params, limit),
                 )
             )
         return await self._read(
             lambda connection: _events(
                 connection,
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE sequence > ?{where} ORDER BY sequence LIMIT ?",
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE sequence > ?{where} ORDER BY sequence LIMIT ?",
                 (after_sequence, *params, limit),
             )
         )
@@ -510,7 +508,7 @@ class SqliteStore:
         def read(connection: sqlite3.Connection) -> dict[str, MessageState]:
             current = _events(
                 connection,
-                f"SELECT {_prefixed('e.')} FROM messages m JOIN events e ON e.sequence = m.current_sequence"
+                f"SELECT {event_columns('e.')} FROM messages m JOIN events e ON e.sequence = m.current_sequence"
                 " WHERE m.tracking_id IN (SELECT value FROM json_each(?))",
                 (ids,),
             )
@@ -542,7 +540,7 @@ class SqliteStore:
         return await self._read(
             lambda connection: _events(
                 connection,
-                f"SELECT {_prefixed('e.')} FROM messages m JOIN events e ON e.sequence = m.current_sequence"
+                f"SELECT {event_columns('e.')} FROM messages m JOIN events e ON e.sequence = m.current_sequence"
                 f" WHERE m.campaign_tracking_id = ?{where} AND m.tracking_id > ? ORDER BY m.tracking_id LIMIT ?",
                 (campaign_tracking_id, *params, after_tracking_id, limit),
             )
@@ -572,7 +570,8 @@ class SqliteStore:
 
         def read(connection: sqlite3.Connection) -> list[DueCheck]:
             rows = connection.execute(
-                f"SELECT {_prefixed('e.')}, m.checks FROM messages m JOIN events e ON e.sequence = m.current_sequence"
+                f"SELECT {event_columns('e.')}, m.checks"
+                " FROM messages m JOIN events e ON e.sequence = m.current_sequence"
                 " WHERE m.check_from_us IS NOT NULL AND m.check_from_us < ? ORDER BY m.check_from_us LIMIT ?",
                 (changed_before_us, limit),
             ).fetchall()
@@ -769,10 +768,6 @@ def _events(connection: sqlite3.Connection, sql: str, params: Sequence[object]) 
 
 def _event(row: Sequence[Any]) -> StoredEvent:
     return StoredEvent(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]), row[8], row[9], row[10])
-
-
-def _prefixed(prefix: str) -> str:
-    return ", ".join(f"{prefix}{column.strip()}" for column in _EVENT_COLUMNS.split(","))
 
 
 def _add_counts(connection: sqlite3.Connection, counts: Mapping[tuple[str, int], int]) -> None:
