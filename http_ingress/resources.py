@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from http_ingress.allowlist import Allowlist
 from http_ingress.readiness import Readiness
+from service.domain import INBOUND, STATUS
 from service.errors import (
     BodyTimeoutError,
     PayloadTooLargeError,
@@ -23,7 +24,6 @@ from service.errors import (
 from service.ingest import Ingest
 from service.limits import MAX_BODY_BYTES
 from service.metrics import Metrics
-from service.store import INBOUND, STATUS
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -6,6 +6,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from routee.callbacks.v1 import callback_pb2 as pb
 from routee.callbacks.v1 import message_status_service_pb2 as pb2
+from service.domain import normalise_status_name
 from service.events import StoredEvent, StoredInbound
 
 _STATUS_BY_NAME: dict[str, int] = {
@@ -17,11 +18,6 @@ _STATUS_BY_NAME: dict[str, int] = {
     "failed": pb.MESSAGE_STATUS_FAILED,
     "unsent": pb.MESSAGE_STATUS_UNSENT,
 }
-
-
-def normalise_status_name(name: str) -> str:
-    """Return the key under which a status name is compared (case-insensitive)."""
-    return name.strip().casefold()
 
 
 def status_from_name(name: str) -> int:

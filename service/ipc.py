@@ -20,9 +20,9 @@ from collections.abc import Iterator, Sequence
 from typing import cast
 
 from service.broker import Update
+from service.domain import STATUS
 from service.errors import RouteeCallbacksError, error_from_reason
 from service.events import Entry, StoredEvent, StoredInbound
-from service.store import STATUS
 
 # Worker to writer.
 SUBMIT_STATUS = 1

@@ -32,9 +32,10 @@ from typing import Any
 from routee.callbacks.v1 import callback_pb2 as pb
 from service.batch_writer import BatchWriter
 from service.config import Settings, redact
+from service.domain import FROM_TRACKING_API
 from service.errors import CredentialsRejectedError, RejectedError, RouteeCallbacksError, UnavailableError
 from service.events import DueCheck, StoredEvent
-from service.store import FROM_TRACKING_API, AppendStatus, Reschedule, Store
+from service.store import AppendStatus, Reschedule, Store
 from service.tracking_api import TrackingApi, as_callback
 
 _LOGGER = logging.getLogger(__name__)

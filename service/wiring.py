@@ -38,6 +38,7 @@ from http_ingress.schemas import TOLERATED_FIELDS, parse_callback, parse_inbound
 from routee.callbacks.v1 import callback_pb2 as pb
 from service.broker import Broker
 from service.config import Settings, redact
+from service.domain import INBOUND, STATUS
 from service.errors import RouteeCallbacksError
 from service.ingest import AdjustmentRecorder, Parsers, Refusals
 from service.log import LocalLog
@@ -46,7 +47,7 @@ from service.process import WRITER_STOP_SIGNAL, Instance
 from service.reconcile import Reconciler, ReconcileState
 from service.server import create_server
 from service.servicer import SERVICE_NAME, MessageStatusServicer
-from service.store import INBOUND, STATUS, Store, open_store
+from service.store import Store, open_store
 from service.tls import ReloadingContext, grpc_certificates, grpc_credentials, http_certificates
 from service.tracking_api import TrackingApi
 from service.writer_client import RemoteIngest, RemoteLog

@@ -24,9 +24,10 @@ from routee.callbacks.v1 import callback_pb2 as pb
 from service import ipc
 from service.batch_writer import BatchWriter
 from service.broker import Update
+from service.domain import INBOUND, STATUS
 from service.errors import RejectedError, RouteeCallbacksError
 from service.ingest import Append, Refusals
-from service.store import INBOUND, STATUS, AppendInbound, AppendStatus, Probe
+from service.store import AppendInbound, AppendStatus, Probe
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -17,11 +17,12 @@ from http_ingress.errors import http_status
 from http_ingress.schemas import parse_callback, parse_inbound
 from routee.callbacks.v1 import callback_pb2 as pb
 from service.broker import Broker
+from service.domain import INBOUND, STATUS
 from service.events import StoredEvent, StoredInbound
 from service.ingest import AdjustmentRecorder, LocalIngest, Refusals
 from service.log import LocalLog
 from service.metrics import Metrics
-from service.store import INBOUND, STATUS, AppendInbound, AppendStatus, Store, open_store
+from service.store import AppendInbound, AppendStatus, Store, open_store
 
 _T = TypeVar("_T")
 LOOPBACK = Allowlist(allow_cidrs=[ipaddress.ip_network("127.0.0.0/8")])

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from routee.callbacks.v1 import callback_pb2 as pb
+from service.domain import FROM_CALLBACK, STATUS
 from service.events import (
     CampaignSummary,
     DueCheck,
@@ -41,29 +42,9 @@ from service.events import (
     StoredEvent,
     StoredInbound,
 )
-from service.limits import MAX_EVENTS_PER_MESSAGE, MAX_QUARANTINE_ENTRIES, MAX_REPLIES_PER_MESSAGE
-from service.order import order_by
+from service.limits import MAX_QUARANTINE_ENTRIES
 
 _Row = TypeVar("_Row")
-
-#: What a body posted to the service is: a status callback, or an inbound message (a reply).
-STATUS = "status"
-INBOUND = "inbound"
-
-
-#: Where a status event came from (routee.callbacks.v1.EventSource).
-FROM_CALLBACK = 1
-FROM_TRACKING_API = 2
-#: Statuses after which Routee reports no further change: reconciliation stops at them.
-FINAL_STATUSES = frozenset(
-    {
-        pb.MESSAGE_STATUS_SEEN,
-        pb.MESSAGE_STATUS_UNDELIVERED,
-        pb.MESSAGE_STATUS_EXPIRED,
-        pb.MESSAGE_STATUS_FAILED,
-        pb.MESSAGE_STATUS_UNSENT,
-    }
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,89 +247,6 @@ class Store(LogWriter, LogReader, Protocol):
 
     async def close(self) -> None:
         """Close every connection."""
-
-
-#: The columns of a stored event and of a stored inbound message, in the order of StoredEvent and StoredInbound.
-EVENT_COLUMNS = (
-    "sequence, tracking_id, campaign_tracking_id, status, status_name, update_us, receive_us, was_current, callback,"
-    " previous_status, source"
-)
-INBOUND_COLUMNS = "sequence, campaign_tracking_id, reference_tracking_id, receive_us, message"
-
-
-def event_columns(prefix: str) -> str:
-    """EVENT_COLUMNS of a table alias ``prefix`` (for example ``"e."``)."""
-    return ", ".join(f"{prefix}{column.strip()}" for column in EVENT_COLUMNS.split(","))
-
-
-def snapshot_page_sql(placeholder: str, join: str, event_filter: EventFilter) -> str:
-    """The SQL of one page of a snapshot: the messages of the filter after a tracking id, in tracking id order, each
-    with its current event as of a sequence (the best event with a sequence up to it; a message whose first event
-    came later is not in it). Parameters: the sequence twice, the campaign (when the filter has one), the tracking
-    id to start after, the statuses (when the filter has some), the page size.
-
-    A message read as it is now but changed after that sequence would reach the stream twice, or leave a gap: its
-    state as of the sequence makes the snapshot and the live updates after it meet exactly. Driven from the
-    messages' (campaign, tracking id) index, each event found by primary key: linear in the campaign, and a
-    page costs the same at its end as at its start. ``join`` is the engine's join that keeps that order (SQLite:
-    ``CROSS JOIN``)."""
-    as_of = (
-        f"CASE WHEN m.current_sequence <= {placeholder} THEN m.current_sequence ELSE (SELECT h.sequence FROM events h"
-        f" WHERE h.tracking_id = m.tracking_id AND h.sequence <= {placeholder}"
-        f" ORDER BY {order_by('h.', descending=True)} LIMIT 1) END"
-    )
-    where = f"m.campaign_tracking_id = {placeholder} AND " if event_filter.campaign_tracking_id is not None else ""
-    where += f"m.tracking_id > {placeholder}"
-    if event_filter.statuses:
-        where += f" AND e.status IN ({', '.join([placeholder] * len(event_filter.statuses))})"
-    return (
-        f"SELECT {event_columns('e.')} FROM messages m {join} events e ON e.sequence = {as_of}"
-        f" WHERE {where} ORDER BY m.tracking_id LIMIT {placeholder}"
-    )
-
-
-def snapshot_page_parameters(event_filter: EventFilter, as_of: int, after: str, limit: int) -> tuple[object, ...]:
-    """The parameters of ``snapshot_page_sql``, in its order."""
-    campaign = () if event_filter.campaign_tracking_id is None else (event_filter.campaign_tracking_id,)
-    return (as_of, as_of, *campaign, after, *sorted(event_filter.statuses), limit)
-
-
-def latest_events_sql(where: str) -> str:
-    """The SQL of the latest MAX_EVENTS_PER_MESSAGE events of each message that ``where`` selects (a condition on
-    ``tracking_id``, in the engine's placeholders), in precedence order; each row ends with the count of all the
-    message's events. Both engines run it as it is."""
-    return (
-        f"SELECT {EVENT_COLUMNS}, total FROM (SELECT *,"
-        f" ROW_NUMBER() OVER (PARTITION BY tracking_id ORDER BY {order_by(descending=True)}) AS latest,"
-        f" COUNT(*) OVER (PARTITION BY tracking_id) AS total FROM events WHERE {where}) AS bounded"
-        f" WHERE latest <= {MAX_EVENTS_PER_MESSAGE} ORDER BY tracking_id, {order_by()}"
-    )
-
-
-def latest_replies_sql(where: str) -> str:
-    """The SQL of the latest MAX_REPLIES_PER_MESSAGE replies received to each message that ``where`` selects (a
-    condition on ``reference_tracking_id``), in sequence order; each row ends with the count of all its replies."""
-    return (
-        f"SELECT {INBOUND_COLUMNS}, total FROM (SELECT {INBOUND_COLUMNS},"
-        " ROW_NUMBER() OVER (PARTITION BY reference_tracking_id ORDER BY sequence DESC) AS latest,"
-        " COUNT(*) OVER (PARTITION BY reference_tracking_id) AS total FROM inbound"
-        f" WHERE {where}) AS bounded WHERE latest <= {MAX_REPLIES_PER_MESSAGE} ORDER BY reference_tracking_id, sequence"
-    )
-
-
-def one_message_sql(placeholder: str) -> tuple[str, str, str, str]:
-    """The SQL that reads one message's latest events and replies (newest first, one more row than the bound, so
-    that a full page shows there are more) and, only then needed, counts them all: events, replies, count of
-    events, count of replies. Cheaper than the windows of ``latest_events_sql`` for a single message (measured on
-    SQLite, a message of two events: 18 us of CPU per read against 34, and 15 before the bound)."""
-    return (
-        f"SELECT {EVENT_COLUMNS} FROM events WHERE tracking_id = {placeholder}"
-        f" ORDER BY {order_by(descending=True)} LIMIT {MAX_EVENTS_PER_MESSAGE + 1}",
-        f"SELECT {INBOUND_COLUMNS} FROM inbound WHERE reference_tracking_id = {placeholder}"
-        f" ORDER BY sequence DESC LIMIT {MAX_REPLIES_PER_MESSAGE + 1}",
-        f"SELECT COUNT(*) FROM events WHERE tracking_id = {placeholder}",
-        f"SELECT COUNT(*) FROM inbound WHERE reference_tracking_id = {placeholder}",
-    )
 
 
 def bounded(rows: list[_Row], most: int) -> tuple[list[_Row], bool]:

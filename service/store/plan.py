@@ -5,20 +5,14 @@ write what it says.
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from routee.callbacks.v1 import callback_pb2 as pb
-from service.convert import normalise_status_name
+from service.domain import FROM_CALLBACK, EventKey, lifecycle_rank, precedence
 from service.events import StoredEvent, StoredInbound
-from service.order import lifecycle_rank, precedence
-from service.store import FINAL_STATUSES, FROM_CALLBACK, AppendInbound, AppendStatus, Job, Release
-
-#: A distinct event: tracking id, case-folded status name, ``updatedDate`` in microseconds.
-EventKey = tuple[str, str, int]
+from service.store import AppendInbound, AppendStatus, Job, Release
 
 
 class Current(NamedTuple):
@@ -55,29 +49,6 @@ class StatusPlan:
     campaign_times: dict[str, tuple[int, int]] = field(default_factory=dict)
     #: The greatest sequence after the batch.
     last_sequence: int = 0
-
-
-def event_key(callback: pb.ViberCallback) -> EventKey:
-    """The key under which a callback is one distinct event: its tracking id, status name case-insensitively and
-    ``updatedDate`` as an instant (the README's duplicate rule)."""
-    status = callback.status
-    update_time = status.update_time  # Its fields directly: Timestamp.ToMicroseconds is slow, and this is hot.
-    return (
-        callback.tracking_id,
-        normalise_status_name(status.name),
-        update_time.seconds * 1_000_000 + update_time.nanos // 1000,
-    )
-
-
-def check_from(status: int, receive_us: int) -> int | None:
-    """When reconciliation may look up a message whose current status became ``status`` at ``receive_us``: from
-    then on (after its own delay), unless the status is final."""
-    return None if status in FINAL_STATUSES else receive_us
-
-
-def tracking_ids(callbacks: Iterable[pb.ViberCallback]) -> list[str]:
-    """The distinct tracking ids of a batch, sorted (engines look their current status up)."""
-    return sorted({callback.tracking_id for callback in callbacks})
 
 
 def plan_status(
@@ -163,22 +134,6 @@ def appends(jobs: Sequence[Job]) -> tuple[list[AppendStatus], list[pb.InboundMes
         elif isinstance(append, AppendInbound):
             messages.append(append.message)
     return callbacks, messages
-
-
-def inbound_key(message: pb.InboundMessage) -> str:
-    """What an inbound message is recognised by when Routee posts it again (it has no id): who sent what, when,
-    in answer to which message."""
-    sent = message.send_time
-    parts = [
-        message.sender,
-        message.recipient,
-        sent.seconds * 1_000_000 + sent.nanos // 1000,
-        message.reference_tracking_id,
-        message.text,
-        message.media_url,
-        message.file_name,
-    ]
-    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
 class NewInbound(NamedTuple):

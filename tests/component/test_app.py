@@ -14,8 +14,8 @@ import pytest
 from embedded import Embedded
 from http_ingress.allowlist import Allowlist
 from http_ingress.app import CALLBACKS_PATH, INBOUND_PATH
+from service.domain import INBOUND, STATUS
 from service.events import EventFilter
-from service.store import INBOUND, STATUS
 from support import fixture, fixture_bodies, inbound_bodies
 
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")

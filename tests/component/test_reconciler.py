@@ -15,8 +15,8 @@ from fake_routee import APPLICATION_ID, SECRET, FakeRoutee, fake_routee, trackin
 from http_ingress.schemas import parse_callback
 from routee.callbacks.v1 import callback_pb2 as pb
 from service.config import Credentials
+from service.domain import FROM_CALLBACK, FROM_TRACKING_API
 from service.reconcile import Reconciler, ReconcileState, backfill
-from service.store import FROM_CALLBACK, FROM_TRACKING_API
 from service.tracking_api import TrackingApi
 
 HOUR = 3600.0

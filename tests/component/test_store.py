@@ -19,12 +19,11 @@ import pytest
 from http_ingress.schemas import parse_callback, parse_inbound
 from postgres import PostgresServer
 from routee.callbacks.v1 import callback_pb2 as pb
+from service.domain import INBOUND, STATUS
 from service.errors import StoreUnavailableError
 from service.events import EventFilter, StoredEvent, StoredInbound
 from service.store import (
-    INBOUND,
     QUARANTINE_ENTRY_BYTES,
-    STATUS,
     AppendInbound,
     AppendStatus,
     DropQuarantined,
@@ -35,10 +34,12 @@ from service.store import (
     Store,
     open_store,
     quarantine_cost,
-    snapshot_page_parameters,
-    snapshot_page_sql,
 )
+from service.store import postgres as postgres_engine
+from service.store import sqlite as sqlite_engine
 from service.store.postgres import READ_STATEMENT_TIMEOUT_MS
+from service.store.schema import MIGRATIONS
+from service.store.sql import snapshot_page
 from support import fixture_bodies
 
 NOW_US = 1_700_000_000_000_000
@@ -464,9 +465,35 @@ class TestUpgrade:
         finally:
             await store.close()
 
+    @pytest.mark.parametrize(("legacy_version", "upgraded"), [(6, False), (5, True)])
+    async def test_a_postgres_database_numbered_before_one_list_keeps_its_version(
+        self, postgres: PostgresServer, caplog: pytest.LogCaptureFixture, legacy_version: int, upgraded: bool
+    ) -> None:
+        """PostgreSQL databases made while each engine kept its own migrations numbered them one lower (their
+        first script made the log's head too): such a database is read at its version, not migrated again."""
+        database = postgres.create_database()
+        with psycopg.connect(database, autocommit=True) as connection:
+            postgres_engine.migrate(connection, MIGRATIONS[: legacy_version + 1])
+            connection.execute("DROP TABLE schema_migrations")
+            connection.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+            connection.execute("INSERT INTO schema_version SELECT generate_series(1, %s)", (legacy_version,))
+        store = open_store(database)
+        with caplog.at_level(logging.INFO):
+            store.open()
+        try:
+            upgrades = [record for record in caplog.records if record.message == "schema upgraded"]
+            assert [(record.from_version, record.to_version) for record in upgrades] == (  # type: ignore[attr-defined]
+                [(legacy_version + 1, len(MIGRATIONS))] if upgraded else []
+            )
+            (event,) = await write(store, callback("m1", "Queued", "2024-05-01T10:00:00Z"))
+            assert event is not None
+            assert event.sequence == 1
+        finally:
+            await store.close()
 
-def _before_campaigns(migrations: tuple[str, ...]) -> tuple[str, ...]:
-    return migrations[: next(index for index, script in enumerate(migrations) if "campaign_counts" in script)]
+
+def _before_campaigns() -> tuple[str, ...]:
+    return MIGRATIONS[: next(index for index, script in enumerate(MIGRATIONS) if "campaign_counts" in script)]
 
 
 def _make_old_database(database: str, events: list[tuple[int, str, int, str, int, int, bool]]) -> None:
@@ -477,20 +504,16 @@ def _make_old_database(database: str, events: list[tuple[int, str, int, str, int
     ]
     messages = [(row[1], "c1", row[0], row[7], row[6]) for row in rows if row[9]]
     if database.startswith("postgresql://"):
-        from service.store import postgres as engine
-
         with psycopg.connect(database, autocommit=True) as connection:
-            engine._migrate(connection, _before_campaigns(engine._MIGRATIONS))
+            postgres_engine.migrate(connection, _before_campaigns())
             with connection.cursor() as cursor:
                 cursor.executemany(f"INSERT INTO events VALUES ({', '.join(['%s'] * 11)})", rows)
                 cursor.executemany("INSERT INTO messages VALUES (%s, %s, %s, %s, %s)", messages)
                 cursor.execute("UPDATE meta SET value = %s WHERE key = 'last_sequence'", (len(rows),))
         return
-    from service.store import sqlite as lite
-
     connection = sqlite3.connect(database, isolation_level=None)
     try:
-        lite._migrate(connection, _before_campaigns(lite._MIGRATIONS))
+        sqlite_engine.migrate(connection, _before_campaigns())
         connection.executemany(f"INSERT INTO events VALUES ({', '.join('?' * 11)})", rows)
         connection.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?)", messages)
         connection.execute("UPDATE meta SET value = ? WHERE key = 'last_sequence'", (len(rows),))
@@ -785,8 +808,8 @@ class TestSqlitePlans:
         store.open()
         asyncio.run(store.close())
         for event_filter in (EventFilter("c1", frozenset({pb.MESSAGE_STATUS_QUEUED})), EventFilter()):
-            sql = snapshot_page_sql("?", "CROSS JOIN", event_filter)
-            params = snapshot_page_parameters(event_filter, 10, "m5", 500)
+            sql, params = snapshot_page(sqlite_engine.SQLITE, event_filter, 10, "m5", 500)
+            sql = sql.replace("%s", "?")
             with sqlite3.connect(tmp_path / "plans.db") as connection:
                 plan = [row[3] for row in connection.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
             # The walk itself; a message changed after the snapshot's sequence then sorts its own few events.

@@ -6,9 +6,9 @@ import pytest
 
 from routee.callbacks.v1 import callback_pb2 as pb
 from service import ipc
+from service.domain import INBOUND
 from service.errors import InvalidCallbackError, MalformedJsonError, StoreUnavailableError, UnsupportedMediaError
 from service.events import Entry, StoredEvent, StoredInbound
-from service.store import INBOUND
 
 
 class TestFrames:

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 
 from http_ingress.schemas import parse_callback, parse_inbound
 from routee.callbacks.v1 import callback_pb2 as pb
-from service.store.plan import Current, StatusPlan, event_key, inbound_key, plan_inbound
+from service.domain import event_key, inbound_key
+from service.store.plan import Current, StatusPlan, plan_inbound
 from service.store.plan import plan_status as plan_with_keys
 
 

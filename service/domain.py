@@ -1,0 +1,100 @@
+"""The rules of Routee's message statuses, each in one place; pure, it imports only the protos.
+
+- **Rank and precedence** decide which of a message's events is its current status. As the README states it
+  (section "Pointing Routee at it"): the event with the latest ``updatedDate`` wins; on equal dates the higher
+  lifecycle rank (UNKNOWN < QUEUED < DELIVERED < UNDELIVERED = FAILED = UNSENT = EXPIRED < SEEN); on equal rank
+  too, the one stored later (the greater sequence). Engines order by ``ORDER_COLUMNS``, the planner compares
+  ``precedence`` keys.
+- **Final statuses** are those of the last ranks: Routee reports nothing after them in the normal course, so
+  reconciliation stops there.
+- **The duplicate rules**: a status event is one per ``event_key``, an inbound message one per ``inbound_key``.
+- **Where an event came from** is the proto's ``EventSource``; **what a body is** is one of ``BODY_KINDS``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from routee.callbacks.v1 import callback_pb2 as pb
+from routee.callbacks.v1 import message_status_service_pb2 as pb2
+
+_RANK: dict[int, int] = {
+    pb.MESSAGE_STATUS_UNKNOWN: 0,
+    pb.MESSAGE_STATUS_QUEUED: 1,
+    pb.MESSAGE_STATUS_DELIVERED: 2,
+    pb.MESSAGE_STATUS_UNDELIVERED: 3,
+    pb.MESSAGE_STATUS_FAILED: 3,
+    pb.MESSAGE_STATUS_UNSENT: 3,
+    pb.MESSAGE_STATUS_EXPIRED: 3,
+    pb.MESSAGE_STATUS_SEEN: 4,
+}
+#: The rank from which a status is final.
+_FINAL_RANK = 3
+
+#: Statuses after which Routee reports nothing more in the normal course (reconciliation stops there).
+FINAL_STATUSES = frozenset(status for status, rank in _RANK.items() if rank >= _FINAL_RANK)
+
+#: Columns of the ``events`` table in precedence order (``service.store.sql.order_by`` spells them for SQL).
+ORDER_COLUMNS = ("update_us", "rank", "sequence")
+
+#: Where a status event came from (routee.callbacks.v1.EventSource).
+FROM_CALLBACK: int = pb2.EVENT_SOURCE_CALLBACK
+FROM_TRACKING_API: int = pb2.EVENT_SOURCE_TRACKING_API
+
+#: What a body posted to the service is: a status callback, or an inbound message (a reply).
+STATUS = "status"
+INBOUND = "inbound"
+BODY_KINDS = (STATUS, INBOUND)
+
+#: A distinct event: tracking id, case-folded status name, ``updatedDate`` in microseconds.
+EventKey = tuple[str, str, int]
+
+
+def lifecycle_rank(status: int) -> int:
+    """Return the rank of a status in the message lifecycle."""
+    return _RANK.get(status, 0)
+
+
+def precedence(update_us: int, rank: int, sequence: int) -> tuple[int, int, int]:
+    """The key that orders a message's events: the greatest is the current status."""
+    return (update_us, rank, sequence)
+
+
+def normalise_status_name(name: str) -> str:
+    """Return the key under which a status name is compared (case-insensitive)."""
+    return name.strip().casefold()
+
+
+def event_key(callback: pb.ViberCallback) -> EventKey:
+    """The key under which a callback is one distinct event: its tracking id, status name case-insensitively and
+    ``updatedDate`` as an instant (the README's duplicate rule)."""
+    status = callback.status
+    update_time = status.update_time  # Its fields directly: Timestamp.ToMicroseconds is slow, and this is hot.
+    return (
+        callback.tracking_id,
+        normalise_status_name(status.name),
+        update_time.seconds * 1_000_000 + update_time.nanos // 1000,
+    )
+
+
+def inbound_key(message: pb.InboundMessage) -> str:
+    """What an inbound message is recognised by when Routee posts it again (it has no id): who sent what, when,
+    in answer to which message."""
+    sent = message.send_time
+    parts = [
+        message.sender,
+        message.recipient,
+        sent.seconds * 1_000_000 + sent.nanos // 1000,
+        message.reference_tracking_id,
+        message.text,
+        message.media_url,
+        message.file_name,
+    ]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def check_from(status: int, receive_us: int) -> int | None:
+    """When reconciliation may look up a message whose current status became ``status`` at ``receive_us``: from
+    then on (after its own delay), unless the status is final."""
+    return None if status in FINAL_STATUSES else receive_us

@@ -1,0 +1,403 @@
+"""The write transaction's algorithm, once for both engines: read what the plan needs, plan, write, then run
+every other job of the batch, in a ``Session`` the engine opened (and will commit)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from service.domain import EventKey, check_from, event_key, inbound_key
+from service.store import (
+    AppendInbound,
+    AppendStatus,
+    DropQuarantined,
+    Job,
+    Probe,
+    PruneChunk,
+    Quarantine,
+    Release,
+    Reschedule,
+    WriteResult,
+    body_digest,
+    oldest_beyond,
+    quarantine_cost,
+)
+from service.store.plan import Current, InboundPlan, StatusPlan, appends, plan_inbound, plan_status
+from service.store.sql import Cursor, Insert, Session, order_by
+
+_EVENTS = Insert(
+    "events",
+    (
+        ("sequence", "int8"),
+        ("tracking_id", "text"),
+        ("campaign_tracking_id", "text"),
+        ("status_key", "text"),
+        ("status", "int2"),
+        ("status_name", "text"),
+        ("rank", "int2"),
+        ("update_us", "int8"),
+        ("receive_us", "int8"),
+        ("was_current", "bool"),
+        ("callback", "bytes"),
+        ("previous_status", "int2"),
+        ("source", "int2"),
+    ),
+)
+_MESSAGES = Insert(
+    "messages",
+    (
+        ("tracking_id", "text"),
+        ("campaign_tracking_id", "text"),
+        ("current_sequence", "int8"),
+        ("update_us", "int8"),
+        ("rank", "int2"),
+        ("status", "int2"),
+        ("check_from_us", "int8"),
+    ),
+    " ON CONFLICT (tracking_id) DO UPDATE SET campaign_tracking_id = excluded.campaign_tracking_id,"
+    " current_sequence = excluded.current_sequence, update_us = excluded.update_us, rank = excluded.rank,"
+    " status = excluded.status, check_from_us = excluded.check_from_us, checks = 0",
+)
+_COUNTS = Insert(
+    "campaign_counts",
+    (("campaign_tracking_id", "text"), ("status", "int2"), ("messages", "int8")),
+    " ON CONFLICT (campaign_tracking_id, status) DO UPDATE SET messages = campaign_counts.messages + excluded.messages",
+)
+_INBOUND = Insert(
+    "inbound",
+    (
+        ("sequence", "int8"),
+        ("content_key", "text"),
+        ("campaign_tracking_id", "text"),
+        ("reference_tracking_id", "text"),
+        ("receive_us", "int8"),
+        ("message", "bytes"),
+    ),
+)
+_KEY_COLUMNS = (("tracking_id", "text"), ("status_key", "text"), ("update_us", "int8"))
+
+
+async def run(session: Session, jobs: Sequence[Job], now_us: int) -> WriteResult:
+    """Run a batch of jobs in the session's transaction: a result per job, in job order, and the new entries."""
+    plan, inbound = await _append(session, jobs, now_us)
+    result = WriteResult(entries=[new.event for new in plan.events] + [new.entry for new in inbound.entries])
+    statuses, replies = iter(plan.results), iter(inbound.results)
+    for job in jobs:
+        if isinstance(job, AppendStatus):
+            result.results.append(next(statuses))
+        elif isinstance(job, AppendInbound):
+            result.results.append(next(replies))
+        elif isinstance(job, Release):
+            result.results.append(next(statuses if isinstance(job.append, AppendStatus) else replies))
+            await _drop_quarantined(session, DropQuarantined(ids=(job.quarantine_id,)))
+        else:
+            result.results.append(await _run_other(session, job, now_us))
+    return result
+
+
+async def _run_other(session: Session, job: Job, now_us: int) -> object:
+    if isinstance(job, Quarantine):
+        return await _quarantine(session, job, now_us)
+    if isinstance(job, DropQuarantined):
+        return await _drop_quarantined(session, job)
+    if isinstance(job, Reschedule):
+        cursor = await session.execute(
+            "UPDATE messages SET check_from_us = %s, checks = checks + 1 WHERE tracking_id = %s"
+            " AND current_sequence = %s",
+            (job.check_from_us, job.tracking_id, job.current_sequence),
+        )
+        return cursor.rowcount == 1
+    if isinstance(job, Probe):
+        await set_meta(session, "probed_at_us", now_us)
+        return None
+    if isinstance(job, PruneChunk):
+        return await _prune_chunk(session, job.cutoff_us, job.limit)
+    raise TypeError(f"no such job: {job!r}")
+
+
+# -- appending to the log -----------------------------------------------------------------------------------------
+
+
+async def _append(session: Session, jobs: Sequence[Job], receive_us: int) -> tuple[StatusPlan, InboundPlan]:
+    """Plan and write the batch's new entries, their sequences after the log's head (locked until commit)."""
+    appended, messages = appends(jobs)
+    if not appended and not messages:
+        return StatusPlan(), InboundPlan()
+    callbacks = [append.callback for append in appended]
+    keys = [event_key(callback) for callback in callbacks]
+    content_keys = [inbound_key(message) for message in messages]
+    # The log's lock first, then the reads (each sees what committed before it started); all sent before the
+    # first answer is awaited, so that PostgreSQL's pipeline waits once.
+    dialect = session.dialect
+    head = await session.execute(f"SELECT value FROM meta WHERE key = 'last_sequence'{dialect.lock_head}")
+    stored = current_rows = inbound_rows = None
+    if keys:
+        stored = await _stored_keys(session, keys)
+        condition, params = dialect.any_of("tracking_id", sorted({key[0] for key in keys}))
+        current_rows = await session.execute(
+            "SELECT tracking_id, campaign_tracking_id, status, update_us, rank, current_sequence FROM messages"
+            f" WHERE {condition}",
+            params,
+        )
+    if content_keys:
+        condition, params = dialect.any_of("content_key", content_keys)
+        inbound_rows = await session.execute(f"SELECT content_key FROM inbound WHERE {condition}", params)
+    row = await head.fetchone()
+    existing: set[EventKey] = {(row[0], row[1], row[2]) for row in await _rows(stored)}
+    current = {row[0]: Current(row[1], row[2], row[3], row[4], row[5]) for row in await _rows(current_rows)}
+    plan = plan_status(
+        callbacks,
+        keys,
+        existing=existing,
+        current=current,
+        last_sequence=int(row[0]) if row else 0,
+        receive_us=receive_us,
+        sources=[append.source for append in appended],
+    )
+    inbound = plan_inbound(
+        messages,
+        content_keys,
+        existing={row[0] for row in await _rows(inbound_rows)},
+        last_sequence=plan.last_sequence,
+        receive_us=receive_us,
+    )
+    await _write_status(session, plan, receive_us)
+    await _write_inbound(session, inbound)
+    if plan.events or inbound.entries:
+        await set_meta(session, "last_sequence", inbound.last_sequence)
+    return plan, inbound
+
+
+async def _rows(cursor: Cursor | None) -> list[Any]:
+    return await cursor.fetchall() if cursor is not None else []
+
+
+async def _stored_keys(session: Session, keys: Sequence[EventKey]) -> Cursor:
+    """Which of the keys are stored already: one lookup through the unique index per key."""
+    rows, params = session.dialect.literal_rows(_KEY_COLUMNS, keys)
+    return await session.execute(
+        f"WITH batch (tracking_id, status_key, update_us) AS ({rows})"
+        " SELECT e.tracking_id, e.status_key, e.update_us FROM batch CROSS JOIN events e"
+        " WHERE e.tracking_id = batch.tracking_id AND e.status_key = batch.status_key"
+        " AND e.update_us = batch.update_us",
+        params,
+    )
+
+
+async def _write_status(session: Session, plan: StatusPlan, receive_us: int) -> None:
+    if not plan.events:
+        return
+    await session.insert(
+        _EVENTS,
+        [
+            (
+                new.event.sequence,
+                new.event.tracking_id,
+                new.event.campaign_tracking_id,
+                new.status_key,
+                new.event.status,
+                new.event.status_name,
+                new.rank,
+                new.event.update_us,
+                new.event.receive_us,
+                new.event.is_current,
+                new.event.callback,
+                new.event.previous_status,
+                new.event.source,
+            )
+            for new in plan.events
+        ],
+    )
+    await session.insert(
+        _MESSAGES,
+        [
+            (
+                tracking_id,
+                now.campaign_tracking_id,
+                now.sequence,
+                now.update_us,
+                now.rank,
+                now.status,
+                check_from(now.status, receive_us),
+            )
+            for tracking_id, now in plan.messages.items()
+        ],
+    )
+    await _add_counts(session, plan.counts)
+    dialect = session.dialect
+    await session.insert(
+        Insert(
+            "campaigns",
+            (("campaign_tracking_id", "text"), ("first_update_us", "int8"), ("latest_update_us", "int8")),
+            " ON CONFLICT (campaign_tracking_id) DO UPDATE SET"
+            f" first_update_us = {dialect.least}(campaigns.first_update_us, excluded.first_update_us),"
+            f" latest_update_us = {dialect.greatest}(campaigns.latest_update_us, excluded.latest_update_us)",
+        ),
+        [(campaign, first, latest) for campaign, (first, latest) in plan.campaign_times.items()],
+    )
+
+
+async def _write_inbound(session: Session, inbound: InboundPlan) -> None:
+    if inbound.entries:
+        await session.insert(
+            _INBOUND,
+            [
+                (
+                    new.entry.sequence,
+                    new.key,
+                    new.entry.campaign_tracking_id,
+                    new.entry.reference_tracking_id,
+                    new.entry.receive_us,
+                    new.entry.message,
+                )
+                for new in inbound.entries
+            ],
+        )
+
+
+async def _add_counts(session: Session, counts: Mapping[tuple[str, int], int]) -> None:
+    keys = sorted(counts)  # One order for every writer: two instances' upserts cannot deadlock.
+    if keys:
+        await session.insert(_COUNTS, [(campaign, status, counts[(campaign, status)]) for campaign, status in keys])
+
+
+# -- the log's counters -------------------------------------------------------------------------------------------
+
+
+async def meta(session: Session, key: str) -> int:
+    """A counter of the ``meta`` table (0 when it has none)."""
+    row = await (await session.execute("SELECT value FROM meta WHERE key = %s", (key,))).fetchone()
+    return int(row[0]) if row else 0
+
+
+async def set_meta(session: Session, key: str, value: int) -> None:
+    """Set a counter of the ``meta`` table."""
+    await session.execute(
+        "INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
+
+
+# -- the quarantine -----------------------------------------------------------------------------------------------
+
+
+async def _quarantine(session: Session, job: Quarantine, now_us: int) -> int:
+    """Keep a refused body, or count another attempt of one kept; then keep the whole within its bound."""
+    digest = body_digest(job.body)
+    row = await (
+        await session.execute(
+            "UPDATE quarantine SET attempts = attempts + 1, last_us = %s, peer = %s, status = %s, reason = %s,"
+            " detail = %s WHERE body_hash = %s RETURNING id",
+            (now_us, job.peer, job.status, job.reason, job.detail, digest),
+        )
+    ).fetchone()
+    if row is not None:
+        return int(row[0])
+    cost = quarantine_cost(job)
+    inserted = await (
+        await session.execute(
+            "INSERT INTO quarantine (body_hash, received_us, last_us, peer, status, reason, detail, attempts, size,"
+            " body, kind) VALUES (%s, %s, %s, %s, %s, %s, %s, 1, %s, %s, %s) RETURNING id",
+            (digest, now_us, now_us, job.peer, job.status, job.reason, job.detail, cost, job.body, job.kind),
+        )
+    ).fetchone()
+    total = await meta(session, "quarantine_bytes") + cost
+    count = await (await session.execute("SELECT count(*) FROM quarantine")).fetchone()
+    surplus = int(count[0]) - job.max_entries
+    if total > job.max_bytes or surplus > 0:
+        oldest = [
+            (int(row[0]), int(row[1]))
+            for row in await (
+                await session.execute("SELECT id, size FROM quarantine ORDER BY last_us, id LIMIT 1000")
+            ).fetchall()
+        ]
+        doomed = oldest_beyond(oldest, total - job.max_bytes, surplus)
+        condition, params = session.dialect.any_of("id", doomed)
+        await session.execute(f"DELETE FROM quarantine WHERE {condition}", params)
+        total -= sum(size for id_, size in oldest if id_ in doomed)
+    await set_meta(session, "quarantine_bytes", total)
+    return int(inserted[0])
+
+
+async def _drop_quarantined(session: Session, job: DropQuarantined) -> int:
+    condition, params = "true", ()  # type: tuple[str, tuple[object, ...]]
+    if job.ids is not None:
+        condition, params = session.dialect.any_of("id", job.ids)
+    elif job.seen_before_us is not None:
+        condition, params = "last_us < %s", (job.seen_before_us,)
+    freed = await (await session.execute(f"DELETE FROM quarantine WHERE {condition} RETURNING size", params)).fetchall()
+    if freed:
+        await session.execute(
+            f"UPDATE meta SET value = {session.dialect.greatest}(0, value - %s) WHERE key = 'quarantine_bytes'",
+            (sum(int(row[0]) for row in freed),),
+        )
+    return len(freed)
+
+
+# -- retention ----------------------------------------------------------------------------------------------------
+
+
+async def _prune_chunk(session: Session, cutoff_us: int, chunk: int) -> int:
+    """Delete up to ``chunk`` of the oldest entries of each kind received before the cutoff, and repair what
+    pointed at them; one instance at a time."""
+    dialect = session.dialect
+    if dialect.prune_lock is not None:
+        row = await (await session.execute(dialect.prune_lock)).fetchone()
+        if not row or not row[0]:
+            return 0  # Another instance is pruning now.
+    deleted = await (
+        await session.execute(
+            "DELETE FROM events WHERE sequence IN"
+            " (SELECT sequence FROM events WHERE receive_us < %s ORDER BY sequence LIMIT %s)"
+            " RETURNING sequence, tracking_id",
+            (cutoff_us, chunk),
+        )
+    ).fetchall()
+    replies = await (
+        await session.execute(
+            "DELETE FROM inbound WHERE sequence IN"
+            " (SELECT sequence FROM inbound WHERE receive_us < %s ORDER BY sequence LIMIT %s) RETURNING sequence",
+            (cutoff_us, chunk),
+        )
+    ).fetchall()
+    if not deleted and not replies:
+        return 0
+    await session.execute(
+        "INSERT INTO meta (key, value) VALUES ('pruned_through', %s)"
+        f" ON CONFLICT (key) DO UPDATE SET value = {dialect.greatest}(meta.value, excluded.value)",
+        (max(int(row[0]) for row in [*deleted, *replies]),),
+    )
+    await _repair_current(session, sorted({row[1] for row in deleted}))
+    return len(deleted) + len(replies)
+
+
+async def _repair_current(session: Session, tracking_ids: Sequence[str]) -> None:
+    """A message whose current event was pruned takes its best remaining event as current, or is forgotten; the
+    campaign counts follow."""
+    condition, params = session.dialect.any_of("m.tracking_id", tracking_ids)
+    orphaned = await (
+        await session.execute(
+            f"DELETE FROM messages AS m WHERE {condition}"
+            " AND NOT EXISTS (SELECT 1 FROM events e WHERE e.sequence = m.current_sequence)"
+            " RETURNING tracking_id, campaign_tracking_id, status",
+            params,
+        )
+    ).fetchall()
+    if not orphaned:
+        return
+    counts: dict[tuple[str, int], int] = {}
+    for _, campaign, status in orphaned:
+        counts[(campaign, status)] = counts.get((campaign, status), 0) - 1
+    condition, params = session.dialect.any_of("tracking_id", [row[0] for row in orphaned])
+    for campaign, status in await (
+        await session.execute(
+            "INSERT INTO messages (tracking_id, campaign_tracking_id, current_sequence, update_us, rank, status)"
+            " SELECT tracking_id, campaign_tracking_id, sequence, update_us, rank, status FROM (SELECT *,"
+            f" ROW_NUMBER() OVER (PARTITION BY tracking_id ORDER BY {order_by(descending=True)}) AS best"
+            f" FROM events WHERE {condition}) AS ranked WHERE best = 1"
+            " RETURNING campaign_tracking_id, status",
+            params,
+        )
+    ).fetchall():
+        counts[(campaign, status)] = counts.get((campaign, status), 0) + 1
+    await _add_counts(session, {key: delta for key, delta in counts.items() if delta})
