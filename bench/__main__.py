@@ -8,6 +8,8 @@ python -m bench [--quick] [--only NAME ...] [--soak-seconds S] [--out FILE]
 - cross_instance: publish-to-receive latency with the stream on the instance that took the callback, or another;
 - commit_order: what taking sequences in commit order costs on PostgreSQL, and what skipping it breaks;
 - fanout, unary, memory, soak: streams and reads (bench/streams.py);
+- ab, ab_postgres: the working tree against ``--base REV``, alternating runs, CPU per answer side by side, on
+  SQLite or PostgreSQL (bench/ab.py);
 - campaigns: GetCampaignSummary on a campaign of 1 000 000 messages next to a point read, ListMessageStatuses
   pages per second, on SQLite and PostgreSQL (bench/campaigns.py).
 
@@ -28,6 +30,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from bench.ab import bench_ab
 from bench.campaigns import bench_campaigns
 from bench.commit_order import bench_commit_order
 from bench.harness import ROOT, WRK, free_port
@@ -35,7 +38,19 @@ from bench.ingress import bench_ingress, bench_postgres
 from bench.report import table
 from bench.streams import bench_cross_instance, bench_fanout, bench_memory, bench_soak, bench_unary
 
-MEASURES = ("ingress", "postgres", "cross_instance", "commit_order", "fanout", "unary", "memory", "soak", "campaigns")
+MEASURES = (
+    "ab",
+    "ab_postgres",
+    "ingress",
+    "postgres",
+    "cross_instance",
+    "commit_order",
+    "fanout",
+    "unary",
+    "memory",
+    "soak",
+    "campaigns",
+)
 
 
 @contextlib.contextmanager
@@ -54,12 +69,13 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=MEASURES, help="run only these measures")
     parser.add_argument("--rounds", type=int, help="rounds per measure (default: 3, or 1 with --quick)")
     parser.add_argument("--seconds", type=float, help="seconds per round (default: 10, or 2 with --quick)")
+    parser.add_argument("--base", default="HEAD", help="the revision the A/B measures compare with (default: HEAD)")
     parser.add_argument("--soak-seconds", type=float, default=600, help="soak length; 0 skips it (default: 600)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     args = parser.parse_args()
     if not Path(WRK).is_absolute():
         raise SystemExit("bench: wrk is needed (Debian: apt-get install wrk)")
-    wanted = set(args.only or MEASURES)
+    wanted = set(args.only or MEASURES) - (set() if args.only else {"ab", "ab_postgres"})
     seconds, rounds = (2.0, 1) if args.quick else (10.0, 3)
     seconds, rounds = args.seconds or seconds, args.rounds or rounds
     results: dict[str, Any] = {
@@ -83,6 +99,15 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="routee-bench-") as tmp:
         workdir = Path(tmp)
+        run("ab", bench_ab, workdir, args.base, seconds, rounds)
+        if "ab_postgres" in wanted:
+            with postgres_databases(2) as (databases, postmaster):
+                run(
+                    "ab_postgres",
+                    lambda: bench_ab(
+                        workdir, args.base, seconds, rounds, database=(databases[0], databases[1]), pid=postmaster
+                    ),
+                )
         run("ingress", bench_ingress, workdir, seconds, rounds)
         if wanted & {"postgres", "cross_instance", "commit_order", "campaigns"}:
             with postgres_databases(5) as (databases, postmaster):

@@ -97,16 +97,25 @@ class Service:
 
 
 @contextlib.contextmanager
-def service(workdir: Path, *extra: str, database: str | None = None) -> Iterator[Service]:
+def service(workdir: Path, *extra: str, database: str | None = None, tree: Path | None = None) -> Iterator[Service]:
+    """A running service: the installed one, or that of a source ``tree`` (its own code on the same interpreter
+    and dependencies, as the A/B mode compares two trees)."""
     http_port, grpc_port = free_port(), free_port()
+    program = [str(BIN / "routee-callbacks")]
+    environment = None
+    if tree is not None:
+        program = [sys.executable, "-c", "import sys; from service.cli import main; sys.exit(main())"]
+        environment = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{tree / 'protos'}"}
     command = [
-        str(BIN / "routee-callbacks"), "serve",
+        *program, "serve",
         "--http-bind", f"127.0.0.1:{http_port}", "--grpc-bind", f"127.0.0.1:{grpc_port}",
         "--database", database or str(workdir / f"bench-{http_port}.db"),
         "--allowlist-host", "", "--allow-cidr", "127.0.0.0/8",
         "--log-level", "WARNING", "--max-streams", "20000", "--max-streams-per-client", "20000", *extra,
     ]  # fmt: skip
-    with process(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
+    with process(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment, cwd=tree or workdir
+    ) as proc:
         wait_http(http_port)
         time.sleep(0.3)
         yield Service(proc, http_port, grpc_port)

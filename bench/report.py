@@ -77,6 +77,11 @@ def table(results: dict[str, Any]) -> str:
         lines += ["### Ingress (one instance, SQLite)", "", *ingress_table(results["ingress"])]
     if "postgres" in results:
         lines += ["", "### Ingress on PostgreSQL", "", *ingress_table(results["postgres"])]
+    for name, engine in (("ab", "SQLite"), ("ab_postgres", "PostgreSQL")):
+        if name in results:
+            base = results[name]["base_revision"]
+            lines += ["", f"### A/B on {engine}: base {base} against the working tree (head)", ""]
+            lines += ingress_table(results[name])
     if "cross_instance" in results:
         cross = results["cross_instance"]
         lines += [

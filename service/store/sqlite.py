@@ -17,7 +17,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -135,30 +135,27 @@ class SqliteStore(SqlStore):
 
     # -- transactions -------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _mapped(self, doing: str) -> Iterator[None]:
+    def _unavailable(self, error: sqlite3.Error, doing: str) -> Exception:
         """The one place SQLite's errors become the service's: what the database cannot do now (locked,
         read-only, full, failing, not a database) is StoreUnavailableError; a statement's own fault stays."""
-        try:
-            yield
-        except (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError):
-            raise
-        except sqlite3.Error as ex:
-            raise StoreUnavailableError(f"SQLite database {self._path} cannot be {doing}: {ex}") from None
+        if isinstance(error, (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)):
+            return error
+        return StoreUnavailableError(f"SQLite database {self._path} cannot be {doing}: {error}")
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[Session]:
         """A ``BEGIN IMMEDIATE`` transaction on the caller's thread: a local transaction takes less than a
         millisecond, and a hand-off to a thread and back costs more than it would save (measured)."""
         try:
-            with self._mapped("written"):
-                self._check_writable()
-                connection = self._writer_connection()
-                connection.execute("BEGIN IMMEDIATE")
-                yield _Session(connection)
-                connection.execute("COMMIT")
+            self._check_writable()
+            connection = self._writer_connection()
+            connection.execute("BEGIN IMMEDIATE")
+            yield _Session(connection)
+            connection.execute("COMMIT")
+        except sqlite3.Error as ex:
+            self._drop_writer()  # Start over on a fresh connection next time (closing it rolls back).
+            raise self._unavailable(ex, "written") from None
         except BaseException:
-            # Whatever failed, start over on a fresh connection next time (closing it rolls back).
             self._drop_writer()
             raise
 
@@ -222,12 +219,14 @@ class SqliteStore(SqlStore):
                 self._local.generation = self._generation
                 with self._lock:
                     self._reader_connections.append(connection)
-            with self._mapped("read"):
+            try:
                 connection.execute("BEGIN")  # One consistent snapshot for everything `work` reads.
                 try:
                     return _complete(work(_Session(connection)))
                 finally:
                     connection.execute("COMMIT")
+            except sqlite3.Error as ex:
+                raise self._unavailable(ex, "read") from None
 
         if inline:
             return run()
