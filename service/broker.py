@@ -175,9 +175,10 @@ class Broker:
             if not subscribers:
                 del index.by_campaign[campaign]
 
-    def publish(self, updates: Sequence[Update]) -> None:
-        """Offer committed updates, in sequence order, to every matching subscription; never blocks."""
-        for update in updates:
+    def publish(self, entries: Sequence[Entry]) -> None:
+        """Offer committed entries, in sequence order, to every matching subscription; never blocks."""
+        for entry in entries:
+            update = Update(entry)
             index = self._inbound if update.inbound else self._status
             for subscribers in (index.every_campaign, index.by_campaign.get(update.campaign_tracking_id, ())):
                 for subscription in subscribers:

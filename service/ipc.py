@@ -19,7 +19,6 @@ import struct
 from collections.abc import Iterator, Sequence
 from typing import cast
 
-from service.broker import Update
 from service.domain import STATUS
 from service.errors import RouteeCallbacksError, error_from_reason
 from service.events import Entry, StoredEvent, StoredInbound
@@ -204,8 +203,8 @@ class FeedFrame:
         self.first, self.last = _RANGE.unpack_from(payload)
         self._payload = payload
 
-    def updates(self) -> list[Update]:
-        """The frame's entries, as updates."""
+    def entries(self) -> list[Entry]:
+        """The frame's entries."""
         return parse_feed(self._payload)
 
 
@@ -255,9 +254,9 @@ def _fields(payload: memoryview, offset: int, lengths: Sequence[int]) -> tuple[l
     return fields, offset
 
 
-def parse_feed(payload: memoryview) -> list[Update]:
-    """Read a FEED frame back into updates of stored entries (stream items built when first needed)."""
-    updates = []
+def parse_feed(payload: memoryview) -> list[Entry]:
+    """Read a FEED frame back into stored entries."""
+    entries: list[Entry] = []
     offset = _RANGE.size
     while offset < len(payload):
         if payload[offset] == _EVENT_ENTRY:
@@ -284,5 +283,5 @@ def parse_feed(payload: memoryview) -> list[Update]:
             entry = StoredInbound(sequence, campaign.decode(), reference.decode(), receive_us, message)
         else:
             raise FrameError(f"unknown feed entry kind {payload[offset]}")
-        updates.append(Update(entry))
-    return updates
+        entries.append(entry)
+    return entries

@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable, Sequence
 
 from service.batch_writer import BatchWriter
-from service.broker import Update
 from service.errors import RouteeCallbacksError
+from service.events import Entry
 from service.store import DropQuarantined, PruneChunk, Store
 from service.tail import Tailer
 
@@ -33,7 +33,7 @@ class LocalLog:
     def __init__(
         self,
         store: Store,
-        publish: Callable[[Sequence[Update]], None],
+        publish: Callable[[Sequence[Entry]], None],
         *,
         observe_commit: Callable[[float, int], None] = _ignore_observation,
         observe_failure: Callable[[], None] = lambda: None,
@@ -47,7 +47,7 @@ class LocalLog:
         self.tailer = Tailer(self._read_after, publish, position=0)
         self.writer = BatchWriter(
             store,
-            on_commit=lambda entries: self.tailer.committed([Update(entry) for entry in entries]),
+            on_commit=self.tailer.committed,
             observe_commit=observe_commit,
             observe_failure=observe_failure,
             after_batch=after_batch,
@@ -78,8 +78,8 @@ class LocalLog:
         await self.writer.stop()
         await self.tailer.stop()
 
-    async def _read_after(self, position: int, limit: int) -> list[Update]:
-        return [Update(entry) for entry in await self.store.entries_after(position, limit)]
+    async def _read_after(self, position: int, limit: int) -> list[Entry]:
+        return await self.store.entries_after(position, limit)
 
     async def _watch(self) -> None:
         while True:

@@ -42,7 +42,8 @@ _T = TypeVar("_T", bound="_Sequenced")
 
 
 class _Sequenced(Protocol):
-    sequence: int
+    @property
+    def sequence(self) -> int: ...
 
 
 class AllowlistState(Protocol):
@@ -277,10 +278,10 @@ class Metrics:
     def published(self, publish: Callable[[Sequence[_T]], None]) -> Callable[[Sequence[_T]], None]:
         """Wrap a publish function so that the last published sequence is exported."""
 
-        def publish_and_count(updates: Sequence[_T]) -> None:
-            publish(updates)
-            if updates:
-                self.last_sequence.set(updates[-1].sequence)
+        def publish_and_count(entries: Sequence[_T]) -> None:
+            publish(entries)
+            if entries:
+                self.last_sequence.set(entries[-1].sequence)
 
         return publish_and_count
 

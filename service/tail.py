@@ -15,11 +15,11 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
-from service.broker import Update
+from service.events import Entry
 
 _LOGGER = logging.getLogger(__name__)
 
-ReadAfter = Callable[[int, int], Awaitable[Sequence[Update]]]
+ReadAfter = Callable[[int, int], Awaitable[Sequence[Entry]]]
 
 
 class Tailer:
@@ -28,7 +28,7 @@ class Tailer:
     def __init__(
         self,
         read_after: ReadAfter,
-        publish: Callable[[Sequence[Update]], None],
+        publish: Callable[[Sequence[Entry]], None],
         *,
         position: int,
         page: int = 500,
@@ -38,21 +38,21 @@ class Tailer:
         self._publish = publish
         self._skipped = skipped
         self._page = page
-        self._hints: asyncio.Queue[Sequence[Update] | None] = asyncio.Queue()
+        self._hints: asyncio.Queue[Sequence[Entry] | None] = asyncio.Queue()
         self._change_queued = False
         self._busy = False
         self._task: asyncio.Task[None] | None = None
         #: Every entry up to this sequence has been published.
         self.position = position
 
-    def committed(self, updates: Sequence[Update]) -> None:
+    def committed(self, entries: Sequence[Entry]) -> None:
         """Hand over entries known to be committed (in sequence order); earlier ones are read from the store."""
-        if not updates:
+        if not entries:
             return
-        if not self._busy and self._hints.empty() and updates[0].sequence == self.position + 1:
-            self._emit(updates)  # They continue the log: publish now rather than a loop iteration later.
+        if not self._busy and self._hints.empty() and entries[0].sequence == self.position + 1:
+            self._emit(entries)  # They continue the log: publish now rather than a loop iteration later.
         else:
-            self._hints.put_nowait(updates)
+            self._hints.put_nowait(entries)
 
     def skip(self, first: int, last: int) -> bool:
         """Move past committed entries ``first``..``last`` nobody needs, if they continue the log; say whether."""
@@ -111,8 +111,8 @@ class Tailer:
             if len(page) < self._page:
                 return
 
-    def _emit(self, updates: Sequence[Update]) -> None:
-        fresh = [update for update in updates if update.sequence > self.position]
+    def _emit(self, entries: Sequence[Entry]) -> None:
+        fresh = [entry for entry in entries if entry.sequence > self.position]
         if fresh:
             self._publish(fresh)
             self.position = fresh[-1].sequence

@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from service import ipc
-from service.broker import Update
 from service.errors import RejectedError, StoreUnavailableError, UnavailableError
+from service.events import Entry
 from service.ingest import Kept, Parsers, identity, parse_or_refuse
 from service.store import AppendStatus, LogReader
 from service.tail import Tailer
@@ -209,7 +209,7 @@ class RemoteLog:
         self,
         path: Path,
         reader: LogReader,
-        publish: Callable[[Sequence[Update]], None],
+        publish: Callable[[Sequence[Entry]], None],
         *,
         skipped: Callable[[int], None],
         wanted: Callable[[], bool],
@@ -221,7 +221,7 @@ class RemoteLog:
 
     def _on_feed(self, frame: ipc.FeedFrame) -> None:
         if self._wanted() or not self.tailer.skip(frame.first, frame.last):
-            self.tailer.committed(frame.updates())
+            self.tailer.committed(frame.entries())
 
     async def start(self, retry: tuple[float, float] = (0.1, 2.0)) -> int:
         """Follow from the store's head, and connect to the writer process; return the head.
@@ -248,5 +248,5 @@ class RemoteLog:
         await self.client.stop()
         await self.tailer.stop()
 
-    async def _read_after(self, position: int, limit: int) -> list[Update]:
-        return [Update(entry) for entry in await self._reader.entries_after(position, limit)]
+    async def _read_after(self, position: int, limit: int) -> list[Entry]:
+        return await self._reader.entries_after(position, limit)

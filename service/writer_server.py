@@ -23,9 +23,9 @@ from google.protobuf.message import DecodeError
 from routee.callbacks.v1 import callback_pb2 as pb
 from service import ipc
 from service.batch_writer import BatchWriter
-from service.broker import Update
 from service.domain import INBOUND, STATUS
 from service.errors import RejectedError, RouteeCallbacksError
+from service.events import Entry
 from service.ingest import Append, Refusals
 from service.store import AppendInbound, AppendStatus, Probe
 
@@ -41,10 +41,10 @@ class Feed:
     def __init__(self) -> None:
         self.connections: set[_WorkerConnection] = set()
 
-    def broadcast(self, updates: Sequence[Update]) -> None:
+    def broadcast(self, entries: Sequence[Entry]) -> None:
         """Push committed entries to every worker."""
         if self.connections:
-            data = ipc.feed([update.entry for update in updates])
+            data = ipc.feed(entries)
             for connection in list(self.connections):
                 connection.send(data)
 

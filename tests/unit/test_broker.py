@@ -11,10 +11,10 @@ from service.errors import ShuttingDownError
 from service.events import EventFilter, StoredEvent
 
 
-def event(sequence: int, campaign: str = "c1", status: int = pb.MESSAGE_STATUS_QUEUED) -> Update:
-    """The update of a stored event with a tiny callback."""
+def event(sequence: int, campaign: str = "c1", status: int = pb.MESSAGE_STATUS_QUEUED) -> StoredEvent:
+    """A stored event with a tiny callback."""
     payload = pb.ViberCallback(tracking_id=f"m{sequence}", campaign_tracking_id=campaign).SerializeToString()
-    return Update(StoredEvent(sequence, f"m{sequence}", campaign, status, "Queued", 1, 2, True, payload))
+    return StoredEvent(sequence, f"m{sequence}", campaign, status, "Queued", 1, 2, True, payload)
 
 
 class TestBroker:
@@ -92,7 +92,7 @@ class TestUpdate:
 
     def test_the_stream_item_is_built_once_and_only_when_needed(self) -> None:
         """Routing needs no serialization; the first reader of the payload builds it, later readers share it."""
-        update = event(9, "c9", pb.MESSAGE_STATUS_SEEN)
+        update = Update(event(9, "c9", pb.MESSAGE_STATUS_SEEN))
         assert (update.sequence, update.campaign_tracking_id, update.status) == (9, "c9", pb.MESSAGE_STATUS_SEEN)
         assert update._payload is None
         assert update.payload is update.payload

@@ -90,4 +90,4 @@ class TestFeed:
         assert kind == ipc.FEED
         frame = ipc.FeedFrame(payload)
         assert (frame.first, frame.last) == (1, 5)
-        assert [update.entry for update in frame.updates()] == events
+        assert frame.entries() == events

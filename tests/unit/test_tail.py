@@ -6,13 +6,12 @@ import asyncio
 from collections.abc import Sequence
 
 from routee.callbacks.v1 import callback_pb2 as pb
-from service.broker import Update
-from service.events import StoredEvent
+from service.events import Entry, StoredEvent
 from service.tail import Tailer
 
 
-def update(sequence: int) -> Update:
-    return Update(StoredEvent(sequence, f"m{sequence}", "c1", pb.MESSAGE_STATUS_QUEUED, "Queued", 0, 0, True, b""))
+def update(sequence: int) -> Entry:
+    return StoredEvent(sequence, f"m{sequence}", "c1", pb.MESSAGE_STATUS_QUEUED, "Queued", 0, 0, True, b"")
 
 
 class FakeLog:
@@ -23,7 +22,7 @@ class FakeLog:
         self.reads = 0
         self.fail_next = False
 
-    async def read_after(self, position: int, limit: int) -> list[Update]:
+    async def read_after(self, position: int, limit: int) -> list[Entry]:
         self.reads += 1
         if self.fail_next:
             self.fail_next = False
@@ -35,8 +34,8 @@ class Published:
     def __init__(self) -> None:
         self.sequences: list[int] = []
 
-    def __call__(self, updates: Sequence[Update]) -> None:
-        self.sequences.extend(update.sequence for update in updates)
+    def __call__(self, entries: Sequence[Entry]) -> None:
+        self.sequences.extend(entry.sequence for entry in entries)
 
 
 async def settle(tailer: Tailer, through: int) -> None:
