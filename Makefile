@@ -71,10 +71,11 @@ test: install wheel-venv  ## Run the whole test suite, end to end against the in
 	.ci/system-packages
 	ROUTEE_TEST_EXECUTABLE=$(abspath $(WHEEL_VENV))/bin/routee-callbacks $(BIN)/pytest
 
-lint: install  ## ruff, mypy and buf lint.
+lint: install  ## ruff, mypy, the import rule (import-linter) and buf lint.
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-logo
 	$(BIN)/buf lint $(PROTO_DIR)
 	$(MAKE) --no-print-directory breaking
 

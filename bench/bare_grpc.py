@@ -16,7 +16,7 @@ import grpc
 from routee.callbacks.v1 import callback_pb2 as pb
 from routee.callbacks.v1 import message_status_service_pb2 as pb2
 from routee.callbacks.v1 import message_status_service_pb2_grpc as pb2_grpc
-from service.servicer import method_handlers
+from service.api.servicer import method_handlers
 
 
 class BareServicer(pb2_grpc.MessageStatusServiceServicer):
@@ -59,7 +59,7 @@ class BareServicer(pb2_grpc.MessageStatusServiceServicer):
 
 async def main(port: int, rate: float) -> None:
     servicer = BareServicer()
-    # As in service.server: a burst of 10 000 new streams must not be cancelled by gRPC core's pending-call limits.
+    # As in service.api.server: a burst of 10 000 new streams must not be cancelled by gRPC core's pending-call limits.
     options = [
         ("grpc.so_reuseport", 0),
         ("grpc.server.max_pending_requests", 21_000),

@@ -104,7 +104,7 @@ def service(workdir: Path, *extra: str, database: str | None = None, tree: Path 
     program = [str(BIN / "routee-callbacks")]
     environment = None
     if tree is not None:
-        program = [sys.executable, "-c", "import sys; from service.cli import main; sys.exit(main())"]
+        program = [sys.executable, "-c", "import sys; from service.cli.main import main; sys.exit(main())"]
         environment = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{tree / 'protos'}"}
     command = [
         *program, "serve",

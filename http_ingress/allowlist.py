@@ -25,8 +25,8 @@ import dns.exception
 import dns.rdatatype
 import dns.resolver
 
-from service.config import HostPort, IPNetwork
-from service.errors import AllowlistUnavailableError, RouteeCallbacksError, SourceNotAllowedError
+from service.config.settings import HostPort, IPNetwork
+from service.domain.errors import AllowlistUnavailableError, RouteeCallbacksError, SourceNotAllowedError
 
 _LOGGER = logging.getLogger(__name__)
 

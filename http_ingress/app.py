@@ -12,10 +12,10 @@ from http_ingress.allowlist import Allowlist
 from http_ingress.openapi import OpenApiResource
 from http_ingress.readiness import Readiness
 from http_ingress.resources import CallbacksResource, HealthResource, MetricsResource, ReadyResource
-from service.domain import INBOUND
-from service.errors import RouteeCallbacksError
-from service.ingest import Ingest
-from service.metrics import Metrics
+from service.domain.errors import RouteeCallbacksError
+from service.domain.rules import INBOUND
+from service.log.ingest import Ingest
+from service.monitoring.metrics import Metrics
 
 CALLBACKS_PATH = "/v1/callbacks/viber"
 INBOUND_PATH = "/v1/callbacks/viber/inbound"

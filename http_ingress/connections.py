@@ -46,8 +46,8 @@ from typing import Any, ClassVar
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from http_ingress.errors import PROBLEM_JSON, problem
-from service.limits import MAX_HEAD_BYTES, MAX_HEADER_LINES
-from service.tls import ReloadingContext
+from service.config.tls import ReloadingContext
+from service.domain.limits import MAX_HEAD_BYTES, MAX_HEADER_LINES
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from typing import Any
 import falcon
 import falcon.asgi
 
-from service.errors import (
+from service.domain.errors import (
     AllowlistUnavailableError,
     BodyTimeoutError,
     InvalidCallbackError,

@@ -12,7 +12,7 @@ from typing import Any
 import falcon.asgi
 from pydantic import TypeAdapter
 
-from http_ingress.schemas import InboundMessage, ViberCallback
+from service.routee.callbacks import InboundMessage, ViberCallback
 
 _PROBLEM = {"$ref": "#/components/schemas/Problem"}
 _PROBLEMS = {

@@ -7,8 +7,8 @@ import asyncio
 from typing import Any
 
 from http_ingress.allowlist import Allowlist
-from service.errors import RouteeCallbacksError
-from service.ingest import Ingest
+from service.domain.errors import RouteeCallbacksError
+from service.log.ingest import Ingest
 
 
 class Readiness:

@@ -13,17 +13,17 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from http_ingress.allowlist import Allowlist
 from http_ingress.readiness import Readiness
-from service.domain import INBOUND, STATUS
-from service.errors import (
+from service.domain.errors import (
     BodyTimeoutError,
     PayloadTooLargeError,
     RejectedError,
     RouteeCallbacksError,
     UnsupportedMediaError,
 )
-from service.ingest import Ingest
-from service.limits import MAX_BODY_BYTES
-from service.metrics import Metrics
+from service.domain.limits import MAX_BODY_BYTES
+from service.domain.rules import INBOUND, STATUS
+from service.log.ingest import Ingest
+from service.monitoring.metrics import Metrics
 
 _LOGGER = logging.getLogger(__name__)
 

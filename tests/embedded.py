@@ -14,14 +14,14 @@ import falcon.asgi
 from http_ingress.allowlist import Allowlist
 from http_ingress.app import create_app
 from http_ingress.errors import http_status
-from http_ingress.schemas import parse_callback, parse_inbound
 from routee.callbacks.v1 import callback_pb2 as pb
-from service.broker import Broker
-from service.domain import INBOUND, STATUS
-from service.events import StoredEvent, StoredInbound
-from service.ingest import AdjustmentRecorder, LocalIngest, Refusals
-from service.log import LocalLog
-from service.metrics import Metrics
+from service.api.broker import Broker
+from service.domain.entries import StoredEvent, StoredInbound
+from service.domain.rules import INBOUND, STATUS
+from service.log.ingest import AdjustmentRecorder, LocalIngest, Refusals
+from service.log.local import LocalLog
+from service.monitoring.metrics import Metrics
+from service.routee.callbacks import parse_callback, parse_inbound
 from service.store import AppendInbound, AppendStatus, Store, open_store
 
 _T = TypeVar("_T")

@@ -19,7 +19,7 @@ A store has two faces:
 - ``LogReader`` — asynchronous reads for everyone else (the gRPC servicer,
   probes, the tailer filling a gap).
 
-Nothing outside the composition root (``service.wiring``) names an engine's
+Nothing outside the composition root (``service.runtime.wiring``) names an engine's
 class; ``open_store`` picks one from the ``--database`` value.
 """
 
@@ -32,8 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from routee.callbacks.v1 import callback_pb2 as pb
-from service.domain import FROM_CALLBACK, STATUS
-from service.events import (
+from service.domain.entries import (
     CampaignSummary,
     DueCheck,
     Entry,
@@ -42,7 +41,8 @@ from service.events import (
     StoredEvent,
     StoredInbound,
 )
-from service.limits import MAX_QUARANTINE_ENTRIES
+from service.domain.limits import MAX_QUARANTINE_ENTRIES
+from service.domain.rules import FROM_CALLBACK, STATUS
 
 _Row = TypeVar("_Row")
 

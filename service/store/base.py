@@ -8,8 +8,16 @@ from collections.abc import Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
-from service.events import CampaignSummary, DueCheck, Entry, EventFilter, MessageState, StoredEvent, StoredInbound
-from service.limits import MAX_EVENTS_PER_MESSAGE, MAX_REPLIES_PER_MESSAGE
+from service.domain.entries import (
+    CampaignSummary,
+    DueCheck,
+    Entry,
+    EventFilter,
+    MessageState,
+    StoredEvent,
+    StoredInbound,
+)
+from service.domain.limits import MAX_EVENTS_PER_MESSAGE, MAX_REPLIES_PER_MESSAGE
 from service.store import Job, Quarantined, WriteResult, bounded, merge_entries, with_latest, writes
 from service.store import sql as q
 from service.store.sql import Session

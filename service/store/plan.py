@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from routee.callbacks.v1 import callback_pb2 as pb
-from service.domain import FROM_CALLBACK, EventKey, lifecycle_rank, precedence
-from service.events import StoredEvent, StoredInbound
+from service.domain.entries import StoredEvent, StoredInbound
+from service.domain.rules import FROM_CALLBACK, EventKey, lifecycle_rank, precedence
 from service.store import AppendInbound, AppendStatus, Job, Release
 
 

@@ -29,7 +29,7 @@ import psycopg.sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from service.errors import StartupError, StoreUnavailableError
+from service.domain.errors import StartupError, StoreUnavailableError
 from service.store.base import SqlStore, Work
 from service.store.schema import MIGRATIONS, POSTGRES_LEGACY_OFFSET, POSTGRES_TYPES, pending, statements
 from service.store.sql import Dialect, Insert, Session

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from service.domain import FINAL_STATUSES
+from service.domain.rules import FINAL_STATUSES
 from service.store.sql import Dialect
 
 #: The column types each engine spells its own way.

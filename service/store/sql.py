@@ -17,9 +17,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from service.domain import ORDER_COLUMNS
-from service.events import EventFilter, StoredEvent, StoredInbound
-from service.limits import MAX_EVENTS_PER_MESSAGE, MAX_REPLIES_PER_MESSAGE
+from service.domain.entries import EventFilter, StoredEvent, StoredInbound
+from service.domain.limits import MAX_EVENTS_PER_MESSAGE, MAX_REPLIES_PER_MESSAGE
+from service.domain.rules import ORDER_COLUMNS
 
 #: A column as the schema declares it: its name and its type's token in ``Dialect.types``.
 Column = tuple[str, str]
@@ -108,7 +108,7 @@ def event_columns(prefix: str) -> str:
 
 
 def order_by(prefix: str = "", *, descending: bool = False) -> str:
-    """The ``ORDER BY`` list of the current-status rule (``service.domain.precedence``), for a table alias
+    """The ``ORDER BY`` list of the current-status rule (``service.domain.rules.precedence``), for a table alias
     ``prefix``: ascending for history (current last), descending to find the current event."""
     direction = " DESC" if descending else ""
     return ", ".join(f"{prefix}{column}{direction}" for column in ORDER_COLUMNS)

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from service.errors import StartupError, StoreUnavailableError
+from service.domain.errors import StartupError, StoreUnavailableError
 from service.store import WriteResult, writes
 from service.store.base import SqlStore, Work
 from service.store.schema import MIGRATIONS, SQLITE_TYPES, pending, statements

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from service.domain import EventKey, check_from, event_key, inbound_key
+from service.domain.rules import EventKey, check_from, event_key, inbound_key
 from service.store import (
     AppendInbound,
     AppendStatus,

@@ -14,8 +14,8 @@ import pytest
 from embedded import Embedded
 from http_ingress.allowlist import Allowlist
 from http_ingress.app import CALLBACKS_PATH, INBOUND_PATH
-from service.domain import INBOUND, STATUS
-from service.events import EventFilter
+from service.domain.entries import EventFilter
+from service.domain.rules import INBOUND, STATUS
 from support import fixture, fixture_bodies, inbound_bodies
 
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
@@ -355,9 +355,9 @@ class TestReplay:
 
     async def test_what_passes_now_is_stored_published_and_released(self, harness: Harness) -> None:
         """A body refused under old rules is stored as a normal event once the rules accept it; the rest stays."""
-        from service.errors import InvalidCallbackError
-        from service.quarantine import replay
-        from service.wiring import parsers
+        from service.cli.quarantine import replay
+        from service.domain.errors import InvalidCallbackError
+        from service.runtime.wiring import parsers
 
         good = fixture_bodies()["01-m1-queued.json"]
         bad = b'{"trackingId": "t", "status": {"name": "Queued"}}'
@@ -370,9 +370,9 @@ class TestReplay:
         assert await harness.published() == [1], "the log's follower publishes what another writer stored"
 
     async def test_a_quarantined_reply_is_replayed_as_a_reply(self, harness: Harness) -> None:
-        from service.errors import InvalidCallbackError
-        from service.quarantine import replay
-        from service.wiring import parsers
+        from service.cli.quarantine import replay
+        from service.domain.errors import InvalidCallbackError
+        from service.runtime.wiring import parsers
 
         body = inbound_bodies()["01-m1-reply-text.json"]
         await harness.ingest.refuse(INBOUND, body, "127.0.0.2", InvalidCallbackError("from", "old rules"))

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from embedded import EmbeddedThread
 from http_ingress.app import CALLBACKS_PATH
-from service.events import EventFilter
+from service.domain.entries import EventFilter
 from support import fixture_bodies
 
 EXAMPLES = 300

@@ -16,14 +16,14 @@ import pytest
 from grpc_health.v1 import health
 
 from embedded import Embedded
-from http_ingress.schemas import parse_callback
 from routee.callbacks.v1 import callback_pb2 as pb
 from routee.callbacks.v1 import message_status_service_pb2 as pb2
 from routee.callbacks.v1 import message_status_service_pb2_grpc as pb2_grpc
-from service.config import HostPort
-from service.limits import MAX_BATCH_IDS, MAX_GRPC_REQUEST_BYTES, MAX_ID_LENGTH
-from service.server import create_server
-from service.servicer import MessageStatusServicer
+from service.api.server import create_server
+from service.api.servicer import MessageStatusServicer
+from service.config.settings import HostPort
+from service.domain.limits import MAX_BATCH_IDS, MAX_GRPC_REQUEST_BYTES, MAX_ID_LENGTH
+from service.routee.callbacks import parse_callback
 from support import fixture_bodies, inbound_bodies
 
 CAMPAIGN_A = "c0ffee00-0000-4000-8000-0000000000a1"

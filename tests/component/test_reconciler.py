@@ -12,12 +12,12 @@ import pytest
 
 from embedded import Embedded
 from fake_routee import APPLICATION_ID, SECRET, FakeRoutee, fake_routee, tracking_object
-from http_ingress.schemas import parse_callback
 from routee.callbacks.v1 import callback_pb2 as pb
-from service.config import Credentials
-from service.domain import FROM_CALLBACK, FROM_TRACKING_API
-from service.reconcile import Reconciler, ReconcileState, backfill
-from service.tracking_api import TrackingApi
+from service.config.settings import Credentials
+from service.domain.rules import FROM_CALLBACK, FROM_TRACKING_API
+from service.reconcile.reconciler import Reconciler, ReconcileState, backfill
+from service.reconcile.tracking_api import TrackingApi
+from service.routee.callbacks import parse_callback
 
 HOUR = 3600.0
 # Dates near the real time: the store takes its receive times from the real clock, and reconciliation gives up on

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from http_ingress.schemas import parse_callback
-from service.log import LocalLog
+from service.log.local import LocalLog
+from service.routee.callbacks import parse_callback
 from service.store import AppendStatus, Quarantine, open_store
 
 DAY = 86_400.0

@@ -16,12 +16,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from http_ingress.schemas import parse_callback, parse_inbound
 from postgres import PostgresServer
 from routee.callbacks.v1 import callback_pb2 as pb
-from service.domain import INBOUND, STATUS
-from service.errors import StoreUnavailableError
-from service.events import EventFilter, StoredEvent, StoredInbound
+from service.domain.entries import EventFilter, StoredEvent, StoredInbound
+from service.domain.errors import StoreUnavailableError
+from service.domain.rules import INBOUND, STATUS
+from service.routee.callbacks import parse_callback, parse_inbound
 from service.store import (
     QUARANTINE_ENTRY_BYTES,
     AppendInbound,

@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator
 import pytest
 
 from fake_routee import APPLICATION_ID, SECRET, FakeRoutee, fake_routee, tracking_object
-from http_ingress.schemas import parse_callback
 from routee.callbacks.v1 import callback_pb2 as pb
-from service.config import Credentials
-from service.errors import CredentialsRejectedError, TrackingApiUnavailableError
-from service.reconcile import tracked_callback
-from service.tracking_api import TrackingApi
+from service.config.settings import Credentials
+from service.domain.errors import CredentialsRejectedError, TrackingApiUnavailableError
+from service.reconcile.tracking_api import TrackingApi
+from service.routee.callbacks import parse_callback
+from service.routee.tracking import tracked_callback
 
 
 class Clock:

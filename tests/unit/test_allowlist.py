@@ -7,7 +7,7 @@ import ipaddress
 import pytest
 
 from http_ingress.allowlist import Allowlist, DnsAllowlist, LookupFailedError, Resolution, client_address
-from service.errors import AllowlistUnavailableError, SourceNotAllowedError
+from service.domain.errors import AllowlistUnavailableError, SourceNotAllowedError
 
 PROXIES = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8"))
 

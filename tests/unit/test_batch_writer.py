@@ -8,10 +8,10 @@ from collections.abc import Sequence
 
 import pytest
 
-from http_ingress.schemas import parse_callback
-from service.batch_writer import BatchWriter
-from service.errors import StoreUnavailableError
-from service.events import StoredEvent
+from service.domain.entries import StoredEvent
+from service.domain.errors import StoreUnavailableError
+from service.log.batch_writer import BatchWriter
+from service.routee.callbacks import parse_callback
 from service.store import AppendStatus, Job, Probe, WriteResult
 
 

@@ -6,9 +6,9 @@ import pytest
 
 from routee.callbacks.v1 import callback_pb2 as pb
 from routee.callbacks.v1 import message_status_service_pb2 as pb2
-from service.broker import Broker, Update
-from service.errors import ShuttingDownError
-from service.events import EventFilter, StoredEvent
+from service.api.broker import Broker, Update
+from service.domain.entries import EventFilter, StoredEvent
+from service.domain.errors import ShuttingDownError
 
 
 def event(sequence: int, campaign: str = "c1", status: int = pb.MESSAGE_STATUS_QUEUED) -> StoredEvent:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from service.errors import StartupError
-from service.tls import CertificateFiles, ReloadingContext
+from service.config.tls import CertificateFiles, ReloadingContext
+from service.domain.errors import StartupError
 from support import make_certificates
 
 

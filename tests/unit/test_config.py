@@ -6,8 +6,8 @@ import ipaddress
 
 import pytest
 
-from service.config import HostPort, Settings, load_settings, parse_host_port, redact
-from service.errors import ConfigError
+from service.config.settings import HostPort, Settings, load_settings, parse_host_port, redact
+from service.domain.errors import ConfigError
 
 
 class TestLoadSettings:

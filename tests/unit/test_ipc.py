@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from routee.callbacks.v1 import callback_pb2 as pb
-from service import ipc
-from service.domain import INBOUND
-from service.errors import InvalidCallbackError, MalformedJsonError, StoreUnavailableError, UnsupportedMediaError
-from service.events import Entry, StoredEvent, StoredInbound
+from service.domain.entries import Entry, StoredEvent, StoredInbound
+from service.domain.errors import InvalidCallbackError, MalformedJsonError, StoreUnavailableError, UnsupportedMediaError
+from service.domain.rules import INBOUND
+from service.log import ipc
 
 
 class TestFrames:

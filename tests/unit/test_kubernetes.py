@@ -13,8 +13,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from service.config import OPTIONS, Settings, load_settings
-from service.process import stop_seconds
+from service.config.settings import OPTIONS, Settings, load_settings
+from service.runtime.process import stop_seconds
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES = ROOT / "deploy" / "kubernetes"

@@ -7,7 +7,7 @@ import time
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from service.metrics import Metrics
+from service.monitoring.metrics import Metrics
 
 
 def samples(metrics: Metrics, prefix: str) -> dict[str, float]:

@@ -10,7 +10,7 @@ import yaml
 from monitoring_files import RULE_TESTS, RULES, dashboard, metric_names_used, panels, queries, rules
 from prometheus_client import CollectorRegistry
 
-from service.metrics import Metrics
+from service.monitoring.metrics import Metrics
 
 _SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
 

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service import page_tokens
-from service.errors import InvalidArgumentError
-from service.limits import MAX_ID_LENGTH
+from service.api import page_tokens
+from service.domain.errors import InvalidArgumentError
+from service.domain.limits import MAX_ID_LENGTH
 
 
 def encode(document: object) -> str:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from http_ingress.schemas import parse_callback, parse_inbound
 from routee.callbacks.v1 import callback_pb2 as pb
-from service.domain import event_key, inbound_key
+from service.domain.rules import event_key, inbound_key
+from service.routee.callbacks import parse_callback, parse_inbound
 from service.store.plan import Current, StatusPlan, plan_inbound
 from service.store.plan import plan_status as plan_with_keys
 

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from http_ingress.schemas import parse_callback, parse_inbound
 from routee.callbacks.v1 import callback_pb2 as pb
-from service.errors import InvalidCallbackError, MalformedJsonError
+from service.domain.errors import InvalidCallbackError, MalformedJsonError
+from service.routee.callbacks import parse_callback, parse_inbound
 from support import fixture, fixture_bodies, inbound_bodies
 
 EXPECTED_STATUS = {

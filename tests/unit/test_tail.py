@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import Sequence
 
 from routee.callbacks.v1 import callback_pb2 as pb
-from service.events import Entry, StoredEvent
-from service.tail import Tailer
+from service.domain.entries import Entry, StoredEvent
+from service.log.tail import Tailer
 
 
 def update(sequence: int) -> Entry:

@@ -1,0 +1,55 @@
+"""The API's presentation of stored entries: protobuf messages and serialized stream items."""
+
+from __future__ import annotations
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from routee.callbacks.v1 import message_status_service_pb2 as pb2
+from service.domain.entries import StoredEvent, StoredInbound
+
+
+def timestamp_from_micros(micros: int) -> Timestamp:
+    """Build a protobuf Timestamp from microseconds since the epoch (what the store keeps is in its range)."""
+    return Timestamp(seconds=micros // 1_000_000, nanos=micros % 1_000_000 * 1000)
+
+
+def status_update(event: StoredEvent) -> pb2.StatusUpdate:
+    """Build the StatusUpdate of a stored event, with its full callback."""
+    update = pb2.StatusUpdate(
+        sequence=event.sequence,
+        tracking_id=event.tracking_id,
+        campaign_tracking_id=event.campaign_tracking_id,
+        status=event.status,  # type: ignore[arg-type]
+        status_name=event.status_name,
+        update_time=timestamp_from_micros(event.update_us),
+        receive_time=timestamp_from_micros(event.receive_us),
+        is_current=event.is_current,
+        previous_status=event.previous_status,  # type: ignore[arg-type]
+        source=event.source,  # type: ignore[arg-type]
+    )
+    update.callback.MergeFromString(event.callback)
+    return update
+
+
+def stream_item(event: StoredEvent) -> bytes:
+    """Serialize a stored event as one StreamStatusUpdatesResponse."""
+    return pb2.StreamStatusUpdatesResponse(status_update=status_update(event)).SerializeToString()
+
+
+def inbound_stream_item(entry: StoredInbound) -> bytes:
+    """Serialize a stored inbound message as one StreamInboundMessagesResponse."""
+    item = pb2.StreamInboundMessagesResponse()
+    item.inbound_message.MergeFromString(entry.message)
+    return item.SerializeToString()
+
+
+def status_event(event: StoredEvent) -> pb2.StatusEvent:
+    """Build the history entry of a stored event."""
+    return pb2.StatusEvent(
+        status=event.status,  # type: ignore[arg-type]
+        status_name=event.status_name,
+        update_time=timestamp_from_micros(event.update_us),
+        sequence=event.sequence,
+        receive_time=timestamp_from_micros(event.receive_us),
+        source=event.source,  # type: ignore[arg-type]
+    )

@@ -1,0 +1,56 @@
+"""The objects of Routee's tracking API, read as the status callbacks they amount to."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from routee.callbacks.v1 import callback_pb2 as pb
+from service.routee.callbacks import parse_callback
+
+#: Reads a body in the callback's shape into a callback (RejectedError when it lacks what identifies a status).
+ParseTracked = Callable[[bytes], pb.ViberCallback]
+
+
+def parse_tracked(body: bytes) -> pb.ViberCallback:
+    """The ingress's callback model, for what Routee's tracking API returns (in the callback's shape)."""
+    return parse_callback(body).callback
+
+
+def as_callback(item: dict[str, Any], campaign_tracking_id: str = "") -> dict[str, Any]:
+    """A tracking API object in the shape of a status callback, so the ingress's own model validates it.
+
+    The API says ``status.status`` and ``status.date`` where callbacks say ``status.name`` and
+    ``status.updatedDate``; its message text is ``message``, not ``body.text``. A campaign page names the
+    campaign; a single lookup does not, so the caller gives the one it knows.
+    """
+    status = item.get("status") if isinstance(item.get("status"), dict) else {}
+    assert isinstance(status, dict)
+    callback: dict[str, Any] = {
+        key: item[key]
+        for key in ("trackingId", "to", "from", "country", "ttl", "price", "applicationName", "direction", "label")
+        if key in item
+    }
+    callback["campaignTrackingId"] = item.get("campaignTrackingId") or campaign_tracking_id or None
+    callback["originatingService"] = item.get("originatingService")
+    callback["status"] = {"name": status.get("status"), "updatedDate": status.get("date")}
+    if status.get("reason") is not None:
+        callback["status"]["reason"] = status["reason"]
+    body = {
+        "text": item.get("message"),
+        "imageURL": item.get("imageURL"),
+        "viberAction": item.get("viberAction"),
+        "viberFile": item.get("viberFile"),
+    }
+    if any(value is not None for value in body.values()):
+        callback["body"] = body
+    return callback
+
+
+def tracked_callback(parse: ParseTracked, item: dict[str, Any], campaign_tracking_id: str = "") -> pb.ViberCallback:
+    """The callback an API object amounts to, its ``raw_json`` the API's own JSON (RejectedError when the API's
+    object lacks what identifies a status)."""
+    callback = parse(json.dumps(as_callback(item, campaign_tracking_id)).encode())
+    callback.raw_json = json.dumps(item, ensure_ascii=False)
+    return callback
