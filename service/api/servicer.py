@@ -1,4 +1,5 @@
-"""The MessageStatusService implementation, and the one place errors become gRPC status codes."""
+"""The MessageStatusService: its state and RPCs (following a stream is ``following``'s), and the one place
+errors become gRPC status codes."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import grpc
 from routee.callbacks.v1 import callback_pb2 as pb
 from routee.callbacks.v1 import message_status_service_pb2 as pb2
 from service.api import page_tokens
-from service.api.broker import Broker, Update
+from service.api.broker import Broker
 from service.api.convert import status_event, timestamp_from_micros
+from service.api.following import Follower, Streams
 from service.domain.entries import EventFilter, MessageState
 from service.domain.errors import (
     InvalidArgumentError,
@@ -21,7 +23,6 @@ from service.domain.errors import (
     RejectedError,
     ResourceExhaustedError,
     RouteeCallbacksError,
-    ShuttingDownError,
     UnavailableError,
 )
 from service.domain.limits import MAX_BATCH_IDS, MAX_ID_LENGTH, MAX_PAGE_SIZE
@@ -31,10 +32,6 @@ from service.store import LogReader
 _LOGGER = logging.getLogger("service.servicer")
 
 SERVICE_NAME = pb2.DESCRIPTOR.services_by_name["MessageStatusService"].full_name
-# A catching-up stream holds one page: this bounds its memory (about 1 KiB an event).
-REPLAY_PAGE = 100
-#: A snapshot reads and holds this many messages at a time.
-SNAPSHOT_PAGE = 500
 DEFAULT_PAGE = 100
 _T = TypeVar("_T")
 
@@ -69,14 +66,9 @@ class MessageStatusServicer:
         max_streams_per_client: int | None = None,
     ) -> None:
         self._store = store
-        self._broker = broker
         self._metrics = metrics
-        self._max_streams = max_streams
-        self._max_per_client = max_streams_per_client or max_streams
-        self._progress_interval = progress_interval
-        self._streams = 0
-        #: Open streams by client (its certificate's name, else its address); a client leaves when it has none.
-        self._streams_by_client: dict[str, int] = {}
+        self._streams = Streams(metrics, max_streams=max_streams, max_per_client=max_streams_per_client or max_streams)
+        self._follower = Follower(store, broker, metrics, progress_interval=progress_interval)
 
     async def GetMessageStatus(  # noqa: N802 (the RPC's name)
         self, request: pb2.GetMessageStatusRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -197,104 +189,18 @@ class MessageStatusServicer:
         progress: Callable[[int], bytes],
         snapshot: bool = False,
     ) -> AsyncIterator[bytes]:
-        """The entries of the filter: those after ``after_sequence`` (or a snapshot) first, then live, in order."""
-        client = client_identity(context)
-        if self._streams >= self._max_streams:
-            error = ResourceExhaustedError(f"the server already serves {self._max_streams} streams; retry later")
-            await context.abort(grpc_code(error), str(error))
-        if self._streams_by_client.get(client, 0) >= self._max_per_client:
-            error = ResourceExhaustedError(
-                f"this client ({client}) already has {self._max_per_client} streams open; close one or retry later"
-            )
-            await context.abort(grpc_code(error), str(error))
         try:
-            subscription = self._broker.subscribe(event_filter)
+            with self._streams.admitted(client_identity(context)):
+                async for item in self._follower.follow(
+                    event_filter,
+                    after_sequence,
+                    progress,
+                    snapshot=snapshot,
+                    subscribed=lambda: context.send_initial_metadata(()),
+                ):
+                    yield item
         except RouteeCallbacksError as ex:
             await context.abort(grpc_code(ex), str(ex))
-        self._streams += 1
-        self._streams_by_client[client] = self._streams_by_client.get(client, 0) + 1
-        self._metrics.subscribers.inc()
-        position = subscription.start_sequence
-        try:
-            await context.send_initial_metadata(())
-            catch_up = after_sequence is not None
-            if after_sequence is not None:
-                position = after_sequence
-                last = await self._store.last_sequence()
-                if position > last:
-                    raise InvalidArgumentError(f"after_sequence {position} is beyond the last stored sequence {last}")
-                pruned = await self._store.pruned_through()
-                if position < pruned:
-                    raise OutOfRangeError(
-                        f"entries after sequence {position} are no longer all kept; the oldest resume point is"
-                        f" after_sequence={pruned}"
-                        + (": take a snapshot (include_snapshot) instead" if not event_filter.inbound else "")
-                    )
-            elif snapshot:
-                # As of the subscription's start: every update after it comes live (or is caught up from the store
-                # should the stream fall behind meanwhile), so snapshot and live meet with no gap and no repeat.
-                # One page at a time: the stream's memory does not grow with the campaign, and a cancelled call
-                # reads no further page.
-                after = ""
-                while page := await self._store.snapshot_page(event_filter, position, after, SNAPSHOT_PAGE):
-                    for event in page:
-                        yield Update(event).payload
-                    after = page[-1].tracking_id
-                    if len(page) < SNAPSHOT_PAGE:
-                        break
-                yield pb2.StreamStatusUpdatesResponse(
-                    snapshot_end=pb2.SnapshotEnd(sequence=position)
-                ).SerializeToString()
-            while True:
-                if catch_up:
-                    self._metrics.catching_up.inc()
-                    try:
-                        async for item in self._replay(event_filter, position):
-                            yield item.payload
-                            position = item.sequence
-                    finally:
-                        self._metrics.catching_up.dec()
-                batch = await subscription.next_batch(self._progress_interval)
-                if batch is None:  # Lagged: subscribe again first, so the replay leaves no gap.
-                    self._broker.unsubscribe(subscription)
-                    subscription = self._broker.subscribe(event_filter)
-                    self._metrics.catch_ups.inc()
-                    catch_up = True
-                    continue
-                catch_up = False
-                if not batch:
-                    position = max(position, self._broker.last_sequence)
-                    yield progress(position)
-                    continue
-                for update in batch:
-                    if update.sequence > position:
-                        yield update.payload
-                        position = update.sequence
-                self._metrics.updates_streamed.inc(len(batch))
-        except ShuttingDownError:
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE,
-                f"the server is shutting down; resume with after_sequence={position}",
-            )
-        except RouteeCallbacksError as ex:
-            await context.abort(grpc_code(ex), str(ex))
-        finally:
-            self._broker.unsubscribe(subscription)
-            self._streams -= 1
-            if (left := self._streams_by_client[client] - 1) == 0:
-                del self._streams_by_client[client]
-            else:
-                self._streams_by_client[client] = left
-            self._metrics.subscribers.dec()
-
-    async def _replay(self, event_filter: EventFilter, after_sequence: int) -> AsyncIterator[Update]:
-        while True:
-            entries = await self._store.events_after(after_sequence, event_filter, REPLAY_PAGE)
-            for entry in entries:
-                yield Update(entry)
-            if len(entries) < REPLAY_PAGE:
-                return
-            after_sequence = entries[-1].sequence
 
 
 def _status_progress(sequence: int) -> bytes:
