@@ -59,7 +59,7 @@ class SqlStore:
 
     async def head(self) -> int:
         """Return the greatest sequence committed by anyone (0 when none)."""
-        return await self._read(lambda session: writes.meta(session, "last_sequence"))
+        return await self._read(lambda session: q.meta(session, "last_sequence"))
 
     # -- the reading face ---------------------------------------------------------------------------------------
 
@@ -206,7 +206,7 @@ class SqlStore:
                 " ORDER BY status",
                 (campaign_tracking_id,),
             )
-            head = await writes.meta(session, "last_sequence")
+            head = await q.meta(session, "last_sequence")
             row = await times.fetchone()
             if row is None:
                 return None
@@ -230,11 +230,11 @@ class SqlStore:
 
     async def last_sequence(self) -> int:
         """Return the greatest sequence committed (0 when none)."""
-        return await self._read(lambda session: writes.meta(session, "last_sequence"), inline=True)
+        return await self._read(lambda session: q.meta(session, "last_sequence"), inline=True)
 
     async def pruned_through(self) -> int:
         """Return the greatest sequence ever pruned (0 when none)."""
-        return await self._read(lambda session: writes.meta(session, "pruned_through"), inline=True)
+        return await self._read(lambda session: q.meta(session, "pruned_through"), inline=True)
 
     async def quarantined(self, ids: Sequence[int] | None = None) -> list[Quarantined]:
         """Return the bodies in quarantine (these ids, or all), the longest-held first."""
@@ -255,7 +255,7 @@ class SqlStore:
         """Return how many bodies the quarantine holds, and their bytes."""
 
         async def read(session: Session) -> tuple[int, int]:
-            return await _count(session, "SELECT count(*) FROM quarantine", ()), await writes.meta(
+            return await _count(session, "SELECT count(*) FROM quarantine", ()), await q.meta(
                 session, "quarantine_bytes"
             )
 

@@ -212,3 +212,33 @@ COUNT_EVENTS = "SELECT COUNT(*) FROM events WHERE tracking_id = %s"
 COUNT_REPLIES = "SELECT COUNT(*) FROM inbound WHERE reference_tracking_id = %s"
 HISTORY = f"SELECT {EVENT_COLUMNS} FROM events WHERE tracking_id = %s ORDER BY {order_by()}"
 REPLIES = f"SELECT {INBOUND_COLUMNS} FROM inbound WHERE reference_tracking_id = %s ORDER BY sequence"
+
+
+# -- counters kept in the write transaction ------------------------------------------------------------------
+
+
+async def meta(session: Session, key: str) -> int:
+    """A counter of the ``meta`` table (0 when it has none)."""
+    row = await (await session.execute("SELECT value FROM meta WHERE key = %s", (key,))).fetchone()
+    return int(row[0]) if row else 0
+
+
+async def set_meta(session: Session, key: str, value: int) -> None:
+    """Set a counter of the ``meta`` table."""
+    await session.execute(
+        "INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
+
+
+_COUNTS = Insert(
+    "campaign_counts",
+    (("campaign_tracking_id", "text"), ("status", "int2"), ("messages", "int8")),
+    " ON CONFLICT (campaign_tracking_id, status) DO UPDATE SET messages = campaign_counts.messages + excluded.messages",
+)
+
+
+async def add_counts(session: Session, counts: Mapping[tuple[str, int], int]) -> None:
+    keys = sorted(counts)  # One order for every writer: two instances' upserts cannot deadlock.
+    if keys:
+        await session.insert(_COUNTS, [(campaign, status, counts[(campaign, status)]) for campaign, status in keys])

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from service.domain.errors import StartupError, StoreUnavailableError
-from service.store import WriteResult, writes
+from service.store import WriteResult, sql
 from service.store.base import SqlStore, Work
 from service.store.schema import MIGRATIONS, SQLITE_TYPES, pending, statements
 from service.store.sql import Dialect, Insert, Session
@@ -291,7 +291,7 @@ def _complete(coroutine: Coroutine[Any, Any, _T]) -> _T:
 
 async def _version_and_head(session: Session) -> tuple[int, int]:
     version = await (await session.execute("PRAGMA data_version")).fetchone()
-    return int(version[0]), await writes.meta(session, "last_sequence")
+    return int(version[0]), await sql.meta(session, "last_sequence")
 
 
 def migrate(connection: sqlite3.Connection, migrations: Sequence[str] = MIGRATIONS) -> None:

@@ -3,7 +3,7 @@ every other job of the batch, in a ``Session`` the engine opened (and will commi
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from service.domain.rules import EventKey, check_from, event_key, inbound_key
@@ -18,12 +18,10 @@ from service.store import (
     Release,
     Reschedule,
     WriteResult,
-    body_digest,
-    oldest_beyond,
-    quarantine_cost,
+    maintenance,
 )
-from service.store.plan import Current, InboundPlan, StatusPlan, appends, plan_inbound, plan_status
-from service.store.sql import Cursor, Insert, Session, order_by
+from service.store.plan import Current, InboundPlan, NewEvent, StatusPlan, appends, plan_inbound, plan_status
+from service.store.sql import Cursor, Insert, Session, add_counts, set_meta
 
 _EVENTS = Insert(
     "events",
@@ -58,11 +56,6 @@ _MESSAGES = Insert(
     " current_sequence = excluded.current_sequence, update_us = excluded.update_us, rank = excluded.rank,"
     " status = excluded.status, check_from_us = excluded.check_from_us, checks = 0",
 )
-_COUNTS = Insert(
-    "campaign_counts",
-    (("campaign_tracking_id", "text"), ("status", "int2"), ("messages", "int8")),
-    " ON CONFLICT (campaign_tracking_id, status) DO UPDATE SET messages = campaign_counts.messages + excluded.messages",
-)
 _INBOUND = Insert(
     "inbound",
     (
@@ -89,7 +82,7 @@ async def run(session: Session, jobs: Sequence[Job], now_us: int) -> WriteResult
             result.results.append(next(replies))
         elif isinstance(job, Release):
             result.results.append(next(statuses if isinstance(job.append, AppendStatus) else replies))
-            await _drop_quarantined(session, DropQuarantined(ids=(job.quarantine_id,)))
+            await maintenance.drop_quarantined(session, DropQuarantined(ids=(job.quarantine_id,)))
         else:
             result.results.append(await _run_other(session, job, now_us))
     return result
@@ -97,9 +90,9 @@ async def run(session: Session, jobs: Sequence[Job], now_us: int) -> WriteResult
 
 async def _run_other(session: Session, job: Job, now_us: int) -> object:
     if isinstance(job, Quarantine):
-        return await _quarantine(session, job, now_us)
+        return await maintenance.quarantine(session, job, now_us)
     if isinstance(job, DropQuarantined):
-        return await _drop_quarantined(session, job)
+        return await maintenance.drop_quarantined(session, job)
     if isinstance(job, Reschedule):
         cursor = await session.execute(
             "UPDATE messages SET check_from_us = %s, checks = checks + 1 WHERE tracking_id = %s"
@@ -111,7 +104,7 @@ async def _run_other(session: Session, job: Job, now_us: int) -> object:
         await set_meta(session, "probed_at_us", now_us)
         return None
     if isinstance(job, PruneChunk):
-        return await _prune_chunk(session, job.cutoff_us, job.limit)
+        return await maintenance.prune_chunk(session, job.cutoff_us, job.limit)
     raise TypeError(f"no such job: {job!r}")
 
 
@@ -184,30 +177,30 @@ async def _stored_keys(session: Session, keys: Sequence[EventKey]) -> Cursor:
     )
 
 
+def _event_row(new: NewEvent) -> tuple[object, ...]:
+    """The row of ``_EVENTS`` of a new event."""
+    event = new.event
+    return (
+        event.sequence,
+        event.tracking_id,
+        event.campaign_tracking_id,
+        new.status_key,
+        event.status,
+        event.status_name,
+        new.rank,
+        event.update_us,
+        event.receive_us,
+        event.is_current,
+        event.callback,
+        event.previous_status,
+        event.source,
+    )
+
+
 async def _write_status(session: Session, plan: StatusPlan, receive_us: int) -> None:
     if not plan.events:
         return
-    await session.insert(
-        _EVENTS,
-        [
-            (
-                new.event.sequence,
-                new.event.tracking_id,
-                new.event.campaign_tracking_id,
-                new.status_key,
-                new.event.status,
-                new.event.status_name,
-                new.rank,
-                new.event.update_us,
-                new.event.receive_us,
-                new.event.is_current,
-                new.event.callback,
-                new.event.previous_status,
-                new.event.source,
-            )
-            for new in plan.events
-        ],
-    )
+    await session.insert(_EVENTS, [_event_row(new) for new in plan.events])
     await session.insert(
         _MESSAGES,
         [
@@ -223,7 +216,7 @@ async def _write_status(session: Session, plan: StatusPlan, receive_us: int) -> 
             for tracking_id, now in plan.messages.items()
         ],
     )
-    await _add_counts(session, plan.counts)
+    await add_counts(session, plan.counts)
     dialect = session.dialect
     await session.insert(
         Insert(
@@ -253,151 +246,3 @@ async def _write_inbound(session: Session, inbound: InboundPlan) -> None:
                 for new in inbound.entries
             ],
         )
-
-
-async def _add_counts(session: Session, counts: Mapping[tuple[str, int], int]) -> None:
-    keys = sorted(counts)  # One order for every writer: two instances' upserts cannot deadlock.
-    if keys:
-        await session.insert(_COUNTS, [(campaign, status, counts[(campaign, status)]) for campaign, status in keys])
-
-
-# -- the log's counters -------------------------------------------------------------------------------------------
-
-
-async def meta(session: Session, key: str) -> int:
-    """A counter of the ``meta`` table (0 when it has none)."""
-    row = await (await session.execute("SELECT value FROM meta WHERE key = %s", (key,))).fetchone()
-    return int(row[0]) if row else 0
-
-
-async def set_meta(session: Session, key: str, value: int) -> None:
-    """Set a counter of the ``meta`` table."""
-    await session.execute(
-        "INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        (key, value),
-    )
-
-
-# -- the quarantine -----------------------------------------------------------------------------------------------
-
-
-async def _quarantine(session: Session, job: Quarantine, now_us: int) -> int:
-    """Keep a refused body, or count another attempt of one kept; then keep the whole within its bound."""
-    digest = body_digest(job.body)
-    row = await (
-        await session.execute(
-            "UPDATE quarantine SET attempts = attempts + 1, last_us = %s, peer = %s, status = %s, reason = %s,"
-            " detail = %s WHERE body_hash = %s RETURNING id",
-            (now_us, job.peer, job.status, job.reason, job.detail, digest),
-        )
-    ).fetchone()
-    if row is not None:
-        return int(row[0])
-    cost = quarantine_cost(job)
-    inserted = await (
-        await session.execute(
-            "INSERT INTO quarantine (body_hash, received_us, last_us, peer, status, reason, detail, attempts, size,"
-            " body, kind) VALUES (%s, %s, %s, %s, %s, %s, %s, 1, %s, %s, %s) RETURNING id",
-            (digest, now_us, now_us, job.peer, job.status, job.reason, job.detail, cost, job.body, job.kind),
-        )
-    ).fetchone()
-    total = await meta(session, "quarantine_bytes") + cost
-    count = await (await session.execute("SELECT count(*) FROM quarantine")).fetchone()
-    surplus = int(count[0]) - job.max_entries
-    if total > job.max_bytes or surplus > 0:
-        oldest = [
-            (int(row[0]), int(row[1]))
-            for row in await (
-                await session.execute("SELECT id, size FROM quarantine ORDER BY last_us, id LIMIT 1000")
-            ).fetchall()
-        ]
-        doomed = oldest_beyond(oldest, total - job.max_bytes, surplus)
-        condition, params = session.dialect.any_of("id", doomed)
-        await session.execute(f"DELETE FROM quarantine WHERE {condition}", params)
-        total -= sum(size for id_, size in oldest if id_ in doomed)
-    await set_meta(session, "quarantine_bytes", total)
-    return int(inserted[0])
-
-
-async def _drop_quarantined(session: Session, job: DropQuarantined) -> int:
-    condition, params = "true", ()  # type: tuple[str, tuple[object, ...]]
-    if job.ids is not None:
-        condition, params = session.dialect.any_of("id", job.ids)
-    elif job.seen_before_us is not None:
-        condition, params = "last_us < %s", (job.seen_before_us,)
-    freed = await (await session.execute(f"DELETE FROM quarantine WHERE {condition} RETURNING size", params)).fetchall()
-    if freed:
-        await session.execute(
-            f"UPDATE meta SET value = {session.dialect.greatest}(0, value - %s) WHERE key = 'quarantine_bytes'",
-            (sum(int(row[0]) for row in freed),),
-        )
-    return len(freed)
-
-
-# -- retention ----------------------------------------------------------------------------------------------------
-
-
-async def _prune_chunk(session: Session, cutoff_us: int, chunk: int) -> int:
-    """Delete up to ``chunk`` of the oldest entries of each kind received before the cutoff, and repair what
-    pointed at them; one instance at a time."""
-    dialect = session.dialect
-    if dialect.prune_lock is not None:
-        row = await (await session.execute(dialect.prune_lock)).fetchone()
-        if not row or not row[0]:
-            return 0  # Another instance is pruning now.
-    deleted = await (
-        await session.execute(
-            "DELETE FROM events WHERE sequence IN"
-            " (SELECT sequence FROM events WHERE receive_us < %s ORDER BY sequence LIMIT %s)"
-            " RETURNING sequence, tracking_id",
-            (cutoff_us, chunk),
-        )
-    ).fetchall()
-    replies = await (
-        await session.execute(
-            "DELETE FROM inbound WHERE sequence IN"
-            " (SELECT sequence FROM inbound WHERE receive_us < %s ORDER BY sequence LIMIT %s) RETURNING sequence",
-            (cutoff_us, chunk),
-        )
-    ).fetchall()
-    if not deleted and not replies:
-        return 0
-    await session.execute(
-        "INSERT INTO meta (key, value) VALUES ('pruned_through', %s)"
-        f" ON CONFLICT (key) DO UPDATE SET value = {dialect.greatest}(meta.value, excluded.value)",
-        (max(int(row[0]) for row in [*deleted, *replies]),),
-    )
-    await _repair_current(session, sorted({row[1] for row in deleted}))
-    return len(deleted) + len(replies)
-
-
-async def _repair_current(session: Session, tracking_ids: Sequence[str]) -> None:
-    """A message whose current event was pruned takes its best remaining event as current, or is forgotten; the
-    campaign counts follow."""
-    condition, params = session.dialect.any_of("m.tracking_id", tracking_ids)
-    orphaned = await (
-        await session.execute(
-            f"DELETE FROM messages AS m WHERE {condition}"
-            " AND NOT EXISTS (SELECT 1 FROM events e WHERE e.sequence = m.current_sequence)"
-            " RETURNING tracking_id, campaign_tracking_id, status",
-            params,
-        )
-    ).fetchall()
-    if not orphaned:
-        return
-    counts: dict[tuple[str, int], int] = {}
-    for _, campaign, status in orphaned:
-        counts[(campaign, status)] = counts.get((campaign, status), 0) - 1
-    condition, params = session.dialect.any_of("tracking_id", [row[0] for row in orphaned])
-    for campaign, status in await (
-        await session.execute(
-            "INSERT INTO messages (tracking_id, campaign_tracking_id, current_sequence, update_us, rank, status)"
-            " SELECT tracking_id, campaign_tracking_id, sequence, update_us, rank, status FROM (SELECT *,"
-            f" ROW_NUMBER() OVER (PARTITION BY tracking_id ORDER BY {order_by(descending=True)}) AS best"
-            f" FROM events WHERE {condition}) AS ranked WHERE best = 1"
-            " RETURNING campaign_tracking_id, status",
-            params,
-        )
-    ).fetchall():
-        counts[(campaign, status)] = counts.get((campaign, status), 0) + 1
-    await _add_counts(session, {key: delta for key, delta in counts.items() if delta})
