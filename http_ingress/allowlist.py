@@ -25,7 +25,7 @@ import dns.exception
 import dns.rdatatype
 import dns.resolver
 
-from service.config.settings import HostPort, IPNetwork
+from service.config.values import HostPort, IPNetwork
 from service.domain.errors import AllowlistUnavailableError, RouteeCallbacksError, SourceNotAllowedError
 
 _LOGGER = logging.getLogger(__name__)

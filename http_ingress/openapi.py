@@ -14,7 +14,7 @@ from pydantic import TypeAdapter
 
 from service.routee.callbacks import InboundMessage, ViberCallback
 
-_PROBLEM = {"$ref": "#/components/schemas/Problem"}
+_PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 _PROBLEMS = {
     HTTPStatus.BAD_REQUEST: "The body is not JSON.",
     HTTPStatus.FORBIDDEN: "The sender is not one of Routee's addresses.",
@@ -27,7 +27,7 @@ _PROBLEMS = {
 
 
 def _problem_response(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/problem+json": {"schema": _PROBLEM}}}
+    return {"description": description, "content": {"application/problem+json": {"schema": _PROBLEM_REF}}}
 
 
 def _json_response(description: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -53,35 +53,65 @@ def _post(operation: str, summary: str, schema: str) -> dict[str, Any]:
     }
 
 
-def document() -> dict[str, Any]:
-    """Build the OpenAPI document."""
+_OUTCOME: dict[str, Any] = {
+    "type": "object",
+    "required": ["status"],
+    "properties": {
+        "status": {"enum": ["accepted", "duplicate"]},
+        "sequence": {"type": "integer", "minimum": 1, "description": "The stored event's sequence (accepted)."},
+    },
+}
+_PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "RFC 9457 problem details.",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "reason": {"type": "string", "description": "A short, stable name of the problem."},
+        "field": {"type": "string", "description": "The offending field (422)."},
+    },
+}
+_PROBE = {"type": "object"}
+_MONITORING_PATHS = {
+    "/healthz": {"get": {"operationId": "health", "responses": {"200": _json_response("The process is up.", _PROBE)}}},
+    "/readyz": {
+        "get": {
+            "operationId": "ready",
+            "responses": {
+                "200": _json_response("Ready to keep callbacks.", _PROBE),
+                "503": _json_response("Not ready; `checks` says which check fails.", _PROBE),
+            },
+        }
+    },
+    "/metrics": {
+        "get": {
+            "operationId": "metrics",
+            "responses": {
+                "200": {
+                    "description": "Prometheus text format.",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            },
+        }
+    },
+}
+
+
+def _schemas() -> dict[str, Any]:
+    """The bodies' schemas, from the models that validate them, with the answers'."""
     schemas: dict[str, Any] = {}
     for body in (ViberCallback, InboundMessage):
         schema = TypeAdapter(body).json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         schemas[body.__name__] = schema
-    schemas["Outcome"] = {
-        "type": "object",
-        "required": ["status"],
-        "properties": {
-            "status": {"enum": ["accepted", "duplicate"]},
-            "sequence": {"type": "integer", "minimum": 1, "description": "The stored event's sequence (accepted)."},
-        },
-    }
-    schemas["Problem"] = {
-        "type": "object",
-        "description": "RFC 9457 problem details.",
-        "required": ["type", "title", "status", "detail"],
-        "properties": {
-            "type": {"type": "string"},
-            "title": {"type": "string"},
-            "status": {"type": "integer"},
-            "detail": {"type": "string"},
-            "reason": {"type": "string", "description": "A short, stable name of the problem."},
-            "field": {"type": "string", "description": "The offending field (422)."},
-        },
-    }
-    probe = {"type": "object"}
+    return {**schemas, "Outcome": _OUTCOME, "Problem": _PROBLEM_SCHEMA}
+
+
+def document() -> dict[str, Any]:
+    """Build the OpenAPI document."""
     return {
         "openapi": "3.1.0",
         "info": {
@@ -103,31 +133,9 @@ def document() -> dict[str, Any]:
                 " stored. It has no id: the same content again is a duplicate.",
                 "InboundMessage",
             ),
-            "/healthz": {
-                "get": {"operationId": "health", "responses": {"200": _json_response("The process is up.", probe)}}
-            },
-            "/readyz": {
-                "get": {
-                    "operationId": "ready",
-                    "responses": {
-                        "200": _json_response("Ready to keep callbacks.", probe),
-                        "503": _json_response("Not ready; `checks` says which check fails.", probe),
-                    },
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "operationId": "metrics",
-                    "responses": {
-                        "200": {
-                            "description": "Prometheus text format.",
-                            "content": {"text/plain": {"schema": {"type": "string"}}},
-                        }
-                    },
-                }
-            },
+            **_MONITORING_PATHS,
         },
-        "components": {"schemas": schemas},
+        "components": {"schemas": _schemas()},
     }
 
 

@@ -9,7 +9,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from service.api.servicer import SERVICE_NAME, MessageStatusServicer, method_handlers
-from service.config.settings import HostPort
+from service.config.values import HostPort
 from service.domain.errors import StartupError
 from service.domain.limits import MAX_GRPC_REQUEST_BYTES
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from service.config.settings import ENV_PREFIX, Settings, parse_database, redact
+from service.config.settings import ENV_PREFIX, Settings
+from service.config.values import parse_database, redact
 from service.domain.entries import Entry
 from service.domain.errors import ConfigError, RejectedError, RouteeCallbacksError
 from service.log.batch_writer import BatchWriter

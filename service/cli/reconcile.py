@@ -9,7 +9,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from service.config.settings import Settings, load_settings, redact
+from service.config.settings import Settings, load_settings
+from service.config.values import redact
 from service.domain.errors import ConfigError, RouteeCallbacksError
 from service.reconcile.reconciler import Counts, backfill
 from service.routee.tracking import parse_tracked

@@ -202,6 +202,19 @@ class _Sender:
         return f"http_{response.status}"
 
 
+def _send(bodies: list[tuple[str, bytes]], rate: float, concurrency: int) -> tuple[_Sender, float]:
+    """Post every body from ``concurrency`` threads at ``rate`` in all; the sender's results, and the seconds."""
+    sender = _Sender(rate, Counter(), threading.Lock(), start=time.monotonic())
+    next_index = [0]
+    threads = [threading.Thread(target=sender.send_all, args=(bodies, next_index)) for _ in range(max(1, concurrency))]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sender, time.monotonic() - started
+
+
 def run_simulate(args: argparse.Namespace) -> int:
     """Post the simulated campaign; exit 0 when every callback got 200."""
     rng = random.Random(args.seed)
@@ -219,17 +232,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     else:
         posts.sort(key=lambda post: post[2])
     bodies = [(url, json.dumps(document).encode()) for url, document, _ in posts]
-    sender = _Sender(args.rate, Counter(), threading.Lock(), start=time.monotonic())
-    next_index = [0]
-    threads = [
-        threading.Thread(target=sender.send_all, args=(bodies, next_index)) for _ in range(max(1, args.concurrency))
-    ]
-    started = time.monotonic()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.monotonic() - started
+    sender, elapsed = _send(bodies, args.rate, args.concurrency)
     summary = {
         "campaign_tracking_id": campaign,
         "messages": args.messages,

@@ -3,32 +3,28 @@
 from __future__ import annotations
 
 import ipaddress
-import math
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
 
+from service.config.values import (
+    HostPort,
+    IPNetwork,
+    choice,
+    parse_cidr,
+    parse_database,
+    parse_dns_server,
+    parse_host_port,
+    parse_url,
+    positive,
+)
 from service.domain.errors import ConfigError
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 ENV_PREFIX = "ROUTEE_CALLBACKS_"
 # Duplicates must be recognised for 48 hours, and pruning forgets them.
 MIN_RETENTION_HOURS = 48.0
-
-
-@dataclass(frozen=True)
-class HostPort:
-    """A host (name or IP literal, without brackets) and a port."""
-
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -88,129 +84,6 @@ class Settings:
         if not (self.routee_application_id and self.routee_application_secret):
             return None
         return Credentials(self.routee_application_id, self.routee_application_secret)
-
-
-def parse_host_port(value: str, *, default_port: int | None = None) -> HostPort:
-    """Parse ``HOST:PORT`` (``[V6]:PORT`` for IPv6); the port may be optional."""
-    host, sep, port_text = value.rpartition(":")
-    if value.startswith("[") and "]" in value:
-        close = value.index("]")
-        host, rest = value[1:close], value[close + 1 :]
-        if rest and not rest.startswith(":"):
-            raise ValueError(f"expected HOST:PORT, got {value!r}")
-        port_text, sep = rest[1:], rest[:1]
-    elif ":" in host or (not sep and default_port is None):
-        raise ValueError(f"expected HOST:PORT, got {value!r}")
-    elif not sep:
-        host, port_text = value, ""
-    if not host:
-        raise ValueError(f"expected HOST:PORT, got {value!r}")
-    if not port_text:
-        if default_port is None:
-            raise ValueError(f"expected HOST:PORT, got {value!r}")
-        return HostPort(host, default_port)
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"expected a port from 0 to 65535, got {port_text!r}")
-    return HostPort(host, int(port_text))
-
-
-def parse_dns_server(value: str) -> HostPort | None:
-    """Parse ``IP[:PORT]``; empty means the system resolver."""
-    if not value:
-        return None
-    try:  # A bare IPv6 address has colons but no port.
-        return HostPort(str(ipaddress.ip_address(value)), 53)
-    except ValueError:
-        pass
-    server = parse_host_port(value, default_port=53)
-    try:
-        ipaddress.ip_address(server.host)
-    except ValueError:
-        raise ValueError(f"expected an IP address with an optional port, got {value!r}") from None
-    return server
-
-
-def parse_cidr(value: str) -> IPNetwork:
-    """Parse a network such as ``10.0.0.0/8`` or a single address."""
-    try:
-        return ipaddress.ip_network(value.strip(), strict=False)
-    except ValueError:
-        raise ValueError(f"expected a CIDR such as 10.0.0.0/8, got {value!r}") from None
-
-
-def parse_database(value: str) -> str:
-    """Accept a SQLite file path or a PostgreSQL URI (``postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME``)."""
-    if not value.strip():
-        raise ValueError("expected a file path or a postgresql:// URI, got ''")
-    if value.startswith(("postgresql://", "postgres://")):
-        from psycopg.conninfo import conninfo_to_dict
-
-        try:
-            parts = conninfo_to_dict(value)
-            if not all(port.isdigit() for port in str(parts.get("port", "5432")).split(",")):
-                raise ValueError("the port must be a number")
-        except Exception:  # psycopg's message may quote the URI, password included: say it without it.
-            raise ValueError(
-                f"expected a libpq URI such as postgresql://USER@HOST:5432/DBNAME, got {redact(value)!r}"
-            ) from None
-    return value
-
-
-#: Query parameters of a libpq URI whose values are secrets (``password``, ``sslpassword``, and any like them).
-_SECRET_PARAMETER = re.compile(r"pass|secret|token", re.IGNORECASE)
-
-
-def redact(database: str) -> str:
-    """The ``--database`` value fit for logs and errors: every secret of a URI replaced by ``***``, the password in
-    its user information and secret query parameters (``?password=``, ``&sslpassword=``) alike."""
-    if not database.startswith(("postgresql://", "postgres://")):
-        return database
-    parts = urlsplit(database)
-    netloc = parts.netloc
-    user, at, host = netloc.rpartition("@")
-    if at and ":" in user:
-        netloc = f"{user.partition(':')[0]}:***@{host}"
-    query = "&".join(
-        f"{key}=***" if _SECRET_PARAMETER.search(unquote(key)) else f"{key}{separator}{value}"
-        for key, separator, value in (item.partition("=") for item in parts.query.split("&") if item)
-    )
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
-
-
-#: The largest value any numeric option takes: infinity, NaN and absurd values stop start-up (exit status 2)
-#: rather than a loop, a timer or a SQL bound that overflows later.
-MAX_OPTION_VALUE = 1e9
-
-
-def _positive(kind: type[int] | type[float], most: float = MAX_OPTION_VALUE) -> Callable[[str], Any]:
-    def parse(value: str) -> int | float:
-        try:
-            number = kind(value)
-        except ValueError:
-            raise ValueError(f"expected a positive number, got {value!r}") from None
-        if not math.isfinite(number) or number <= 0:
-            raise ValueError(f"expected a positive number, got {value!r}")
-        if number > most:
-            raise ValueError(f"expected a number of at most {most:g}, got {value!r}")
-        return number
-
-    return parse
-
-
-def _url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"expected an http(s) URL, got {value!r}")
-    return value.rstrip("/")
-
-
-def _choice(*choices: str) -> Callable[[str], str]:
-    def parse(value: str) -> str:
-        if value.upper() in (choice.upper() for choice in choices):
-            return next(choice for choice in choices if choice.upper() == value.upper())
-        raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
-
-    return parse
 
 
 @dataclass(frozen=True)
@@ -283,57 +156,57 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "--dns-min-ttl",
         "dns_min_ttl",
-        _positive(float),
+        positive(float),
         "shortest time an allowlist answer is used before it is refreshed, in seconds",
         "SECONDS",
     ),
     Option(
         "--dns-max-ttl",
         "dns_max_ttl",
-        _positive(float),
+        positive(float),
         "longest time an allowlist answer is used before it is refreshed, in seconds",
         "SECONDS",
     ),
     Option(
         "--dns-max-stale",
         "dns_max_stale",
-        _positive(float),
+        positive(float),
         "how long the last good allowlist is kept while DNS fails, in seconds; callbacks get 503 after that",
         "SECONDS",
     ),
     Option(
         "--sqlite-synchronous",
         "sqlite_synchronous",
-        _choice("FULL", "NORMAL"),
+        choice("FULL", "NORMAL"),
         "SQLite synchronous mode: FULL survives power loss, NORMAL only a process crash",
         "MODE",
     ),
     Option(
         "--retention-hours",
         "retention_hours",
-        _positive(float, most=100 * 365 * 24),
+        positive(float, most=100 * 365 * 24),
         "how long status events are kept (at least 48, the duplicate window); older ones are deleted",
         "HOURS",
     ),
     Option(
         "--quarantine-max-mb",
         "quarantine_max_mb",
-        _positive(float),
+        positive(float),
         "most the quarantine of refused bodies holds, in MiB; the entries seen longest ago go first",
         "MIB",
     ),
     Option(
         "--quarantine-days",
         "quarantine_days",
-        _positive(float, most=100 * 365),
+        positive(float, most=100 * 365),
         "how long a refused body stays in quarantine after it was last received, in days",
         "DAYS",
     ),
-    Option("--max-streams", "max_streams", _positive(int), "most concurrent StreamStatusUpdates streams", "N"),
+    Option("--max-streams", "max_streams", positive(int), "most concurrent StreamStatusUpdates streams", "N"),
     Option(
         "--max-streams-per-client",
         "max_streams_per_client",
-        _positive(int),
+        positive(int),
         "most concurrent streams of one client (its TLS client certificate's name, else its address; behind a TCP"
         " load balancer every client has the balancer's address)",
         "N",
@@ -341,35 +214,35 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "--subscriber-queue-size",
         "subscriber_queue_size",
-        _positive(int),
+        positive(int),
         "updates buffered per stream before it catches up from the store",
         "N",
     ),
     Option(
         "--progress-interval",
         "progress_interval",
-        _positive(float),
+        positive(float),
         "idle time after which a stream gets a progress item, in seconds",
         "SECONDS",
     ),
     Option(
         "--shutdown-grace",
         "shutdown_grace",
-        _positive(float),
+        positive(float),
         "time open calls get to finish on shutdown, in seconds",
         "SECONDS",
     ),
     Option(
         "--body-timeout",
         "body_timeout",
-        _positive(float),
+        positive(float),
         "time a callback body may take to arrive, in seconds; a slower one gets 408 and its connection is closed",
         "SECONDS",
     ),
     Option(
         "--workers",
         "workers",
-        _positive(int),
+        positive(int),
         "worker processes serving HTTP and gRPC (every stream on any worker sees every event)",
         "N",
     ),
@@ -410,34 +283,34 @@ OPTIONS: tuple[Option, ...] = (
         "the application's secret; prefer the environment variable (a flag shows in the process list); never logged",
         "SECRET",
     ),
-    Option("--routee-api-url", "routee_api_url", _url, "Routee's API (tracking)", "URL"),
-    Option("--routee-auth-url", "routee_auth_url", _url, "Routee's OAuth server (tokens)", "URL"),
+    Option("--routee-api-url", "routee_api_url", parse_url, "Routee's API (tracking)", "URL"),
+    Option("--routee-auth-url", "routee_auth_url", parse_url, "Routee's OAuth server (tokens)", "URL"),
     Option(
         "--reconcile-after",
         "reconcile_after",
-        _positive(float),
+        positive(float),
         "seconds a status that is not final may stay unchanged before Routee's tracking API is asked",
         "SECONDS",
     ),
     Option(
         "--reconcile-rate",
         "reconcile_rate",
-        _positive(float),
+        positive(float),
         "most tracking API calls a second (reconciliation and backfill)",
         "N",
     ),
     Option(
         "--header-timeout",
         "header_timeout",
-        _positive(float),
+        positive(float),
         "time a request's headers may take to arrive, in seconds; a slower one gets 408 and its connection is closed",
         "SECONDS",
     ),
-    Option("--log-level", "log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "log level", "LEVEL"),
+    Option("--log-level", "log_level", choice("DEBUG", "INFO", "WARNING", "ERROR"), "log level", "LEVEL"),
     Option(
         "--log-format",
         "log_format",
-        _choice("auto", "json", "text"),
+        choice("auto", "json", "text"),
         "log format; auto is JSON unless stderr is a terminal",
         "FORMAT",
     ),

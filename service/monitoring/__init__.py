@@ -1,4 +1,5 @@
-"""What operators watch: the Prometheus metrics (``metrics``) and the log lines' format (``logs``).
+"""What operators watch: the Prometheus metrics (``catalog`` lists them, ``metrics`` records them) and the log
+lines' format (``logs``).
 
 It may import ``service.domain``.
 """

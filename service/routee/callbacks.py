@@ -19,157 +19,44 @@ other field is tolerant.
 from __future__ import annotations
 
 import json
-import math
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Annotated, Any, NotRequired, Required
 
 from pydantic import (
     AfterValidator,
     BeforeValidator,
-    ConfigDict,
     Field,
-    GetCoreSchemaHandler,
-    GetJsonSchemaHandler,
     Strict,
-    StringConstraints,
     TypeAdapter,
     ValidationError,
-    ValidationInfo,
-    ValidatorFunctionWrapHandler,
     WithJsonSchema,
 )
-from pydantic_core import core_schema
 from typing_extensions import TypedDict  # pydantic validates typing.TypedDict only from Python 3.12
 
 from routee.callbacks.v1 import callback_pb2 as pb
 from service.domain.errors import InvalidCallbackError, MalformedJsonError
-from service.domain.limits import MAX_ID_LENGTH
+from service.routee.fields import (
+    CONFIG,
+    AsTimestamp,
+    RequiredText,
+    RouteeTimestamp,
+    Text,
+    TimestampFields,
+    Tolerant,
+    no_nul,
+    text_only,
+    to_campaign,
+    to_number,
+    to_reason,
+    to_strings,
+    to_text,
+    unset,
+)
+
+# TOLERATED_FIELDS is complete once this module's schemas are built: it is read from here.
+from service.routee.fields import TOLERATED_FIELDS as TOLERATED_FIELDS
 from service.routee.parsed import Adjustment, ParsedCallback, ParsedInbound
 from service.routee.statuses import status_from_name
-
-
-def _no_nul(text: str) -> str:
-    if "\x00" in text:
-        raise ValueError("must not contain NUL characters")
-    return text
-
-
-# No NUL: an identifier with one is no identifier Routee sends (and PostgreSQL text cannot hold one).
-RequiredText = Annotated[
-    str,
-    Strict(),
-    StringConstraints(strip_whitespace=False, min_length=1, max_length=MAX_ID_LENGTH, pattern=r"^[^\x00]*$"),
-]
-
-
-# -- tolerance -------------------------------------------------------------------------------------------------
-
-#: The JSON path of every secondary field, as adjustments name it (metrics export each from the start).
-TOLERATED_FIELDS: list[str] = []
-
-
-@dataclass(frozen=True)
-class _Tolerant:
-    """A secondary field: a valid value is kept; any other is coerced (``coerce`` gives None when it cannot) and
-    the adjustment noted. Its JSON Schema accepts any value, since the service does."""
-
-    path: str
-    coerce: Callable[[Any], Any]
-
-    def __post_init__(self) -> None:
-        TOLERATED_FIELDS.append(self.path)
-
-    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
-        expected = handler(source)
-        # A valid value passes the first choice without a call into Python (most values of most callbacks: it
-        # is a tenth of the ingress's time, measured); only another one reaches ``_validate``. null is kept as
-        # it is, before any validator of the field sees it (as ``_validate`` does).
-        return core_schema.union_schema(
-            [
-                core_schema.nullable_schema(expected),
-                core_schema.with_info_wrap_validator_function(self._validate, expected),
-            ],
-            mode="left_to_right",
-        )
-
-    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> Any:
-        expected = handler(schema)
-        kind = expected.get("anyOf", [expected])[0].get("type", expected.get("title", "value"))
-        return {
-            "description": f"Expected: {kind}. A value of another type is coerced where that is unambiguous,"
-            " otherwise ignored (raw_json keeps it): it never refuses the callback."
-        }
-
-    def _validate(self, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
-        if value is None:
-            return None
-        try:
-            return handler(value)
-        except ValidationError:
-            pass
-        coerced = self.coerce(value)
-        if coerced is not None:
-            try:
-                coerced = handler(coerced)  # What it coerced to is validated like any value (a dict → a model).
-            except ValidationError:
-                coerced = None
-        adjusted = info.context.get("adjusted") if isinstance(info.context, dict) else None
-        if adjusted is not None:
-            adjusted.append((self.path, "dropped" if coerced is None else "coerced"))
-        return coerced
-
-
-def _to_text(value: Any) -> str | None:
-    """Numbers are unambiguous as text; booleans, lists and objects are not."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return str(value) if isinstance(value, int) or math.isfinite(value) else None
-
-
-def _to_campaign(value: Any) -> str | None:
-    text = _to_text(value) if not isinstance(value, str) else value
-    return None if text is None or "\x00" in text else text
-
-
-_DECIMAL = re.compile(r"\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*")
-
-
-def _to_number(value: Any) -> float | None:
-    """A decimal number written as a string."""
-    if isinstance(value, str) and _DECIMAL.fullmatch(value):
-        number = float(value)
-        return number if math.isfinite(number) else None
-    return None
-
-
-def _to_strings(value: Any) -> list[str] | None:
-    """One group given as a string is a list of one; numbers in a list are their text."""
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list):
-        texts = [item if isinstance(item, str) else _to_text(item) for item in value]
-        return [text for text in texts if text is not None]
-    return None
-
-
-def _to_reason(value: Any) -> dict[str, str] | None:
-    """A reason given as text is its detailed status (``"Not Viber User"``)."""
-    return {"detailedStatus": value} if isinstance(value, str) else None
-
-
-def _unset(value: Any) -> None:
-    return None
-
-
-def _text_only(value: Any) -> Any:
-    # A number as a date would be a guess (seconds or milliseconds since when?).
-    if not isinstance(value, str):
-        raise ValueError("a date must be text")
-    return value
-
 
 # -- the schemas ------------------------------------------------------------------------------------------------
 #
@@ -177,67 +64,21 @@ def _text_only(value: Any) -> Any:
 # (aliases): what pydantic validates is the keyword arguments of the protobuf message itself, with no model
 # object in between (measured: a third of parsing). A missing or null field is unset in the protobuf.
 
-_CONFIG = ConfigDict(extra="ignore", allow_inf_nan=False)
-
-
-class TimestampFields(TypedDict):
-    """The fields of a protobuf Timestamp."""
-
-    seconds: int
-    nanos: int
-
-
-#: The epoch's proleptic Gregorian ordinal (datetime.toordinal).
-_EPOCH_ORDINAL = datetime(1970, 1, 1).toordinal()
-#: What a protobuf Timestamp can hold, 0001-01-01 to 9999-12-31 in UTC, in microseconds since the epoch.
-_FIRST_US, _LAST_US = -62_135_596_800_000_000, 253_402_300_799_999_999
-
-
-def _timestamp(moment: datetime) -> TimestampFields:
-    # Routee documents its dates as UTC; a date without an offset is taken as UTC. (From the fields, not by
-    # subtracting an epoch or astimezone: twice as fast, and it runs twice per callback. 0001-01-01T00:00+02:00,
-    # in year 0 in UTC, cannot overflow it.)
-    seconds = (moment.toordinal() - _EPOCH_ORDINAL) * 86_400 + moment.hour * 3600 + moment.minute * 60 + moment.second
-    micros = seconds * 1_000_000 + moment.microsecond
-    if (offset := moment.utcoffset()) is not None:
-        micros -= (offset.days * 86_400 + offset.seconds) * 1_000_000 + offset.microseconds
-    if not _FIRST_US <= micros <= _LAST_US:
-        raise ValueError("date is out of range in UTC")
-    return {"seconds": micros // 1_000_000, "nanos": micros % 1_000_000 * 1000}
-
-
-@dataclass(frozen=True)
-class _AsTimestamp:
-    """Validated as a date (``strict``: RFC 3339 text only), kept as the fields of a protobuf Timestamp. A date
-    without an offset is UTC; one out of range in UTC is refused."""
-
-    strict: bool = True
-
-    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
-        return core_schema.no_info_after_validator_function(_timestamp, core_schema.datetime_schema(strict=self.strict))
-
-
-#: A secondary text field (with a _Tolerant of its own).
-_Text = Annotated[str | None, Strict()]
-RouteeTimestamp = Annotated[TimestampFields, _AsTimestamp()]
-
 
 class Reason(TypedDict, total=False):
     """Why a message has its status (``status.reason``)."""
 
-    __pydantic_config__ = _CONFIG  # type: ignore[misc]
-    detailed_status: Annotated[
-        _Text, _Tolerant("status.reason.detailedStatus", _to_text), Field(alias="detailedStatus")
-    ]
-    description: Annotated[_Text, _Tolerant("status.reason.description", _to_text)]
+    __pydantic_config__ = CONFIG  # type: ignore[misc]
+    detailed_status: Annotated[Text, Tolerant("status.reason.detailedStatus", to_text), Field(alias="detailedStatus")]
+    description: Annotated[Text, Tolerant("status.reason.description", to_text)]
 
 
 class Status(TypedDict):
     """The status a callback reports (``status``)."""
 
-    __pydantic_config__ = _CONFIG  # type: ignore[misc]
+    __pydantic_config__ = CONFIG  # type: ignore[misc]
     name: RequiredText
-    reason: NotRequired[Annotated[Reason | None, _Tolerant("status.reason", _to_reason)]]
+    reason: NotRequired[Annotated[Reason | None, Tolerant("status.reason", to_reason)]]
     update_time: Annotated[RouteeTimestamp, Field(alias="updatedDate")]
 
 
@@ -250,57 +91,57 @@ def _with_status(status: dict[str, Any]) -> dict[str, Any]:
 class ViberAction(TypedDict, total=False):
     """A button in a Viber message (``body.viberAction``)."""
 
-    __pydantic_config__ = _CONFIG  # type: ignore[misc]
-    caption: Annotated[_Text, _Tolerant("body.viberAction.caption", _to_text)]
-    target_url: Annotated[_Text, _Tolerant("body.viberAction.targetUrl", _to_text), Field(alias="targetUrl")]
+    __pydantic_config__ = CONFIG  # type: ignore[misc]
+    caption: Annotated[Text, Tolerant("body.viberAction.caption", to_text)]
+    target_url: Annotated[Text, Tolerant("body.viberAction.targetUrl", to_text), Field(alias="targetUrl")]
 
 
 class ViberFile(TypedDict, total=False):
     """A file attached to a Viber message (``body.viberFile``)."""
 
-    __pydantic_config__ = _CONFIG  # type: ignore[misc]
-    file_name: Annotated[_Text, _Tolerant("body.viberFile.fileName", _to_text), Field(alias="fileName")]
-    file_type: Annotated[_Text, _Tolerant("body.viberFile.fileType", _to_text), Field(alias="fileType")]
-    file_url: Annotated[_Text, _Tolerant("body.viberFile.fileUrl", _to_text), Field(alias="fileUrl")]
+    __pydantic_config__ = CONFIG  # type: ignore[misc]
+    file_name: Annotated[Text, Tolerant("body.viberFile.fileName", to_text), Field(alias="fileName")]
+    file_type: Annotated[Text, Tolerant("body.viberFile.fileType", to_text), Field(alias="fileType")]
+    file_url: Annotated[Text, Tolerant("body.viberFile.fileUrl", to_text), Field(alias="fileUrl")]
 
 
 class Body(TypedDict, total=False):
     """The content of a Viber message (``body``)."""
 
-    __pydantic_config__ = _CONFIG  # type: ignore[misc]
-    text: Annotated[_Text, _Tolerant("body.text", _to_text)]
-    ios_fallback_text: Annotated[_Text, _Tolerant("body.iosFallbackText", _to_text), Field(alias="iosFallbackText")]
-    image_url: Annotated[_Text, _Tolerant("body.imageURL", _to_text), Field(alias="imageURL")]
-    viber_action: Annotated[ViberAction | None, _Tolerant("body.viberAction", _unset), Field(alias="viberAction")]
-    viber_file: Annotated[ViberFile | None, _Tolerant("body.viberFile", _unset), Field(alias="viberFile")]
+    __pydantic_config__ = CONFIG  # type: ignore[misc]
+    text: Annotated[Text, Tolerant("body.text", to_text)]
+    ios_fallback_text: Annotated[Text, Tolerant("body.iosFallbackText", to_text), Field(alias="iosFallbackText")]
+    image_url: Annotated[Text, Tolerant("body.imageURL", to_text), Field(alias="imageURL")]
+    viber_action: Annotated[ViberAction | None, Tolerant("body.viberAction", unset), Field(alias="viberAction")]
+    viber_file: Annotated[ViberFile | None, Tolerant("body.viberFile", unset), Field(alias="viberFile")]
 
 
 class ViberCallback(TypedDict, total=False):
     """One Viber status callback as Routee posts it."""
 
-    __pydantic_config__ = _CONFIG  # type: ignore[misc]
+    __pydantic_config__ = CONFIG  # type: ignore[misc]
     tracking_id: Required[Annotated[RequiredText, Field(alias="trackingId")]]
     campaign_tracking_id: Annotated[
-        _Text, AfterValidator(_no_nul), _Tolerant("campaignTrackingId", _to_campaign), Field(alias="campaignTrackingId")
+        Text, AfterValidator(no_nul), Tolerant("campaignTrackingId", to_campaign), Field(alias="campaignTrackingId")
     ]
-    recipient: Annotated[_Text, _Tolerant("to", _to_text), Field(alias="to")]
-    sender: Annotated[_Text, _Tolerant("from", _to_text), Field(alias="from")]
-    groups: Annotated[list[str] | None, Strict(), _Tolerant("groups", _to_strings)]
-    country: Annotated[_Text, _Tolerant("country", _to_text)]
+    recipient: Annotated[Text, Tolerant("to", to_text), Field(alias="to")]
+    sender: Annotated[Text, Tolerant("from", to_text), Field(alias="from")]
+    groups: Annotated[list[str] | None, Strict(), Tolerant("groups", to_strings)]
+    country: Annotated[Text, Tolerant("country", to_text)]
     status: Required[Annotated[Status, AfterValidator(_with_status)]]
-    body: Annotated[Body | None, _Tolerant("body", _unset)]
-    ttl: Annotated[float | None, Strict(), _Tolerant("ttl", _to_number)]
-    label: Annotated[_Text, _Tolerant("label", _to_text)]
-    inbound_url: Annotated[_Text, _Tolerant("inboundUrl", _to_text), Field(alias="inboundUrl")]
-    application_name: Annotated[_Text, _Tolerant("applicationName", _to_text), Field(alias="applicationName")]
-    price: Annotated[float | None, Strict(), _Tolerant("price", _to_number)]
-    direction: Annotated[_Text, _Tolerant("direction", _to_text)]
-    originating_service: Annotated[_Text, _Tolerant("originatingService", _to_text), Field(alias="originatingService")]
+    body: Annotated[Body | None, Tolerant("body", unset)]
+    ttl: Annotated[float | None, Strict(), Tolerant("ttl", to_number)]
+    label: Annotated[Text, Tolerant("label", to_text)]
+    inbound_url: Annotated[Text, Tolerant("inboundUrl", to_text), Field(alias="inboundUrl")]
+    application_name: Annotated[Text, Tolerant("applicationName", to_text), Field(alias="applicationName")]
+    price: Annotated[float | None, Strict(), Tolerant("price", to_number)]
+    direction: Annotated[Text, Tolerant("direction", to_text)]
+    originating_service: Annotated[Text, Tolerant("originatingService", to_text), Field(alias="originatingService")]
     create_time: Annotated[
         TimestampFields | None,
-        _AsTimestamp(strict=False),
-        BeforeValidator(_text_only),
-        _Tolerant("createdAt", _unset),
+        AsTimestamp(strict=False),
+        BeforeValidator(text_only),
+        Tolerant("createdAt", unset),
         Field(alias="createdAt"),
     ]
 
@@ -392,13 +233,13 @@ def _without_surrogates(value: Any, path: str, identity: frozenset[str]) -> Any:
 
 def _number_as_text(value: Any) -> Any:
     """A phone number sent as a JSON number is still the number."""
-    return _to_text(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+    return to_text(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
 
 
 class InboundMessage(TypedDict, total=False):
     """One inbound Viber message (a reply) as Routee posts it to a campaign's ``inboundUrl``."""
 
-    __pydantic_config__ = _CONFIG  # type: ignore[misc]
+    __pydantic_config__ = CONFIG  # type: ignore[misc]
     sender: Required[
         Annotated[
             RequiredText,
@@ -416,27 +257,27 @@ class InboundMessage(TypedDict, total=False):
         ]
     ]
     send_time: Required[Annotated[RouteeTimestamp, Field(alias="sentDate")]]
-    recipient: Annotated[_Text, _Tolerant("inbound.to", _to_text), Field(alias="to")]
-    text: Annotated[_Text, _Tolerant("inbound.message", _to_text), Field(alias="message")]
-    campaign_name: Annotated[_Text, _Tolerant("inbound.campaignName", _to_text), Field(alias="campaignName")]
+    recipient: Annotated[Text, Tolerant("inbound.to", to_text), Field(alias="to")]
+    text: Annotated[Text, Tolerant("inbound.message", to_text), Field(alias="message")]
+    campaign_name: Annotated[Text, Tolerant("inbound.campaignName", to_text), Field(alias="campaignName")]
     campaign_tracking_id: Annotated[
-        _Text,
-        AfterValidator(_no_nul),
-        _Tolerant("inbound.campaignTrackingId", _to_campaign),
+        Text,
+        AfterValidator(no_nul),
+        Tolerant("inbound.campaignTrackingId", to_campaign),
         Field(alias="campaignTrackingId"),
     ]
     reference_tracking_id: Annotated[
-        _Text,
-        AfterValidator(_no_nul),
-        _Tolerant("inbound.referenceTrackingId", _to_campaign),
+        Text,
+        AfterValidator(no_nul),
+        Tolerant("inbound.referenceTrackingId", to_campaign),
         Field(alias="referenceTrackingId"),
     ]
-    direction: Annotated[_Text, _Tolerant("inbound.direction", _to_text)]
-    media_url: Annotated[_Text, _Tolerant("inbound.media", _to_text), Field(alias="media")]
+    direction: Annotated[Text, Tolerant("inbound.direction", to_text)]
+    media_url: Annotated[Text, Tolerant("inbound.media", to_text), Field(alias="media")]
     # Routee's example spells it `filename`, its field table `fileName`: both are taken (`filename` first).
-    filename: Annotated[_Text, _Tolerant("inbound.filename", _to_text)]
-    file_name: Annotated[_Text, _Tolerant("inbound.fileName", _to_text), Field(alias="fileName")]
-    label: Annotated[_Text, _Tolerant("inbound.label", _to_text)]
+    filename: Annotated[Text, Tolerant("inbound.filename", to_text)]
+    file_name: Annotated[Text, Tolerant("inbound.fileName", to_text), Field(alias="fileName")]
+    label: Annotated[Text, Tolerant("inbound.label", to_text)]
 
 
 def _one_file_name(message: dict[str, Any]) -> dict[str, Any]:

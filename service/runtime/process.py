@@ -38,7 +38,8 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from uvicorn_worker import UvicornWorker
 
-from service.config.settings import HostPort, Settings
+from service.config.settings import Settings
+from service.config.values import HostPort
 from service.domain.errors import StartupError
 from service.monitoring.logs import logging_config
 

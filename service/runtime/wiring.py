@@ -37,8 +37,9 @@ from http_ingress.readiness import Readiness
 from service.api.broker import Broker
 from service.api.server import create_server
 from service.api.servicer import SERVICE_NAME, MessageStatusServicer
-from service.config.settings import Settings, redact
+from service.config.settings import Settings
 from service.config.tls import ReloadingContext, grpc_certificates, grpc_credentials, http_certificates
+from service.config.values import redact
 from service.domain.errors import RouteeCallbacksError
 from service.domain.rules import INBOUND, STATUS
 from service.log.ingest import AdjustmentRecorder, Parsers, Refusals, job
@@ -222,7 +223,14 @@ def build_worker(settings: Settings, instance: Instance) -> WorkerParts:
         metrics=metrics,
         boot_failed=instance.record_boot_failure,
     )
-    policy = ConnectionPolicy(
+    reconcile = ReconcileState(instance.reconcile_state).get if settings.routee_credentials() else None
+    app = create_app(ingest, allowlist, metrics, middleware=[runtime], readiness=readiness, reconcile=reconcile)
+    return WorkerParts(app, connection_class(connection_policy(settings, allowlist, metrics)))
+
+
+def connection_policy(settings: Settings, allowlist: Allowlist, metrics: Metrics) -> ConnectionPolicy:
+    """What a worker's HTTP connections are held to: TLS, time limits, capacity, and who may get in."""
+    return ConnectionPolicy(
         tls=ReloadingContext(files) if (files := http_certificates(settings)) else None,
         header_timeout=settings.header_timeout,
         body_timeout=settings.body_timeout,
@@ -231,9 +239,6 @@ def build_worker(settings: Settings, instance: Instance) -> WorkerParts:
         monitor_only=allowlist.monitor_only,
         refused=lambda reason: metrics.connections_refused.labels(reason).inc(),
     )
-    reconcile = ReconcileState(instance.reconcile_state).get if settings.routee_credentials() else None
-    app = create_app(ingest, allowlist, metrics, middleware=[runtime], readiness=readiness, reconcile=reconcile)
-    return WorkerParts(app, connection_class(policy))
 
 
 def parsers(metrics: Metrics | None = None) -> Parsers:
@@ -279,6 +284,22 @@ def connection_capacity(reserve: int = 512) -> int:
     return max(64, soft - reserve) if soft != resource.RLIM_INFINITY else 1_000_000
 
 
+def _reconciler(
+    settings: Settings, instance: Instance, store: Store, log: LocalLog, api: TrackingApi, metrics: Metrics
+) -> Reconciler:
+    return Reconciler(
+        store,
+        log.writer,
+        api,
+        parse_tracked,
+        after=settings.reconcile_after,
+        state=ReconcileState(instance.reconcile_state),
+        found=metrics.reconciled_events.inc,
+        mismatched=metrics.tracking_mismatches.inc,
+        idle=min(10.0, settings.reconcile_after),
+    )
+
+
 def run_writer(settings: Settings, instance: Instance) -> None:
     """The writer process: serve the workers until SIGTERM (or until the master is gone)."""
     uvloop.run(_writer_main(settings, instance))
@@ -309,18 +330,7 @@ async def _writer_main(settings: Settings, instance: Instance) -> None:
     reconciler = None
     if api is not None:
         reconciler = asyncio.create_task(
-            Reconciler(
-                store,
-                log.writer,
-                api,
-                parse_tracked,
-                after=settings.reconcile_after,
-                state=ReconcileState(instance.reconcile_state),
-                found=metrics.reconciled_events.inc,
-                mismatched=metrics.tracking_mismatches.inc,
-                idle=min(10.0, settings.reconcile_after),
-            ).run(),
-            name="reconciler",
+            _reconciler(settings, instance, store, log, api, metrics).run(), name="reconciler"
         )
     _LOGGER.info("writer started", extra={"pid": os.getpid(), "database": redact(settings.database)})
     while not stop.is_set() and os.getppid() == instance.master_pid:

@@ -76,40 +76,60 @@ def plan_status(
             plan.results.append(None)
             continue
         seen.add(key)
-        tracking_id, status_key, update_us = key
-        status = callback.status.status
-        rank = lifecycle_rank(status)
         plan.last_sequence += 1
-        sequence = plan.last_sequence
-        before = state.get(tracking_id)
-        is_current = before is None or precedence(update_us, rank, sequence) > precedence(
-            before.update_us, before.rank, before.sequence
-        )
-        campaign = callback.campaign_tracking_id
-        event = StoredEvent(
-            sequence,
-            tracking_id,
-            campaign,
-            status,
-            callback.status.name,
-            update_us,
-            receive_us,
-            is_current,
-            callback.SerializeToString(),
-            before.status if is_current and before is not None else 0,
-            sources[index] if sources else FROM_CALLBACK,
-        )
-        plan.events.append(NewEvent(event, status_key, rank))
-        plan.results.append(event)
-        first, latest = plan.campaign_times.get(campaign, (update_us, update_us))
-        plan.campaign_times[campaign] = (min(first, update_us), max(latest, update_us))
-        if is_current:
-            state[tracking_id] = plan.messages[tracking_id] = Current(campaign, status, update_us, rank, sequence)
+        source = sources[index] if sources else FROM_CALLBACK
+        new = _new_event(callback, key, plan.last_sequence, state.get(key[0]), receive_us, source)
+        plan.events.append(new)
+        plan.results.append(new.event)
+        _add_event(plan, new.event, new.rank)
+        if new.event.is_current:
+            state[key[0]] = plan.messages[key[0]]
+    _count_messages(plan, current)
+    return plan
+
+
+def _new_event(
+    callback: pb.ViberCallback, key: EventKey, sequence: int, before: Current | None, receive_us: int, source: int
+) -> NewEvent:
+    """The event a callback makes at ``sequence``; current when it beats the message's current event ``before``."""
+    tracking_id, status_key, update_us = key
+    status = callback.status.status
+    rank = lifecycle_rank(status)
+    is_current = before is None or precedence(update_us, rank, sequence) > precedence(
+        before.update_us, before.rank, before.sequence
+    )
+    event = StoredEvent(
+        sequence,
+        tracking_id,
+        callback.campaign_tracking_id,
+        status,
+        callback.status.name,
+        update_us,
+        receive_us,
+        is_current,
+        callback.SerializeToString(),
+        before.status if is_current and before is not None else 0,
+        source,
+    )
+    return NewEvent(event, status_key, rank)
+
+
+def _add_event(plan: StatusPlan, event: StoredEvent, rank: int) -> None:
+    """Note a new event in its campaign's times, and as its message's current status when it is."""
+    campaign, update_us = event.campaign_tracking_id, event.update_us
+    first, latest = plan.campaign_times.get(campaign, (update_us, update_us))
+    plan.campaign_times[campaign] = (min(first, update_us), max(latest, update_us))
+    if event.is_current:
+        plan.messages[event.tracking_id] = Current(campaign, event.status, update_us, rank, event.sequence)
+
+
+def _count_messages(plan: StatusPlan, stored: Mapping[str, Current]) -> None:
+    """How the messages per (campaign, current status) change: each message whose current status changes leaves
+    its stored one and joins its new one."""
     for tracking_id, now in plan.messages.items():
         _count(plan.counts, (now.campaign_tracking_id, now.status), 1)
-        if (stored := current.get(tracking_id)) is not None:
-            _count(plan.counts, (stored.campaign_tracking_id, stored.status), -1)
-    return plan
+        if (before := stored.get(tracking_id)) is not None:
+            _count(plan.counts, (before.campaign_tracking_id, before.status), -1)
 
 
 def _count(counts: dict[tuple[str, int], int], key: tuple[str, int], delta: int) -> None:

@@ -21,7 +21,7 @@ from routee.callbacks.v1 import message_status_service_pb2 as pb2
 from routee.callbacks.v1 import message_status_service_pb2_grpc as pb2_grpc
 from service.api.server import create_server
 from service.api.servicer import MessageStatusServicer
-from service.config.settings import HostPort
+from service.config.values import HostPort
 from service.domain.limits import MAX_BATCH_IDS, MAX_GRPC_REQUEST_BYTES, MAX_ID_LENGTH
 from service.routee.callbacks import parse_callback
 from support import fixture_bodies, inbound_bodies

@@ -6,7 +6,8 @@ import ipaddress
 
 import pytest
 
-from service.config.settings import HostPort, Settings, load_settings, parse_host_port, redact
+from service.config.settings import Settings, load_settings
+from service.config.values import HostPort, parse_host_port, redact
 from service.domain.errors import ConfigError
 
 
