@@ -57,7 +57,7 @@ MEASURES = (
 def postgres_databases(count: int) -> Any:
     """A throwaway PostgreSQL cluster (the tests' helper: Debian's binaries, a temporary directory)."""
     sys.path.insert(0, str(ROOT / "tests"))  # The one implementation of a throwaway cluster lives with the tests.
-    from postgres import postgres_server
+    from support.postgres import postgres_server
 
     with postgres_server(free_port()) as server:
         yield [server.create_database() for _ in range(count)], server.process.pid

@@ -10,8 +10,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from postgres import PostgresServer, postgres_server
-from support import ServiceProcess, Zone, dns_server, free_port
+from support.dns import Zone, dns_server
+from support.network import free_port
+from support.postgres import PostgresServer, postgres_server
+from support.service_process import ServiceProcess
 
 StartService = Callable[..., ServiceProcess]
 ENGINES = ("sqlite", "postgres")

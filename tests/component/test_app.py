@@ -11,12 +11,12 @@ from typing import Any
 import falcon.testing
 import pytest
 
-from embedded import Embedded
 from http_ingress.allowlist import Allowlist
 from http_ingress.app import CALLBACKS_PATH, INBOUND_PATH
 from service.domain.entries import EventFilter
 from service.domain.rules import INBOUND, STATUS
-from support import fixture, fixture_bodies, inbound_bodies
+from support.embedded import Embedded
+from support.fixtures import fixture, fixture_bodies, inbound_bodies
 
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 JSON_HEADERS = {"Content-Type": "application/json"}

@@ -14,10 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from embedded import EmbeddedThread
 from http_ingress.app import CALLBACKS_PATH
 from service.domain.entries import EventFilter
-from support import fixture_bodies
+from support.embedded import EmbeddedThread
+from support.fixtures import fixture_bodies
 
 EXAMPLES = 300
 FIXTURES = [json.loads(body) for body in fixture_bodies().values()]

@@ -15,7 +15,6 @@ import grpc
 import pytest
 from grpc_health.v1 import health
 
-from embedded import Embedded
 from routee.callbacks.v1 import callback_pb2 as pb
 from routee.callbacks.v1 import message_status_service_pb2 as pb2
 from routee.callbacks.v1 import message_status_service_pb2_grpc as pb2_grpc
@@ -24,7 +23,9 @@ from service.api.servicer import MessageStatusServicer
 from service.config.values import HostPort
 from service.domain.limits import MAX_BATCH_IDS, MAX_GRPC_REQUEST_BYTES, MAX_ID_LENGTH
 from service.routee.callbacks import parse_callback
-from support import fixture_bodies, inbound_bodies
+from support.embedded import Embedded
+from support.fixtures import fixture_bodies, inbound_bodies
+from support.polling import eventually_async
 
 CAMPAIGN_A = "c0ffee00-0000-4000-8000-0000000000a1"
 CAMPAIGN_B = "c0ffee00-0000-4000-8000-0000000000b2"
@@ -279,8 +280,7 @@ class TestSlowAndMany:
             await fast.initial_metadata()
             writer = asyncio.gather(*(running.append(callback(index)) for index in range(1, 3001)))
             fast_updates = await read_updates(fast, 3000)
-            await writer
-            await asyncio.sleep(0.5)  # The slow one has read nothing so far.
+            await writer  # Every update was offered to the slow one, which has read nothing: its queue overflowed.
             slow_updates = await read_updates(slow, 3000)
             assert [u.sequence for u in fast_updates] == list(range(1, 3001))
             assert [u.sequence for u in slow_updates] == list(range(1, 3001))
@@ -299,6 +299,9 @@ class TestSlowAndMany:
         def catching_up() -> float | None:
             return server.metrics.registry.get_sample_value("routee_callbacks_streams_catching_up")
 
+        def subscribers() -> float | None:
+            return server.metrics.registry.get_sample_value("routee_callbacks_subscribers")
+
         assert catching_up() == 0
         call = server.stub.StreamStatusUpdates(pb2.StreamStatusUpdatesRequest(after_sequence=0))
         seen = []
@@ -310,7 +313,7 @@ class TestSlowAndMany:
         assert [update.sequence for update in await read_updates(call, 1)] == [2001]
         assert catching_up() == 0
         call.cancel()
-        await asyncio.sleep(0.1)
+        await eventually_async(lambda: subscribers() == 0, "the cancelled stream ended")  # Its clean-up is done.
         assert catching_up() == 0
 
     async def test_progress_when_idle(self, tmp_path: Path) -> None:

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from embedded import Embedded
-from fake_routee import APPLICATION_ID, SECRET, FakeRoutee, fake_routee, tracking_object
 from routee.callbacks.v1 import callback_pb2 as pb
 from service.config.settings import Credentials
 from service.domain.rules import FROM_CALLBACK, FROM_TRACKING_API
 from service.reconcile.reconciler import Reconciler, ReconcileState, backfill
 from service.reconcile.tracking_api import TrackingApi
 from service.routee.callbacks import parse_callback
+from support.embedded import Embedded
+from support.fake_routee import APPLICATION_ID, SECRET, FakeRoutee, fake_routee, tracking_object
 
 HOUR = 3600.0
 # Dates near the real time: the store takes its receive times from the real clock, and reconciliation gives up on

@@ -16,7 +16,6 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from postgres import PostgresServer
 from routee.callbacks.v1 import callback_pb2 as pb
 from service.domain.entries import EventFilter, StoredEvent, StoredInbound
 from service.domain.errors import StoreUnavailableError
@@ -32,6 +31,7 @@ from service.store import (
     Quarantine,
     Release,
     Store,
+    is_postgres,
     open_store,
     quarantine_cost,
 )
@@ -40,7 +40,8 @@ from service.store import sqlite as sqlite_engine
 from service.store.postgres import READ_STATEMENT_TIMEOUT_MS
 from service.store.schema import MIGRATIONS
 from service.store.sql import snapshot_page
-from support import fixture_bodies
+from support.fixtures import fixture_bodies
+from support.postgres import PostgresServer
 
 NOW_US = 1_700_000_000_000_000
 
@@ -503,7 +504,7 @@ def _make_old_database(database: str, events: list[tuple[int, str, int, str, int
         for sequence, tracking_id, status, name, rank, update_us, current in events
     ]
     messages = [(row[1], "c1", row[0], row[7], row[6]) for row in rows if row[9]]
-    if database.startswith("postgresql://"):
+    if is_postgres(database):
         with psycopg.connect(database, autocommit=True) as connection:
             postgres_engine.migrate(connection, _before_campaigns())
             with connection.cursor() as cursor:
@@ -647,7 +648,7 @@ class TestWatch:
 @contextlib.contextmanager
 def _other_writer(database: str) -> Iterator[Callable[[], None]]:
     """Another writer mid-transaction, holding the log's lock as the engine takes it, having taken sequence 1."""
-    if database.startswith("postgresql://"):
+    if is_postgres(database):
         with psycopg.connect(database, autocommit=True) as connection:
             transaction = connection.transaction()
             transaction.__enter__()

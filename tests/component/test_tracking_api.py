@@ -8,13 +8,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from fake_routee import APPLICATION_ID, SECRET, FakeRoutee, fake_routee, tracking_object
 from routee.callbacks.v1 import callback_pb2 as pb
 from service.config.settings import Credentials
 from service.domain.errors import CredentialsRejectedError, TrackingApiUnavailableError
 from service.reconcile.tracking_api import TrackingApi
 from service.routee.callbacks import parse_callback
 from service.routee.tracking import tracked_callback
+from support.fake_routee import APPLICATION_ID, SECRET, FakeRoutee, fake_routee, tracking_object
 
 
 class Clock:

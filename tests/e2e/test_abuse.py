@@ -21,16 +21,10 @@ import pytest
 from conftest import StartService
 from routee.callbacks.v1 import message_status_service_pb2 as pb2
 from routee.callbacks.v1 import message_status_service_pb2_grpc as pb2_grpc
-from support import (
-    CALLBACKS_PATH,
-    OPEN,
-    ServiceProcess,
-    children,
-    fixture,
-    http_request,
-    post_callback,
-    writer_process,
-)
+from support.fixtures import fixture
+from support.network import CALLBACKS_PATH, http_request, post_callback
+from support.polling import eventually
+from support.service_process import OPEN, ServiceProcess, children, writer_process
 
 pytestmark = pytest.mark.e2e
 
@@ -296,10 +290,7 @@ class TestGrpcAbuse:
             return opened
 
         assert asyncio.run(open_and_drop()) == 3000
-        deadline = time.monotonic() + 15
-        while subscribers(service) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert subscribers(service) == 0
+        eventually(lambda: subscribers(service) == 0, "every dropped stream's subscription released", interval=0.2)
 
 
 class TestMonitoringPeers:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable
 
 import pytest
 
 from conftest import StartService
-from support import ServiceProcess, Zone, fixture_bodies, http_request, post_callback
+from support.dns import Zone
+from support.fixtures import fixture_bodies
+from support.network import http_request, post_callback
+from support.polling import eventually
+from support.service_process import ServiceProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -19,16 +22,6 @@ BODY = fixture_bodies()["01-m1-queued.json"]
 
 def dns_args(port: int, *extra: str) -> tuple[str, ...]:
     return ("--allowlist-host", NAME, "--dns-server", f"127.0.0.1:{port}", *extra)
-
-
-def eventually(check: Callable[[], bool], timeout: float, what: str) -> float:
-    """Wait until ``check`` holds; return how long it took, or fail after ``timeout`` seconds."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if check():
-            return time.monotonic() - start
-        time.sleep(0.1)
-    raise AssertionError(f"not within {timeout}s: {what}")
 
 
 def status_from(service: ServiceProcess, source: str, **headers: str) -> int:
@@ -52,7 +45,7 @@ class TestDnsAllowlist:
         assert ready["checks"]["allowlist"]["addresses"] == ["127.0.0.2", "127.0.0.3", "::1"]
 
         zone.a = ["127.0.0.4"]
-        took = eventually(lambda: status_from(service, "127.0.0.4") == 200, 10, "the new record is allowed")
+        took = eventually(lambda: status_from(service, "127.0.0.4") == 200, "the new record is allowed", 10)
         assert status_from(service, "127.0.0.2") == 403
         print(f"record change took effect after {took:.1f}s")
 
@@ -72,7 +65,7 @@ class TestDnsAllowlist:
         for mode in ("servfail", "silent", "nxdomain"):
             zone.mode = mode
             before = zone.queries
-            eventually(lambda before=before: zone.queries > before + 1, 15, f"the service retries during {mode}")
+            eventually(lambda before=before: zone.queries > before + 1, f"the service retries during {mode}", 15)
             assert status_from(service, "127.0.0.2") == 200
             assert status_from(service, "127.0.0.5") == 403
             ready = http_request(service.http_port, "GET", "/readyz").json()
@@ -85,11 +78,11 @@ class TestDnsAllowlist:
         zone, port = dns_zone
         service = start_service(*dns_args(port, "--dns-min-ttl", "1", "--dns-max-stale", "2"), ready_path="/readyz")
         zone.mode = "servfail"
-        eventually(lambda: status_from(service, "127.0.0.2") == 503, 10, "a stale allowlist answers 503")
+        eventually(lambda: status_from(service, "127.0.0.2") == 503, "a stale allowlist answers 503", 10)
         assert status_from(service, "127.0.0.9") == 503
         assert http_request(service.http_port, "GET", "/readyz").status == 503
         zone.mode = "ok"
-        eventually(lambda: status_from(service, "127.0.0.2") == 200, 15, "recovery without a restart")
+        eventually(lambda: status_from(service, "127.0.0.2") == 200, "recovery without a restart", 15)
 
     def test_start_during_outage_then_recover(self, start_service: StartService, dns_zone: tuple[Zone, int]) -> None:
         """Started while DNS fails: 503 and not ready, then recovery without a restart."""
@@ -110,7 +103,7 @@ class TestDnsAllowlist:
             assert silent.recv(1) == b""
             assert time.monotonic() - started < 3
         zone.mode = "ok"
-        eventually(lambda: status_from(service, "127.0.0.2") == 200, 15, "the allowlist recovers")
+        eventually(lambda: status_from(service, "127.0.0.2") == 200, "the allowlist recovers", 15)
         assert http_request(service.http_port, "GET", "/readyz").status == 200
 
 

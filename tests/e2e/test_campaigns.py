@@ -15,7 +15,10 @@ import pytest
 from conftest import StartService
 from routee.callbacks.v1 import message_status_service_pb2 as pb2
 from routee.callbacks.v1 import message_status_service_pb2_grpc as pb2_grpc
-from support import CALLBACKS_PATH, OPEN, ServiceProcess, StreamCollector, executable, fixture, post_callback
+from support.fixtures import fixture
+from support.network import CALLBACKS_PATH, post_callback
+from support.service_process import OPEN, ServiceProcess, executable
+from support.streams import StreamCollector
 
 pytestmark = pytest.mark.e2e
 

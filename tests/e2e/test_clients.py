@@ -12,14 +12,9 @@ import pytest
 
 from conftest import StartService
 from routee.callbacks.v1 import message_status_service_pb2 as pb2
-from support import (
-    OPEN,
-    StreamCollector,
-    executable,
-    grpc_client_credentials,
-    grpc_tls_options,
-    make_certificates,
-)
+from support.certificates import grpc_client_credentials, grpc_tls_options, make_certificates
+from support.service_process import OPEN, executable
+from support.streams import StreamCollector
 
 pytestmark = pytest.mark.e2e
 

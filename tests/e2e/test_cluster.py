@@ -16,24 +16,15 @@ import grpc
 import pytest
 
 from conftest import StartService
-from postgres import PostgresServer
 from routee.callbacks.v1 import message_status_service_pb2 as pb2
 from routee.callbacks.v1 import message_status_service_pb2_grpc as pb2_grpc
-from support import (
-    OPEN,
-    ServiceProcess,
-    StreamCollector,
-    children,
-    connection_owners,
-    executable,
-    fixture,
-    free_port,
-    haproxy,
-    http_request,
-    post_callback,
-    stored_head,
-    writer_process,
-)
+from support.balancer import connection_owners, haproxy
+from support.fixtures import fixture
+from support.network import free_port, http_request, post_callback
+from support.polling import eventually
+from support.postgres import PostgresServer
+from support.service_process import OPEN, ServiceProcess, children, executable, writer_process
+from support.streams import StreamCollector, stored_head
 
 pytestmark = pytest.mark.e2e
 
@@ -279,10 +270,12 @@ class TestFaults:
             assert unavailable.value.code() == grpc.StatusCode.UNAVAILABLE
         finally:
             server.start()
-        deadline = time.monotonic() + 20
-        while post_callback(service.http_port, body("pg-3")).status != 200:
-            assert time.monotonic() < deadline, "did not recover after PostgreSQL came back"
-            time.sleep(0.2)
+        eventually(
+            lambda: post_callback(service.http_port, body("pg-3")).status == 200,
+            "did not recover after PostgreSQL came back",
+            20,
+            interval=0.2,
+        )
         assert http_request(service.http_port, "GET", "/readyz").status == 200
         assert service.get_status("pg-3").status_name == "Queued"
         stored = replay(service.grpc_target, 2)
@@ -327,10 +320,11 @@ class TestFaults:
         time.sleep(4.0)
         own_postgres.start()
         for instance in instances:
-            deadline = time.monotonic() + 20
-            while http_request(instance.http_port, "GET", "/readyz").status != 200:
-                assert time.monotonic() < deadline, "not ready again after PostgreSQL came back"
-                time.sleep(0.1)
+            eventually(
+                lambda instance=instance: http_request(instance.http_port, "GET", "/readyz").status == 200,
+                "not ready again after PostgreSQL came back",
+                20,
+            )
         assert read_all_at_once() == [None] * 16
 
     def test_kill_9_of_one_instance_loses_nothing_and_disturbs_no_other_stream(

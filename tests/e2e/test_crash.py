@@ -22,7 +22,9 @@ import pytest
 from conftest import StartService
 from routee.callbacks.v1 import message_status_service_pb2 as pb2
 from routee.callbacks.v1 import message_status_service_pb2_grpc as pb2_grpc
-from support import CALLBACKS_PATH, OPEN, fixture
+from support.fixtures import fixture
+from support.network import CALLBACKS_PATH
+from support.service_process import OPEN
 
 pytestmark = pytest.mark.e2e
 

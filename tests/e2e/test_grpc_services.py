@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from conftest import StartService
-from support import OPEN
+from support.service_process import OPEN
 
 pytestmark = pytest.mark.e2e
 

@@ -14,9 +14,12 @@ from pathlib import Path
 import pytest
 
 from conftest import StartService
-from postgres import PostgresServer
 from routee.callbacks.v1 import message_status_service_pb2 as pb2
-from support import CALLBACKS_PATH, OPEN, ServiceProcess, children, fixture, http_request, writer_process
+from support.fixtures import fixture
+from support.network import CALLBACKS_PATH, http_request
+from support.polling import eventually
+from support.postgres import PostgresServer
+from support.service_process import OPEN, ServiceProcess, children, writer_process
 
 pytestmark = pytest.mark.e2e
 
@@ -38,16 +41,6 @@ def shared_files(pid: int) -> list[Path]:
     """The instance's shared files a process has mapped (its metrics files, in the runtime directory)."""
     maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
     return sorted({Path(line.split(maxsplit=5)[5]) for line in maps if "/metrics/" in line and ".db" in line})
-
-
-def wait_until(predicate: object, what: str, deadline: float = 15.0) -> float:
-    """Poll ``predicate`` until it holds; return how long it took, or fail naming ``what``."""
-    assert callable(predicate)
-    started = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - started < deadline, f"{what}: not within {deadline} s"
-        time.sleep(0.05)
-    return time.monotonic() - started
 
 
 def post(service: ServiceProcess, tracking_id: str, timeout: float = 5.0) -> int:
@@ -145,16 +138,16 @@ class TestSignals:
         before = set(workers(service))
         poster = Poster(service, f"hup{count}")
         try:
-            wait_until(lambda: len(poster.acknowledged) >= 50, "callbacks acknowledged before the reload")
+            eventually(lambda: len(poster.acknowledged) >= 50, "callbacks acknowledged before the reload")
             in_flight = SlowPost(service, f"hup{count}-in-flight")  # Keeps an old worker busy past the new start.
             os.kill(service.process.pid, signal.SIGHUP)
-            wait_until(lambda: len(set(workers(service)) - before) == count, "new workers")
+            eventually(lambda: len(set(workers(service)) - before) == count, "new workers")
             time.sleep(1.0)  # They bind the gRPC port beside the old ones, or fail to.
             assert in_flight.finish() == 200, service.log()[-3000:]
             poster.acknowledged.append(in_flight.tracking_id)
-            wait_until(lambda: not before & set(workers(service)), "every old worker replaced")
+            eventually(lambda: not before & set(workers(service)), "every old worker replaced")
             seen = len(poster.acknowledged)
-            wait_until(lambda: len(poster.acknowledged) >= seen + 50, "callbacks acknowledged after the reload", 10)
+            eventually(lambda: len(poster.acknowledged) >= seen + 50, "callbacks acknowledged after the reload", 10)
         finally:
             poster.stop()
         assert len(workers(service)) == count
@@ -179,12 +172,12 @@ class TestSignals:
         service = start_service(*OPEN)
         assert len(workers(service)) == 1
         os.kill(service.process.pid, signal.SIGTTIN)
-        wait_until(lambda: len(workers(service)) == 2, "a second worker")
+        eventually(lambda: len(workers(service)) == 2, "a second worker")
         time.sleep(1.0)  # Let the new worker start, or fail to start, before counting again.
         assert len(workers(service)) == 2, service.log()
         assert all(ok(service, f"ttin-{n}") for n in range(40))
         os.kill(service.process.pid, signal.SIGTTOU)
-        wait_until(lambda: len(workers(service)) == 1, "back to one worker")
+        eventually(lambda: len(workers(service)) == 1, "back to one worker")
         assert all(ok(service, f"ttou-{n}") for n in range(20))
         assert service.get_status("ttou-19").status_name == "Queued"
         assert service.process.poll() is None
@@ -202,13 +195,15 @@ class TestWorkerFailures:
         squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             os.kill(worker, signal.SIGKILL)
-            deadline = time.monotonic() + 5
-            while True:
+
+            def bound() -> bool:
                 try:
                     squatter.bind(("127.0.0.1", service.grpc_port))
-                    break
                 except OSError:
-                    assert time.monotonic() < deadline, "the killed worker's port never came free"
+                    return False
+                return True
+
+            eventually(bound, "the killed worker's port came free", 5, interval=0.001)
             squatter.listen()
             status = service.process.wait(30)
         finally:
@@ -230,11 +225,11 @@ class TestWorkerFailures:
         try:
             (worker,) = workers(service)
             os.kill(worker, signal.SIGKILL)
-            wait_until(lambda: len(workers(service)) == 1 and worker not in workers(service), "a new worker")
-            wait_until(lambda: post(service, "pgw-x") == 503, "503 while down")
+            eventually(lambda: len(workers(service)) == 1 and worker not in workers(service), "a new worker")
+            eventually(lambda: post(service, "pgw-x") == 503, "503 while down")
         finally:
             own_postgres.start()
-        took = wait_until(lambda: ok(service, "pgw-1"), "200 after PostgreSQL came back", 10)
+        took = eventually(lambda: ok(service, "pgw-1"), "200 after PostgreSQL came back", 10)
         assert service.get_status("pgw-1").status_name == "Queued", f"took {took:.1f} s"
         assert service.get_status("pgw-0").status_name == "Queued"
         assert service.log().count("Booting worker") == 2

@@ -10,22 +10,18 @@ import time
 from datetime import UTC, datetime
 
 import pytest
-from monitoring_files import metric_names_used
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import StartService
-from fake_routee import APPLICATION_ID, SECRET, fake_routee
 from routee.callbacks.v1 import message_status_service_pb2 as pb2
-from support import (
-    INBOUND_PATH,
-    ServiceProcess,
-    StreamCollector,
-    Zone,
-    fixture,
-    http_request,
-    inbound_bodies,
-    post_callback,
-)
+from support.dns import Zone
+from support.fake_routee import APPLICATION_ID, SECRET, fake_routee
+from support.fixtures import fixture, inbound_bodies
+from support.monitoring_files import metric_names_used
+from support.network import INBOUND_PATH, http_request, post_callback
+from support.polling import eventually
+from support.service_process import ServiceProcess
+from support.streams import StreamCollector
 
 pytestmark = pytest.mark.e2e
 
@@ -77,21 +73,20 @@ def test_every_metric_the_dashboard_and_the_rules_use_is_exported(
                 assert post_callback(service.http_port, body, source=STRANGER).status == 403
             stream.wait_for(2)
 
-            deadline = time.monotonic() + 20
-            missing = metric_names_used()
-            while missing and time.monotonic() < deadline:
-                time.sleep(0.5)
-                missing = metric_names_used() - {name for name, _ in scrape(service)}
-            assert missing == set(), "used by docs/monitoring but not exported"
+            eventually(
+                lambda: not metric_names_used() - {name for name, _ in scrape(service)},
+                "metrics used by docs/monitoring are exported",
+                20,
+                interval=0.5,
+            )
 
             # Readiness is sampled every 5 s: a sample taken while the worker was still connecting to the writer
             # process says 0 until the next one.
             checks = [("routee_callbacks_ready", (("check", name),)) for name in ("store", "allowlist")]
+            eventually(
+                lambda: all(scrape(service).get(check) == 1 for check in checks), "ready checks pass", 30, interval=0.5
+            )
             samples = scrape(service)
-            while time.monotonic() < deadline + 10 and any(samples.get(check) != 1 for check in checks):
-                time.sleep(0.5)
-                samples = scrape(service)
-            assert [samples[check] for check in checks] == [1, 1]
             assert samples[("routee_callbacks_allowlist_max_stale_seconds", ())] == 600
             assert samples[("routee_callbacks_allowlist_addresses", ())] == 3  # Two A records, one AAAA.
             assert samples[("routee_callbacks_allowlist_lookup_failing", ())] == 0

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import positive_data_acceptance
 
 from conftest import StartService
-from support import OPEN
+from support.service_process import OPEN
 
 pytestmark = pytest.mark.e2e
 

@@ -11,7 +11,10 @@ import pytest
 
 from conftest import StartService
 from routee.callbacks.v1 import message_status_service_pb2 as pb2
-from support import OPEN, StreamCollector, executable, fixture_bodies, http_request, post_callback
+from support.fixtures import fixture_bodies
+from support.network import http_request, post_callback
+from support.service_process import OPEN, executable
+from support.streams import StreamCollector
 
 pytestmark = pytest.mark.e2e
 

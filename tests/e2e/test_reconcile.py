@@ -9,17 +9,20 @@ import base64
 import json
 import os
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from conftest import StartService
-from fake_routee import APPLICATION_ID, SECRET, FakeRoutee, fake_routee, tracking_object
 from routee.callbacks.v1 import message_status_service_pb2 as pb2
-from support import OPEN, StreamCollector, executable, fixture, http_request, post_callback
+from support.fake_routee import APPLICATION_ID, SECRET, FakeRoutee, fake_routee, tracking_object
+from support.fixtures import fixture
+from support.network import http_request, post_callback
+from support.polling import eventually
+from support.service_process import OPEN, executable
+from support.streams import StreamCollector
 
 pytestmark = pytest.mark.e2e
 
@@ -45,13 +48,6 @@ def routee_options(fake: FakeRoutee) -> tuple[str, ...]:
 def fake() -> Iterator[FakeRoutee]:
     with fake_routee() as running:
         yield running
-
-
-def eventually(check: Callable[[], bool], what: str, deadline: float = 15.0) -> None:
-    end = time.monotonic() + deadline
-    while not check():
-        assert time.monotonic() < end, what
-        time.sleep(0.1)
 
 
 class TestReconciliation:

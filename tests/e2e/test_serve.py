@@ -7,7 +7,6 @@ import os
 import random
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import grpc
@@ -16,16 +15,11 @@ import pytest
 from conftest import StartService
 from routee.callbacks.v1 import callback_pb2 as pb
 from routee.callbacks.v1 import message_status_service_pb2 as pb2
-from support import (
-    CALLBACKS_PATH,
-    OPEN,
-    StreamCollector,
-    executable,
-    fixture_bodies,
-    free_port,
-    http_request,
-    post_callback,
-)
+from support.fixtures import fixture_bodies
+from support.network import CALLBACKS_PATH, free_port, http_request, post_callback
+from support.polling import eventually
+from support.service_process import OPEN, executable
+from support.streams import StreamCollector
 
 pytestmark = pytest.mark.e2e
 
@@ -217,11 +211,12 @@ class TestLifecycle:
                 stdout=output, stderr=subprocess.STDOUT,
             )  # fmt: skip
             try:
-                deadline = time.monotonic() + 20
-                while "worker started" not in log.read_text():
+
+                def started() -> bool:
                     assert process.poll() is None, log.read_text()
-                    assert time.monotonic() < deadline, log.read_text()
-                    time.sleep(0.1)
+                    return "worker started" in log.read_text()
+
+                eventually(started, "the worker did not start", 20)
             finally:
                 process.send_signal(signal.SIGTERM)
                 process.wait(30)

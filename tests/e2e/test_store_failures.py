@@ -15,7 +15,10 @@ import grpc
 import pytest
 
 from conftest import StartService
-from support import OPEN, WITHOUT_FILE_PRIVILEGES, ServiceProcess, fixture, http_request, post_callback
+from support.fixtures import fixture
+from support.network import http_request, post_callback
+from support.polling import eventually
+from support.service_process import OPEN, WITHOUT_FILE_PRIVILEGES, ServiceProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -106,13 +109,15 @@ def test_full_filesystem(start_service: StartService, tmp_path: Path) -> None:
             assert connection.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
 
 
-def eventually_accepted(service: ServiceProcess, tracking_id: str, deadline: float = 10.0) -> None:
+def eventually_accepted(service: ServiceProcess, tracking_id: str, timeout: float = 10.0) -> None:
     """After the condition is undone, callbacks are kept again (within a few tries), without a restart."""
-    end = time.monotonic() + deadline
-    while (answer := post_callback(service.http_port, callback(tracking_id))).status != 200:
-        assert answer.status == 503, answer.body
-        assert time.monotonic() < end, "did not recover"
-        time.sleep(0.2)
+
+    def accepted() -> bool:
+        answer = post_callback(service.http_port, callback(tracking_id))
+        assert answer.status in (200, 503), answer.body
+        return answer.status == 200
+
+    eventually(accepted, "did not recover", timeout, interval=0.2)
     assert http_request(service.http_port, "GET", "/readyz").status == 200
     assert service.get_status(tracking_id).status_name == "Delivered"
 

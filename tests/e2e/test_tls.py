@@ -8,7 +8,6 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -17,17 +16,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import StartService
 from routee.callbacks.v1 import message_status_service_pb2 as pb2
-from support import (
-    CALLBACKS_PATH,
-    OPEN,
-    ServiceProcess,
-    executable,
-    fixture_bodies,
-    grpc_client_credentials,
-    grpc_tls_options,
-    http_request,
-    make_certificates,
-)
+from support.certificates import grpc_client_credentials, grpc_tls_options, make_certificates
+from support.fixtures import fixture_bodies
+from support.network import CALLBACKS_PATH, http_request
+from support.polling import eventually
+from support.service_process import OPEN, ServiceProcess, executable
 
 pytestmark = pytest.mark.e2e
 
@@ -63,13 +56,6 @@ def served_serial(port: int, context: ssl.SSLContext, *, alpn: list[str] | None 
     return int(subprocess.run(
         ["openssl", "x509", "-inform", "der", "-noout", "-serial"], input=der, capture_output=True, check=True
     ).stdout.decode().strip().split("=")[1], 16)  # fmt: skip
-
-
-def eventually(check: Callable[[], bool], what: str, deadline: float = 10.0) -> None:
-    end = time.monotonic() + deadline
-    while not check():
-        assert time.monotonic() < end, what
-        time.sleep(0.2)
 
 
 @pytest.fixture

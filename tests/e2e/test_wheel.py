@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from support import EXECUTABLE_VARIABLE, executable
+from support.service_process import EXECUTABLE_VARIABLE, executable
 
 pytestmark = pytest.mark.e2e
 

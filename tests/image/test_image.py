@@ -19,7 +19,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from routee.callbacks.v1 import message_status_service_pb2 as pb2
 from routee.callbacks.v1 import message_status_service_pb2_grpc as pb2_grpc
-from support import CALLBACKS_PATH, fixture_bodies, free_port, http_request
+from support.fixtures import fixture_bodies
+from support.network import CALLBACKS_PATH, free_port, http_request
 
 IMAGE = os.environ.get("ROUTEE_TEST_IMAGE", "")
 UID = 10001

@@ -11,7 +11,7 @@ import pytest
 
 from service.config.tls import CertificateFiles, ReloadingContext
 from service.domain.errors import StartupError
-from support import make_certificates
+from support.certificates import make_certificates
 
 
 class Clock:

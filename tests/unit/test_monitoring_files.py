@@ -7,10 +7,10 @@ from __future__ import annotations
 import subprocess
 
 import yaml
-from monitoring_files import RULE_TESTS, RULES, dashboard, metric_names_used, panels, queries, rules
 from prometheus_client import CollectorRegistry
 
 from service.monitoring.metrics import Metrics
+from support.monitoring_files import RULE_TESTS, RULES, dashboard, metric_names_used, panels, queries, rules
 
 _SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
 

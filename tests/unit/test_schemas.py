@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from routee.callbacks.v1 import callback_pb2 as pb
 from service.domain.errors import InvalidCallbackError, MalformedJsonError
 from service.routee.callbacks import parse_callback, parse_inbound
-from support import fixture, fixture_bodies, inbound_bodies
+from support.fixtures import fixture, fixture_bodies, inbound_bodies
 
 EXPECTED_STATUS = {
     "01-m1-queued.json": pb.MESSAGE_STATUS_QUEUED,

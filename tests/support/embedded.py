@@ -13,15 +13,15 @@ import falcon.asgi
 
 from http_ingress.allowlist import Allowlist
 from http_ingress.app import create_app
-from http_ingress.errors import http_status
 from routee.callbacks.v1 import callback_pb2 as pb
 from service.api.broker import Broker
+from service.config.settings import Settings
 from service.domain.entries import StoredEvent, StoredInbound
-from service.domain.rules import INBOUND, STATUS
-from service.log.ingest import AdjustmentRecorder, LocalIngest, Refusals
+from service.log.ingest import LocalIngest
 from service.log.local import LocalLog
 from service.monitoring.metrics import Metrics
 from service.routee.callbacks import parse_callback, parse_inbound
+from service.runtime.wiring import parsers, refusals
 from service.store import AppendInbound, AppendStatus, Store, open_store
 
 _T = TypeVar("_T")
@@ -38,14 +38,8 @@ class Embedded:
         self.log = LocalLog(
             self.store, self.metrics.published(self.broker.publish), observe_commit=self.metrics.observe_commit
         )
-        self.ingest = LocalIngest(
-            self.log.writer,
-            {
-                STATUS: AdjustmentRecorder(parse_callback, self.metrics),
-                INBOUND: AdjustmentRecorder(parse_inbound, self.metrics),
-            },
-            Refusals(lambda error: int(http_status(error)), 1024 * 1024),
-        )
+        # The service's own factories: the parsers and quarantine rules of a worker, not a copy of them.
+        self.ingest = LocalIngest(self.log.writer, parsers(self.metrics), refusals(Settings(quarantine_max_mb=1)))
         self.app: falcon.asgi.App = create_app(self.ingest, allowlist, self.metrics)
 
     async def start(self) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-MONITORING = Path(__file__).resolve().parents[1] / "docs" / "monitoring"
+MONITORING = Path(__file__).resolve().parents[2] / "docs" / "monitoring"
 RULES = MONITORING / "prometheus-rules.yml"
 RULE_TESTS = MONITORING / "prometheus-rules.test.yml"
 DASHBOARD = MONITORING / "grafana-dashboard.json"
