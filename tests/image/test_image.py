@@ -109,7 +109,7 @@ class TestConfiguration:
         """The runtime stage holds Python and the venv: no compiler, no pip, no caches, no shell history, no
         wheel or tests left behind; the data directory belongs to the service's user."""
         site = rootfs / "opt/routee-callbacks/lib/python3.11/site-packages"
-        assert (site / "service" / "cli.py").is_file()
+        assert (site / "service" / "cli" / "main.py").is_file()
         absent = [
             "usr/bin/gcc", "usr/bin/cc", "usr/bin/strip", "usr/bin/make", "usr/bin/pip3",
             "usr/lib/python3/dist-packages/pip", "opt/routee-callbacks/bin/pip", "root/.cache",
