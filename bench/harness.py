@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -103,8 +104,11 @@ def service(workdir: Path, *extra: str, database: str | None = None, tree: Path 
     http_port, grpc_port = free_port(), free_port()
     program = [str(BIN / "routee-callbacks")]
     environment = None
-    if tree is not None:
-        program = [sys.executable, "-c", "import sys; from service.cli.main import main; sys.exit(main())"]
+    if tree is not None:  # The tree's own console script, as its pyproject.toml names it.
+        module, _, function = tomllib.loads((tree / "pyproject.toml").read_text())["project"]["scripts"][
+            "routee-callbacks"
+        ].partition(":")
+        program = [sys.executable, "-c", f"import sys; from {module} import {function}; sys.exit({function}())"]
         environment = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{tree / 'protos'}"}
     command = [
         *program, "serve",

@@ -86,7 +86,7 @@ class SqlStore:
         """Return every event of a message, in precedence order (its current status last)."""
 
         async def read(session: Session) -> list[StoredEvent]:
-            return [q.event(row) for row in await (await session.execute(q.HISTORY, (tracking_id,))).fetchall()]
+            return [q.event(row) for row in await session.rows(q.HISTORY, (tracking_id,))]
 
         return await self._read(read, inline=True)
 
@@ -94,7 +94,7 @@ class SqlStore:
         """Return the inbound messages that answer a message, oldest first."""
 
         async def read(session: Session) -> list[StoredInbound]:
-            return [q.inbound(row) for row in await (await session.execute(q.REPLIES, (tracking_id,))).fetchall()]
+            return [q.inbound(row) for row in await session.rows(q.REPLIES, (tracking_id,))]
 
         return await self._read(read, inline=True)
 
@@ -104,14 +104,12 @@ class SqlStore:
         key = (tracking_id,)
 
         async def read(session: Session) -> MessageState | None:
-            events = await session.execute(q.ONE_MESSAGE_EVENTS, key)
-            replies = await session.execute(q.ONE_MESSAGE_REPLIES, key)
-            history, more_events = bounded([q.event(row) for row in await events.fetchall()], MAX_EVENTS_PER_MESSAGE)
+            events = await session.rows(q.ONE_MESSAGE_EVENTS, key)
+            history, more_events = bounded([q.event(row) for row in events], MAX_EVENTS_PER_MESSAGE)
             if not history:
                 return None
-            answers, more_replies = bounded(
-                [q.inbound(row) for row in await replies.fetchall()], MAX_REPLIES_PER_MESSAGE
-            )
+            replies = await session.rows(q.ONE_MESSAGE_REPLIES, key)
+            answers, more_replies = bounded([q.inbound(row) for row in replies], MAX_REPLIES_PER_MESSAGE)
             events_total = await _count(session, q.COUNT_EVENTS, key) if more_events else len(history)
             replies_total = await _count(session, q.COUNT_REPLIES, key) if more_replies else len(answers)
             return MessageState(history[-1], history, answers, events_total, replies_total)
@@ -128,11 +126,11 @@ class SqlStore:
                 if event_filter.inbound
                 else ("events", q.EVENT_COLUMNS, q.event)
             )
-            cursor = await session.execute(
+            rows = await session.rows(
                 f"SELECT {columns} FROM {table} WHERE sequence > %s{conditions} ORDER BY sequence LIMIT %s",
                 (after_sequence, *params, limit),
             )
-            return [build(row) for row in await cursor.fetchall()]
+            return [build(row) for row in rows]
 
         return await self._read(read)
 
@@ -143,7 +141,7 @@ class SqlStore:
 
         async def read(session: Session) -> list[StoredEvent]:
             sql, params = q.snapshot_page(session.dialect, event_filter, as_of, after_tracking_id, limit)
-            return [q.event(row) for row in await (await session.execute(sql, params)).fetchall()]
+            return [q.event(row) for row in await session.rows(sql, params)]
 
         return await self._read(read)
 
@@ -152,12 +150,12 @@ class SqlStore:
 
         async def read(session: Session) -> dict[str, MessageState]:
             condition, params = session.dialect.any_of("m.tracking_id", list(tracking_ids))
-            cursor = await session.execute(
+            rows = await session.rows(
                 f"SELECT {q.event_columns('e.')} FROM messages m JOIN events e ON e.sequence = m.current_sequence"
                 f" WHERE {condition}",
                 params,
             )
-            found = {event.tracking_id: MessageState(event, [], []) for event in map(q.event, await cursor.fetchall())}
+            found = {event.tracking_id: MessageState(event, [], []) for event in map(q.event, rows)}
             if history and found:
                 condition, params = session.dialect.any_of("tracking_id", list(found))
                 events = await session.execute(q.latest_events(condition), params)
@@ -183,13 +181,13 @@ class SqlStore:
             if statuses:
                 condition, params = session.dialect.any_of("m.status", sorted(statuses))
                 condition = f" AND {condition}"
-            cursor = await session.execute(
+            rows = await session.rows(
                 f"SELECT {q.event_columns('e.')} FROM messages m JOIN events e ON e.sequence = m.current_sequence"
                 f" WHERE m.campaign_tracking_id = %s{condition} AND m.tracking_id > %s ORDER BY m.tracking_id"
                 " LIMIT %s",
                 (campaign_tracking_id, *params, after_tracking_id, limit),
             )
-            return [q.event(row) for row in await cursor.fetchall()]
+            return [q.event(row) for row in rows]
 
         return await self._read(read)
 
@@ -197,20 +195,20 @@ class SqlStore:
         """Return the campaign's counts by current status and the sequence they are consistent with."""
 
         async def read(session: Session) -> CampaignSummary | None:
-            times = await session.execute(
+            times = await session.rows(
                 "SELECT first_update_us, latest_update_us FROM campaigns WHERE campaign_tracking_id = %s",
                 (campaign_tracking_id,),
             )
-            counts = await session.execute(
+            if not times:
+                return None
+            counts = await session.rows(
                 "SELECT status, messages FROM campaign_counts WHERE campaign_tracking_id = %s AND messages > 0"
                 " ORDER BY status",
                 (campaign_tracking_id,),
             )
             head = await q.meta(session, "last_sequence")
-            row = await times.fetchone()
-            if row is None:
-                return None
-            return CampaignSummary({status: total for status, total in await counts.fetchall()}, row[0], row[1], head)
+            (first, latest) = times[0]
+            return CampaignSummary({status: total for status, total in counts}, first, latest, head)
 
         return await self._read(read, inline=True)
 
@@ -218,13 +216,13 @@ class SqlStore:
         """Return up to ``limit`` messages due for reconciliation, those due longest first."""
 
         async def read(session: Session) -> list[DueCheck]:
-            cursor = await session.execute(
+            rows = await session.rows(
                 f"SELECT {q.event_columns('e.')}, m.checks FROM messages m JOIN events e"
                 " ON e.sequence = m.current_sequence"
                 " WHERE m.check_from_us IS NOT NULL AND m.check_from_us < %s ORDER BY m.check_from_us LIMIT %s",
                 (changed_before_us, limit),
             )
-            return [DueCheck(q.event(row), row[-1]) for row in await cursor.fetchall()]
+            return [DueCheck(q.event(row), row[-1]) for row in rows]
 
         return await self._read(read)
 
@@ -241,12 +239,12 @@ class SqlStore:
 
         async def read(session: Session) -> list[Quarantined]:
             condition, params = ("true", ()) if ids is None else session.dialect.any_of("id", list(ids))
-            cursor = await session.execute(
+            rows = await session.rows(
                 f"SELECT {q.QUARANTINE_COLUMNS} FROM quarantine WHERE {condition} ORDER BY received_us, id", params
             )
             return [
                 Quarantined(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], bytes(row[8]), row[9])
-                for row in await cursor.fetchall()
+                for row in rows
             ]
 
         return await self._read(read)
@@ -263,5 +261,5 @@ class SqlStore:
 
 
 async def _count(session: Session, sql: str, params: Sequence[object]) -> int:
-    row = await (await session.execute(sql, params)).fetchone()
-    return int(row[0]) if row else 0
+    rows = await session.rows(sql, params)
+    return int(rows[0][0]) if rows else 0

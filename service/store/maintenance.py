@@ -4,6 +4,7 @@ pruned, and the current statuses that pointed at them repaired)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from service.store import DropQuarantined, Quarantine, body_digest, oldest_beyond, quarantine_cost
 from service.store.sql import Session, add_counts, meta, order_by, set_meta
@@ -14,32 +15,30 @@ from service.store.sql import Session, add_counts, meta, order_by, set_meta
 async def quarantine(session: Session, job: Quarantine, now_us: int) -> int:
     """Keep a refused body, or count another attempt of one kept; then keep the whole within its bound."""
     digest = body_digest(job.body)
-    row = await (
-        await session.execute(
+    row = _first(
+        await session.rows(
             "UPDATE quarantine SET attempts = attempts + 1, last_us = %s, peer = %s, status = %s, reason = %s,"
             " detail = %s WHERE body_hash = %s RETURNING id",
             (now_us, job.peer, job.status, job.reason, job.detail, digest),
         )
-    ).fetchone()
+    )
     if row is not None:
         return int(row[0])
     cost = quarantine_cost(job)
-    inserted = await (
-        await session.execute(
+    inserted = _first(
+        await session.rows(
             "INSERT INTO quarantine (body_hash, received_us, last_us, peer, status, reason, detail, attempts, size,"
             " body, kind) VALUES (%s, %s, %s, %s, %s, %s, %s, 1, %s, %s, %s) RETURNING id",
             (digest, now_us, now_us, job.peer, job.status, job.reason, job.detail, cost, job.body, job.kind),
         )
-    ).fetchone()
+    )
     total = await meta(session, "quarantine_bytes") + cost
-    count = await (await session.execute("SELECT count(*) FROM quarantine")).fetchone()
+    count = _first(await session.rows("SELECT count(*) FROM quarantine"))
     surplus = int(count[0]) - job.max_entries
     if total > job.max_bytes or surplus > 0:
         oldest = [
             (int(row[0]), int(row[1]))
-            for row in await (
-                await session.execute("SELECT id, size FROM quarantine ORDER BY last_us, id LIMIT 1000")
-            ).fetchall()
+            for row in await session.rows("SELECT id, size FROM quarantine ORDER BY last_us, id LIMIT 1000")
         ]
         doomed = oldest_beyond(oldest, total - job.max_bytes, surplus)
         condition, params = session.dialect.any_of("id", doomed)
@@ -55,11 +54,11 @@ async def drop_quarantined(session: Session, job: DropQuarantined) -> int:
         condition, params = session.dialect.any_of("id", job.ids)
     elif job.seen_before_us is not None:
         condition, params = "last_us < %s", (job.seen_before_us,)
-    freed = await (await session.execute(f"DELETE FROM quarantine WHERE {condition} RETURNING size", params)).fetchall()
+    freed = await session.rows(f"DELETE FROM quarantine WHERE {condition} RETURNING size", params)
     if freed:
         await session.execute(
-            f"UPDATE meta SET value = {session.dialect.greatest}(0, value - %s) WHERE key = 'quarantine_bytes'",
-            (sum(int(row[0]) for row in freed),),
+            "UPDATE meta SET value = CASE WHEN value > %s THEN value - %s ELSE 0 END WHERE key = 'quarantine_bytes'",
+            (freed_bytes := sum(int(row[0]) for row in freed), freed_bytes),
         )
     return len(freed)
 
@@ -72,29 +71,26 @@ async def prune_chunk(session: Session, cutoff_us: int, chunk: int) -> int:
     pointed at them; one instance at a time."""
     dialect = session.dialect
     if dialect.prune_lock is not None:
-        row = await (await session.execute(dialect.prune_lock)).fetchone()
+        row = _first(await session.rows(dialect.prune_lock))
         if not row or not row[0]:
             return 0  # Another instance is pruning now.
-    deleted = await (
-        await session.execute(
-            "DELETE FROM events WHERE sequence IN"
-            " (SELECT sequence FROM events WHERE receive_us < %s ORDER BY sequence LIMIT %s)"
-            " RETURNING sequence, tracking_id",
-            (cutoff_us, chunk),
-        )
-    ).fetchall()
-    replies = await (
-        await session.execute(
-            "DELETE FROM inbound WHERE sequence IN"
-            " (SELECT sequence FROM inbound WHERE receive_us < %s ORDER BY sequence LIMIT %s) RETURNING sequence",
-            (cutoff_us, chunk),
-        )
-    ).fetchall()
+    deleted = await session.rows(
+        "DELETE FROM events WHERE sequence IN"
+        " (SELECT sequence FROM events WHERE receive_us < %s ORDER BY sequence LIMIT %s)"
+        " RETURNING sequence, tracking_id",
+        (cutoff_us, chunk),
+    )
+    replies = await session.rows(
+        "DELETE FROM inbound WHERE sequence IN"
+        " (SELECT sequence FROM inbound WHERE receive_us < %s ORDER BY sequence LIMIT %s) RETURNING sequence",
+        (cutoff_us, chunk),
+    )
     if not deleted and not replies:
         return 0
     await session.execute(
         "INSERT INTO meta (key, value) VALUES ('pruned_through', %s)"
-        f" ON CONFLICT (key) DO UPDATE SET value = {dialect.greatest}(meta.value, excluded.value)",
+        " ON CONFLICT (key) DO UPDATE SET value = CASE WHEN excluded.value > meta.value THEN excluded.value"
+        " ELSE meta.value END",
         (max(int(row[0]) for row in [*deleted, *replies]),),
     )
     await _repair_current(session, sorted({row[1] for row in deleted}))
@@ -105,29 +101,30 @@ async def _repair_current(session: Session, tracking_ids: Sequence[str]) -> None
     """A message whose current event was pruned takes its best remaining event as current, or is forgotten; the
     campaign counts follow."""
     condition, params = session.dialect.any_of("m.tracking_id", tracking_ids)
-    orphaned = await (
-        await session.execute(
-            f"DELETE FROM messages AS m WHERE {condition}"
-            " AND NOT EXISTS (SELECT 1 FROM events e WHERE e.sequence = m.current_sequence)"
-            " RETURNING tracking_id, campaign_tracking_id, status",
-            params,
-        )
-    ).fetchall()
+    orphaned = await session.rows(
+        f"DELETE FROM messages AS m WHERE {condition}"
+        " AND NOT EXISTS (SELECT 1 FROM events e WHERE e.sequence = m.current_sequence)"
+        " RETURNING tracking_id, campaign_tracking_id, status",
+        params,
+    )
     if not orphaned:
         return
     counts: dict[tuple[str, int], int] = {}
     for _, campaign, status in orphaned:
         counts[(campaign, status)] = counts.get((campaign, status), 0) - 1
     condition, params = session.dialect.any_of("tracking_id", [row[0] for row in orphaned])
-    for campaign, status in await (
-        await session.execute(
-            "INSERT INTO messages (tracking_id, campaign_tracking_id, current_sequence, update_us, rank, status)"
-            " SELECT tracking_id, campaign_tracking_id, sequence, update_us, rank, status FROM (SELECT *,"
-            f" ROW_NUMBER() OVER (PARTITION BY tracking_id ORDER BY {order_by(descending=True)}) AS best"
-            f" FROM events WHERE {condition}) AS ranked WHERE best = 1"
-            " RETURNING campaign_tracking_id, status",
-            params,
-        )
-    ).fetchall():
+    for campaign, status in await session.rows(
+        "INSERT INTO messages (tracking_id, campaign_tracking_id, current_sequence, update_us, rank, status)"
+        " SELECT tracking_id, campaign_tracking_id, sequence, update_us, rank, status FROM (SELECT *,"
+        f" ROW_NUMBER() OVER (PARTITION BY tracking_id ORDER BY {order_by(descending=True)}) AS best"
+        f" FROM events WHERE {condition}) AS ranked WHERE best = 1"
+        " RETURNING campaign_tracking_id, status",
+        params,
+    ):
         counts[(campaign, status)] = counts.get((campaign, status), 0) + 1
     await add_counts(session, {key: delta for key, delta in counts.items() if delta})
+
+
+def _first(rows: list[Any]) -> Any:
+    """The first row of a query's answer (None when it has none)."""
+    return rows[0] if rows else None

@@ -68,8 +68,6 @@ _READER_OPTIONS = f"-c statement_timeout={READ_STATEMENT_TIMEOUT_MS} -c idle_in_
 
 POSTGRES = Dialect(
     name="postgresql",
-    greatest="GREATEST",
-    least="LEAST",
     lock_head=" FOR UPDATE",
     types=POSTGRES_TYPES,
     arrays=True,
@@ -250,6 +248,9 @@ class _Session:
 
     async def execute(self, sql: str, params: Sequence[object] = ()) -> psycopg.AsyncCursor[Any]:
         return await self._connection.execute(sql, params)
+
+    async def rows(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
+        return await (await self._connection.execute(sql, params)).fetchall()
 
     async def insert(self, insert: Insert, rows: Sequence[Sequence[object]]) -> None:
         if rows:

@@ -2,13 +2,13 @@
 
 Every statement of the store is written once, with ``%s`` placeholders, against a ``Session``: an open
 transaction of either engine. A session runs a statement and answers a cursor (``fetchone``, ``fetchall``,
-``rowcount``) at once, its rows read whole; PostgreSQL's session sends statements without waiting for their
+``rowcount``), or its rows (``rows``); PostgreSQL's session sends statements without waiting for their
 answers (pipeline mode), so a caller that executes several before it fetches pays one round trip.
 
 What differs between the engines, and nothing else, is the ``Dialect`` (as SQLAlchemy's ``default_paramstyle``
-and Django's ``db/backends/base/operations.py``): the name of two scalar functions, how a list becomes a
-condition, how literal rows become a relation, whether the log's head is locked by a read, how rows are
-inserted in bulk (the session's ``insert``) and the column types of the schema.
+and Django's ``db/backends/base/operations.py``): how a list becomes a condition, how literal rows become a
+relation, whether the log's head is locked by a read, who may prune, and the column types of the schema; and
+the session's ``insert`` of rows in bulk.
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ from service.domain.rules import ORDER_COLUMNS
 Column = tuple[str, str]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Insert:
-    """A bulk insert: rows of ``columns`` into ``table``, then ``tail`` (an ON CONFLICT or RETURNING clause)."""
+    """A bulk insert: rows of ``columns`` into ``table``, then ``tail`` (an ON CONFLICT or RETURNING clause). Each
+    is a constant, known by its identity (engines cache their statement for it)."""
 
     table: str
     columns: tuple[Column, ...]
@@ -43,9 +44,6 @@ class Dialect:
     """How one engine spells what the others spell differently."""
 
     name: str
-    #: The scalar greatest and least of two values (SQLite's two-argument ``max``/``min``).
-    greatest: str
-    least: str
     #: What makes the read of the log's head take the log's lock until commit ("" where the transaction holds it).
     lock_head: str
     #: The schema's column types and clauses, by token (see ``service.store.schema``).
@@ -87,7 +85,10 @@ class Session(Protocol):
     dialect: Dialect
 
     async def execute(self, sql: str, params: Sequence[object] = ()) -> Cursor:
-        """Run one statement."""
+        """Run one statement (PostgreSQL: send it; its answer is awaited when fetched)."""
+
+    async def rows(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
+        """Run one query and return its rows."""
 
     async def insert(self, insert: Insert, rows: Sequence[Sequence[object]]) -> None:
         """Insert rows in bulk, the engine's fastest way."""
@@ -219,8 +220,8 @@ REPLIES = f"SELECT {INBOUND_COLUMNS} FROM inbound WHERE reference_tracking_id = 
 
 async def meta(session: Session, key: str) -> int:
     """A counter of the ``meta`` table (0 when it has none)."""
-    row = await (await session.execute("SELECT value FROM meta WHERE key = %s", (key,))).fetchone()
-    return int(row[0]) if row else 0
+    rows = await session.rows("SELECT value FROM meta WHERE key = %s", (key,))
+    return int(rows[0][0]) if rows else 0
 
 
 async def set_meta(session: Session, key: str, value: int) -> None:

@@ -31,7 +31,7 @@ from service.store.sql import Dialect, Insert, Session
 _LOGGER = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-SQLITE = Dialect(name="sqlite", greatest="max", least="min", lock_head="", types=SQLITE_TYPES, arrays=False)
+SQLITE = Dialect(name="sqlite", lock_head="", types=SQLITE_TYPES, arrays=False)
 
 #: Reader threads, each with its connection: a long read (a campaign's snapshot) leaves others to the rest.
 READER_THREADS = 4
@@ -262,6 +262,9 @@ class _Session:
         cursor = self._connection.execute(_spelled(sql), params)
         return _Rows(cursor.fetchall(), cursor.rowcount)
 
+    async def rows(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
+        return self._connection.execute(_spelled(sql), params).fetchall()
+
     async def insert(self, insert: Insert, rows: Sequence[Sequence[object]]) -> None:
         if rows:
             self._connection.executemany(_insert_sql(insert), rows)
@@ -290,7 +293,7 @@ def _complete(coroutine: Coroutine[Any, Any, _T]) -> _T:
 
 
 async def _version_and_head(session: Session) -> tuple[int, int]:
-    version = await (await session.execute("PRAGMA data_version")).fetchone()
+    (version,) = await session.rows("PRAGMA data_version")
     return int(version[0]), await sql.meta(session, "last_sequence")
 
 

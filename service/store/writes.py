@@ -56,6 +56,15 @@ _MESSAGES = Insert(
     " current_sequence = excluded.current_sequence, update_us = excluded.update_us, rank = excluded.rank,"
     " status = excluded.status, check_from_us = excluded.check_from_us, checks = 0",
 )
+_CAMPAIGNS = Insert(
+    "campaigns",
+    (("campaign_tracking_id", "text"), ("first_update_us", "int8"), ("latest_update_us", "int8")),
+    " ON CONFLICT (campaign_tracking_id) DO UPDATE SET"
+    " first_update_us = CASE WHEN excluded.first_update_us < campaigns.first_update_us"
+    " THEN excluded.first_update_us ELSE campaigns.first_update_us END,"
+    " latest_update_us = CASE WHEN excluded.latest_update_us > campaigns.latest_update_us"
+    " THEN excluded.latest_update_us ELSE campaigns.latest_update_us END",
+)
 _INBOUND = Insert(
     "inbound",
     (
@@ -217,16 +226,8 @@ async def _write_status(session: Session, plan: StatusPlan, receive_us: int) -> 
         ],
     )
     await add_counts(session, plan.counts)
-    dialect = session.dialect
     await session.insert(
-        Insert(
-            "campaigns",
-            (("campaign_tracking_id", "text"), ("first_update_us", "int8"), ("latest_update_us", "int8")),
-            " ON CONFLICT (campaign_tracking_id) DO UPDATE SET"
-            f" first_update_us = {dialect.least}(campaigns.first_update_us, excluded.first_update_us),"
-            f" latest_update_us = {dialect.greatest}(campaigns.latest_update_us, excluded.latest_update_us)",
-        ),
-        [(campaign, first, latest) for campaign, (first, latest) in plan.campaign_times.items()],
+        _CAMPAIGNS, [(campaign, first, latest) for campaign, (first, latest) in plan.campaign_times.items()]
     )
 
 
