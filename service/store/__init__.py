@@ -19,8 +19,11 @@ A store has two faces:
 - ``LogReader`` — asynchronous reads for everyone else (the gRPC servicer,
   probes, the tailer filling a gap).
 
-Nothing outside the composition root (``service.runtime.wiring``) names an engine's
-class; ``open_store`` picks one from the ``--database`` value.
+Nothing outside this package names an engine; ``open_store`` picks one from the ``--database`` value. The
+algorithm is written once (``base``, ``writes``, ``maintenance``, ``plan``, ``sql``, ``schema``); each engine
+(``sqlite``, ``postgres``) holds only what differs.
+
+It may import ``service.domain`` and the protos.
 """
 
 from __future__ import annotations
