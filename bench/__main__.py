@@ -10,6 +10,7 @@ python -m bench [--quick] [--only NAME ...] [--soak-seconds S] [--out FILE]
 - fanout, unary, memory, soak: streams and reads (bench/streams.py);
 - ab, ab_postgres: the working tree against ``--base REV``, alternating runs, CPU per answer side by side, on
   SQLite or PostgreSQL (bench/ab.py);
+- forget: ``routee-callbacks forget`` on a database of 100 000 messages, on SQLite and PostgreSQL (bench/forget.py);
 - campaigns: GetCampaignSummary on a campaign of 1 000 000 messages next to a point read, ListMessageStatuses
   pages per second, on SQLite and PostgreSQL (bench/campaigns.py).
 
@@ -33,6 +34,7 @@ from typing import Any
 from bench.ab import bench_ab
 from bench.campaigns import bench_campaigns
 from bench.commit_order import bench_commit_order
+from bench.forget import bench_forget
 from bench.harness import ROOT, WRK, free_port
 from bench.ingress import bench_ingress, bench_postgres
 from bench.report import table
@@ -41,6 +43,7 @@ from bench.streams import bench_cross_instance, bench_fanout, bench_memory, benc
 MEASURES = (
     "ab",
     "ab_postgres",
+    "forget",
     "ingress",
     "postgres",
     "cross_instance",
@@ -109,12 +112,14 @@ def main() -> None:
                     ),
                 )
         run("ingress", bench_ingress, workdir, seconds, rounds)
-        if wanted & {"postgres", "cross_instance", "commit_order", "campaigns"}:
-            with postgres_databases(5) as (databases, postmaster):
+        if wanted & {"postgres", "cross_instance", "commit_order", "campaigns", "forget"}:
+            with postgres_databases(6) as (databases, postmaster):
                 run("postgres", bench_postgres, workdir, databases[:2], postmaster, seconds, rounds)
                 run("cross_instance", bench_cross_instance, workdir, databases[2], seconds, rounds)
                 run("commit_order", bench_commit_order, databases[4], min(seconds, 5.0), rounds)
                 engines = {"sqlite": str(workdir / "campaign.db"), "postgres": databases[3]}
+                erasing = {"sqlite": str(workdir / "forget.db"), "postgres": databases[5]}
+                run("forget", bench_forget, erasing, 5_000 if args.quick else 100_000)
                 run(
                     "campaigns", bench_campaigns, workdir, engines, 20_000 if args.quick else 1_000_000, seconds, rounds
                 )

@@ -95,6 +95,11 @@ def table(results: dict[str, Any]) -> str:
             f"| another instance | {_mmm(cross['other_instance']['p50_ms'], 1)} |"
             f" {_mmm(cross['other_instance']['p99_ms'], 1)} |",
         ]
+    if "forget" in results:
+        lines += ["", "### Erasure: `routee-callbacks forget` on a database of many messages", ""]
+        lines += ["| engine | messages | seconds | what it printed |", "| --- | --- | --- | --- |"]
+        for engine, row in results["forget"].items():
+            lines.append(f"| {engine} | {row['messages']:,} | {row['forget_seconds']} | {row['output']} |")
     if "commit_order" in results:
         order = results["commit_order"]
         lines += [

@@ -48,11 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
         "list in their variable.",
     )
     add_options(serve)
-    from service.cli import client, quarantine, reconcile, simulate
+    from service.cli import client, forget, quarantine, reconcile, simulate
 
     client.add_commands(commands, DEFAULT_GRPC_TARGET)
     simulate.add_command(commands)
     quarantine.add_commands(commands, _Parser)
+    forget.add_command(commands)
     reconcile.add_command(commands, add_options)
     return parser
 

@@ -131,7 +131,30 @@ class DropQuarantined:
     seen_before_us: int | None = None
 
 
-Job = AppendStatus | AppendInbound | Reschedule | Probe | PruneChunk | Quarantine | Release | DropQuarantined
+@dataclass(frozen=True, slots=True)
+class Erase:
+    """Erase one phone number (E.164) from the entries with a sequence in (``after_sequence``, ``after_sequence``
+    + ``limit``] and the quarantined bodies with an id in (``after_quarantine_id``, … + ``limit``]: its callbacks
+    lose their recipient, its replies their sender and what they wrote, the bodies that hold it are dropped. The
+    result is an ``Erased``; a window at a time keeps each transaction short while the service writes."""
+
+    number: str
+    after_sequence: int = 0
+    after_quarantine_id: int = 0
+    limit: int = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class Erased:
+    """What one ``Erase`` changed, in counts, and whether nothing is left after its windows."""
+
+    callbacks: int = 0
+    replies: int = 0
+    quarantined: int = 0
+    done: bool = True
+
+
+Job = AppendStatus | AppendInbound | Reschedule | Probe | PruneChunk | Quarantine | Release | DropQuarantined | Erase
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +203,11 @@ class LogWriter(Protocol):
     async def hold_lease(self) -> bool:
         """Take, or keep, the one lease of reconciliation among every instance on this database; say whether this
         process holds it. It lapses by itself when this process dies."""
+
+    async def purge(self) -> None:
+        """Make what this store overwrote or deleted unrecoverable from the database's own files (SQLite: the
+        main file, its log and index, once checkpointed; PostgreSQL: the tables' files, rewritten). A store
+        opened with ``secure_delete`` zeroes what it frees."""
 
 
 class LogReader(Protocol):
@@ -315,12 +343,13 @@ def is_postgres(database: str) -> bool:
     return database.startswith(("postgresql://", "postgres://"))
 
 
-def open_store(database: str, *, synchronous: str = "FULL") -> Store:
-    """The engine a ``--database`` value names (it is not opened yet): a PostgreSQL URI or a SQLite file path."""
+def open_store(database: str, *, synchronous: str = "FULL", secure_delete: bool = False) -> Store:
+    """The engine a ``--database`` value names (it is not opened yet): a PostgreSQL URI or a SQLite file path.
+    ``secure_delete``: what the store frees is zeroed (SQLite; PostgreSQL's ``purge`` rewrites instead)."""
     if is_postgres(database):
         from service.store.postgres import PostgresStore
 
         return PostgresStore(database)
     from service.store.sqlite import SqliteStore
 
-    return SqliteStore(Path(database), synchronous=synchronous)
+    return SqliteStore(Path(database), synchronous=synchronous, secure_delete=secure_delete)

@@ -144,6 +144,15 @@ class PostgresStore(SqlStore):
             self._lease = None
         return False
 
+    async def purge(self) -> None:
+        """Rewrite the tables that hold personal data (``VACUUM FULL``), so that no file of theirs keeps an old row
+        version; it holds each table's lock while it copies it (writes wait, or answer 503 after
+        ``lock_timeout``). The server's WAL and backups keep the old versions until they age out."""
+        with self._mapped("purged"):
+            async with await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True, **_CONNECTION) as conn:
+                for table in ("events", "inbound", "quarantine"):
+                    await conn.execute(psycopg.sql.SQL("VACUUM FULL {}").format(psycopg.sql.Identifier(table)))
+
     async def _writer_connection(self) -> psycopg.AsyncConnection[Any]:
         if self._writer is None or self._writer.closed:
             self._writer = await psycopg.AsyncConnection.connect(

@@ -47,8 +47,10 @@ class SqliteStore(SqlStore):
         synchronous: str = "FULL",
         busy_timeout_ms: int = 1000,
         poll_interval: float = 0.05,
+        secure_delete: bool = False,
     ) -> None:
         self._path = path
+        self._secure_delete = secure_delete
         #: What a write needs to be allowed to change (checked before each transaction).
         self._must_be_writable = tuple(
             (what, str(name))
@@ -107,6 +109,18 @@ class SqliteStore(SqlStore):
         """One instance per file: its writer process always holds the lease."""
         return True
 
+    async def purge(self) -> None:
+        """Copy every page the log holds into the file and empty the log (``wal_checkpoint(TRUNCATE)``), retrying
+        while readers hold older pages (the running service's, for a moment); StoreUnavailableError when they
+        never let go."""
+        connection = self._writer_connection()
+        for _ in range(50):
+            busy, _, _ = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if not busy:
+                return
+            await asyncio.sleep(0.1)
+        raise StoreUnavailableError(f"SQLite database {self._path}: its log could not be emptied (readers stay)")
+
     def _drop_writer(self) -> None:
         # SQLite shares a file's WAL index among all connections of a process: one opened while the file was
         # read-only keeps every new one read-only. After a failed write, every connection starts over.
@@ -126,6 +140,8 @@ class SqliteStore(SqlStore):
         connection.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
         connection.execute("PRAGMA journal_mode = WAL")
         connection.execute(f"PRAGMA synchronous = {self._synchronous}")
+        if self._secure_delete:  # What this connection frees is zeroed, in the log and in the file.
+            connection.execute("PRAGMA secure_delete = ON")
         return connection
 
     def _writer_connection(self) -> sqlite3.Connection:

@@ -11,6 +11,7 @@ from service.store import (
     AppendInbound,
     AppendStatus,
     DropQuarantined,
+    Erase,
     Job,
     Probe,
     PruneChunk,
@@ -18,6 +19,7 @@ from service.store import (
     Release,
     Reschedule,
     WriteResult,
+    erasure,
     maintenance,
 )
 from service.store.plan import Current, InboundPlan, NewEvent, StatusPlan, appends, plan_inbound, plan_status
@@ -114,6 +116,8 @@ async def _run_other(session: Session, job: Job, now_us: int) -> object:
         return None
     if isinstance(job, PruneChunk):
         return await maintenance.prune_chunk(session, job.cutoff_us, job.limit)
+    if isinstance(job, Erase):
+        return await erasure.erase(session, job)
     raise TypeError(f"no such job: {job!r}")
 
 

@@ -466,9 +466,9 @@ class TestUpgrade:
         finally:
             await store.close()
 
-    @pytest.mark.parametrize(("legacy_version", "upgraded"), [(6, False), (5, True)])
+    @pytest.mark.parametrize("legacy_version", [6, 5])
     async def test_a_postgres_database_numbered_before_one_list_keeps_its_version(
-        self, postgres: PostgresServer, caplog: pytest.LogCaptureFixture, legacy_version: int, upgraded: bool
+        self, postgres: PostgresServer, caplog: pytest.LogCaptureFixture, legacy_version: int
     ) -> None:
         """PostgreSQL databases made while each engine kept its own migrations numbered them one lower (their
         first script made the log's head too): such a database is read at its version, not migrated again."""
@@ -483,9 +483,10 @@ class TestUpgrade:
             store.open()
         try:
             upgrades = [record for record in caplog.records if record.message == "schema upgraded"]
-            assert [(record.from_version, record.to_version) for record in upgrades] == (  # type: ignore[attr-defined]
-                [(legacy_version + 1, len(MIGRATIONS))] if upgraded else []
-            )
+            # Upgraded from the version it is at (an earlier script run again would fail: its columns exist).
+            assert [(record.from_version, record.to_version) for record in upgrades] == [  # type: ignore[attr-defined]
+                (legacy_version + 1, len(MIGRATIONS))
+            ]
             (event,) = await write(store, callback("m1", "Queued", "2024-05-01T10:00:00Z"))
             assert event is not None
             assert event.sequence == 1
