@@ -28,7 +28,7 @@ def add_command(commands: Any, add_options: Callable[[argparse.ArgumentParser, s
         "service runs: its streams see the new events.",
     )
     command.add_argument("--campaign", required=True, metavar="ID", help="the campaign's tracking id")
-    add_options(command, ROUTEE_FLAGS | {"--database"})
+    add_options(command, ROUTEE_FLAGS | {"--database", "--store-personal-data"})
     command.set_defaults(run=run_backfill)
 
 
@@ -55,7 +55,9 @@ def run_backfill(args: argparse.Namespace) -> int:
 
 
 async def _backfill(settings: Settings, campaign: str) -> Counts:
-    store = open_store(settings.database, synchronous=settings.sqlite_synchronous)
+    store = open_store(
+        settings.database, synchronous=settings.sqlite_synchronous, personal_data=settings.store_personal_data
+    )
     store.open()
     api = tracking_api(settings)
     assert api is not None

@@ -54,6 +54,7 @@ class Settings:
     dns_max_ttl: float = 300.0
     dns_max_stale: float = 24 * 3600.0
     sqlite_synchronous: str = "FULL"
+    store_personal_data: str = "full"
     retention_hours: float = 7 * 24.0
     quarantine_max_mb: float = 64.0
     quarantine_days: float = 14.0
@@ -305,6 +306,14 @@ OPTIONS: tuple[Option, ...] = (
         positive(float),
         "time a request's headers may take to arrive, in seconds; a slower one gets 408 and its connection is closed",
         "SECONDS",
+    ),
+    Option(
+        "--store-personal-data",
+        "store_personal_data",
+        choice("full", "masked", "none"),
+        "what of the phone numbers and texts in callbacks is stored: full; masked (a number's country code and"
+        " last three digits, no texts); none (no number, no text); docs/privacy.md",
+        "MODE",
     ),
     Option("--log-level", "log_level", choice("DEBUG", "INFO", "WARNING", "ERROR"), "log level", "LEVEL"),
     Option(

@@ -310,7 +310,9 @@ async def _writer_main(settings: Settings, instance: Instance) -> None:
     stop = asyncio.Event()
     loop.add_signal_handler(WRITER_STOP_SIGNAL, stop.set)
     metrics = Metrics(multiprocess_dir=instance.metrics_dir)
-    store = open_store(settings.database, synchronous=settings.sqlite_synchronous)
+    store = open_store(
+        settings.database, synchronous=settings.sqlite_synchronous, personal_data=settings.store_personal_data
+    )
     feed = Feed()
     # Answers and the feed leave right after each commit, not a loop iteration later.
     log = LocalLog(

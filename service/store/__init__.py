@@ -32,7 +32,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from routee.callbacks.v1 import callback_pb2 as pb
 from service.domain.entries import (
@@ -46,6 +46,10 @@ from service.domain.entries import (
 )
 from service.domain.limits import MAX_QUARANTINE_ENTRIES
 from service.domain.rules import FROM_CALLBACK, STATUS
+
+if TYPE_CHECKING:
+    from service.store.postgres import PostgresStore
+    from service.store.sqlite import SqliteStore
 
 _Row = TypeVar("_Row")
 
@@ -343,13 +347,20 @@ def is_postgres(database: str) -> bool:
     return database.startswith(("postgresql://", "postgres://"))
 
 
-def open_store(database: str, *, synchronous: str = "FULL", secure_delete: bool = False) -> Store:
+def open_store(
+    database: str, *, synchronous: str = "FULL", secure_delete: bool = False, personal_data: str = "full"
+) -> Store:
     """The engine a ``--database`` value names (it is not opened yet): a PostgreSQL URI or a SQLite file path.
-    ``secure_delete``: what the store frees is zeroed (SQLite; PostgreSQL's ``purge`` rewrites instead)."""
+    ``secure_delete``: what the store frees is zeroed (SQLite; PostgreSQL's ``purge`` rewrites instead).
+    ``personal_data``: what of it the store writes (``--store-personal-data``)."""
+    engine: PostgresStore | SqliteStore
     if is_postgres(database):
         from service.store.postgres import PostgresStore
 
-        return PostgresStore(database)
-    from service.store.sqlite import SqliteStore
+        engine = PostgresStore(database)
+    else:
+        from service.store.sqlite import SqliteStore
 
-    return SqliteStore(Path(database), synchronous=synchronous, secure_delete=secure_delete)
+        engine = SqliteStore(Path(database), synchronous=synchronous, secure_delete=secure_delete)
+    engine.personal_data = personal_data
+    return engine

@@ -18,6 +18,7 @@ from service.domain.entries import (
     StoredInbound,
 )
 from service.domain.limits import MAX_EVENTS_PER_MESSAGE, MAX_REPLIES_PER_MESSAGE
+from service.routee.privacy import FULL
 from service.store import Job, Quarantined, WriteResult, bounded, merge_entries, with_latest, writes
 from service.store import sql as q
 from service.store.sql import Session
@@ -29,6 +30,9 @@ Work = Callable[[Session], Coroutine[Any, Any, _T]]
 
 class SqlStore:
     """The store's algorithm, over an engine's sessions; see ``service.store`` for the contract."""
+
+    #: What of the personal data in callbacks is stored (``service.routee.privacy``); engines set it.
+    personal_data = FULL
 
     def _transaction(self) -> AbstractAsyncContextManager[Session]:
         """A write transaction: committed when the block ends, rolled back when it raises (driver errors mapped
@@ -51,7 +55,7 @@ class SqlStore:
     async def write(self, jobs: Sequence[Job], now_us: int) -> WriteResult:
         """Run the jobs in one transaction and commit; roll back and re-raise on any failure."""
         async with self._transaction() as session:
-            result = await writes.run(session, jobs, now_us)
+            result = await writes.run(session, jobs, now_us, self.personal_data)
             if result.entries:
                 await self._appended(session, result.entries[-1].sequence)
         self._committed(result)

@@ -4,16 +4,21 @@ pruned, and the current statuses that pointed at them repaired)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
+from service.domain.rules import INBOUND
+from service.routee.privacy import FULL, minimise_body
 from service.store import DropQuarantined, Quarantine, body_digest, oldest_beyond, quarantine_cost
 from service.store.sql import Session, add_counts, meta, order_by, set_meta
 
 # -- the quarantine -----------------------------------------------------------------------------------------------
 
 
-async def quarantine(session: Session, job: Quarantine, now_us: int) -> int:
-    """Keep a refused body, or count another attempt of one kept; then keep the whole within its bound."""
+async def quarantine(session: Session, job: Quarantine, now_us: int, personal_data: str = FULL) -> int:
+    """Keep a refused body (what ``personal_data`` allows of it), or count another attempt of one kept; then keep
+    the whole within its bound."""
+    job = replace(job, body=minimise_body(job.body, personal_data, reply=job.kind == INBOUND))
     digest = body_digest(job.body)
     row = _first(
         await session.rows(

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from service.domain.rules import EventKey, check_from, event_key, inbound_key
+from service.routee.privacy import FULL, minimise_callback, minimise_reply
 from service.store import (
     AppendInbound,
     AppendStatus,
@@ -81,9 +82,10 @@ _INBOUND = Insert(
 _KEY_COLUMNS = (("tracking_id", "text"), ("status_key", "text"), ("update_us", "int8"))
 
 
-async def run(session: Session, jobs: Sequence[Job], now_us: int) -> WriteResult:
-    """Run a batch of jobs in the session's transaction: a result per job, in job order, and the new entries."""
-    plan, inbound = await _append(session, jobs, now_us)
+async def run(session: Session, jobs: Sequence[Job], now_us: int, personal_data: str = FULL) -> WriteResult:
+    """Run a batch of jobs in the session's transaction: a result per job, in job order, and the new entries;
+    what is stored keeps only the personal data ``personal_data`` allows (``service.routee.privacy``)."""
+    plan, inbound = await _append(session, jobs, now_us, personal_data)
     result = WriteResult(entries=[new.event for new in plan.events] + [new.entry for new in inbound.entries])
     statuses, replies = iter(plan.results), iter(inbound.results)
     for job in jobs:
@@ -95,13 +97,13 @@ async def run(session: Session, jobs: Sequence[Job], now_us: int) -> WriteResult
             result.results.append(next(statuses if isinstance(job.append, AppendStatus) else replies))
             await maintenance.drop_quarantined(session, DropQuarantined(ids=(job.quarantine_id,)))
         else:
-            result.results.append(await _run_other(session, job, now_us))
+            result.results.append(await _run_other(session, job, now_us, personal_data))
     return result
 
 
-async def _run_other(session: Session, job: Job, now_us: int) -> object:
+async def _run_other(session: Session, job: Job, now_us: int, personal_data: str) -> object:
     if isinstance(job, Quarantine):
-        return await maintenance.quarantine(session, job, now_us)
+        return await maintenance.quarantine(session, job, now_us, personal_data)
     if isinstance(job, DropQuarantined):
         return await maintenance.drop_quarantined(session, job)
     if isinstance(job, Reschedule):
@@ -124,7 +126,9 @@ async def _run_other(session: Session, job: Job, now_us: int) -> object:
 # -- appending to the log -----------------------------------------------------------------------------------------
 
 
-async def _append(session: Session, jobs: Sequence[Job], receive_us: int) -> tuple[StatusPlan, InboundPlan]:
+async def _append(
+    session: Session, jobs: Sequence[Job], receive_us: int, personal_data: str
+) -> tuple[StatusPlan, InboundPlan]:
     """Plan and write the batch's new entries, their sequences after the log's head (locked until commit)."""
     appended, messages = appends(jobs)
     if not appended and not messages:
@@ -132,6 +136,11 @@ async def _append(session: Session, jobs: Sequence[Job], receive_us: int) -> tup
     callbacks = [append.callback for append in appended]
     keys = [event_key(callback) for callback in callbacks]
     content_keys = [inbound_key(message) for message in messages]
+    if personal_data != FULL:  # After the keys: a retry is still recognised by what it was.
+        for callback in callbacks:
+            minimise_callback(callback, personal_data)
+        for message in messages:
+            minimise_reply(message, personal_data)
     # The log's lock first, then the reads (each sees what committed before it started); all sent before the
     # first answer is awaited, so that PostgreSQL's pipeline waits once.
     dialect = session.dialect

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -80,3 +81,33 @@ def test_no_number_or_text_reaches_the_logs_or_the_metrics(start_service: StartS
     for secret in (*numbers, "6900000003", "YES please", *texts):
         assert secret not in service.log(), f"{secret!r} is in the log"
         assert secret not in metrics, f"{secret!r} is in /metrics"
+
+
+@pytest.mark.parametrize("mode", ["masked", "none"])
+def test_store_personal_data_keeps_only_what_it_says(start_service: StartService, database: str, mode: str) -> None:
+    """With ``--store-personal-data masked`` a number keeps its country code and last three digits, with ``none``
+    nothing; neither keeps a text. The service answers as ever; on SQLite no file holds what was not kept."""
+    service = start_service(*OPEN, "--store-personal-data", mode, database=database)
+    assert post_callback(service.http_port, fixture_bodies()["02-m1-delivered.json"]).status == 200
+    reply = inbound_bodies()["01-m1-reply-text.json"]
+    headers = {"Content-Type": "application/json"}
+    assert http_request(service.http_port, "POST", INBOUND_PATH, reply, headers=headers).status == 200
+    assert http_request(service.http_port, "POST", INBOUND_PATH, reply, headers=headers).json() == {
+        "status": "duplicate"
+    }, "a retry is still recognised"
+    refused = b'{"to": "+306900000001", "status": {"name": "Queued"}, "body": {"text": "Spring sale: 20% off"}}'
+    assert post_callback(service.http_port, refused).status == 422
+
+    status = service.get_status(MESSAGE)
+    kept = "+30*******001" if mode == "masked" else ""
+    assert (status.status_name, status.callback.recipient, status.callback.price) == ("Delivered", kept, 0.0123)
+    assert not status.callback.HasField("body")
+    assert json.loads(status.callback.raw_json).get("to") == (kept or None)
+    assert json.loads(status.callback.raw_json)["from"] == "Routee", "a sender id is no number"
+    ((sender, text, raw),) = [(r.sender, r.text, json.loads(r.raw_json)) for r in status.replies]
+    assert (sender, text, "message" in raw) == (kept, "", False)
+    if not database.endswith(".db"):
+        return
+    files = [Path(database + suffix) for suffix in ("", "-wal", "-shm") if Path(database + suffix).exists()]
+    for secret in (b"306900000001", b"YES please", b"20% off"):
+        assert [path.name for path in files if secret in path.read_bytes()] == [], secret
