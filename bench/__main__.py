@@ -11,6 +11,7 @@ python -m bench [--quick] [--only NAME ...] [--soak-seconds S] [--out FILE]
 - ab, ab_postgres: the working tree against ``--base REV``, alternating runs, CPU per answer side by side, on
   SQLite or PostgreSQL (bench/ab.py);
 - forget: ``routee-callbacks forget`` on a database of 100 000 messages, on SQLite and PostgreSQL (bench/forget.py);
+- prune: ingest latency while the writer prunes 1 000 000 old rows, and after (bench/prune.py);
 - campaigns: GetCampaignSummary on a campaign of 1 000 000 messages next to a point read, ListMessageStatuses
   pages per second, on SQLite and PostgreSQL (bench/campaigns.py).
 
@@ -37,6 +38,7 @@ from bench.commit_order import bench_commit_order
 from bench.forget import bench_forget
 from bench.harness import ROOT, WRK, free_port
 from bench.ingress import bench_ingress, bench_postgres
+from bench.prune import bench_prune
 from bench.report import table
 from bench.streams import bench_cross_instance, bench_fanout, bench_memory, bench_soak, bench_unary
 
@@ -44,6 +46,7 @@ MEASURES = (
     "ab",
     "ab_postgres",
     "forget",
+    "prune",
     "ingress",
     "postgres",
     "cross_instance",
@@ -112,6 +115,7 @@ def main() -> None:
                     ),
                 )
         run("ingress", bench_ingress, workdir, seconds, rounds)
+        run("prune", bench_prune, workdir, 20_000 if args.quick else 1_000_000, seconds)
         if wanted & {"postgres", "cross_instance", "commit_order", "campaigns", "forget"}:
             with postgres_databases(6) as (databases, postmaster):
                 run("postgres", bench_postgres, workdir, databases[:2], postmaster, seconds, rounds)

@@ -95,6 +95,18 @@ def table(results: dict[str, Any]) -> str:
             f"| another instance | {_mmm(cross['other_instance']['p50_ms'], 1)} |"
             f" {_mmm(cross['other_instance']['p99_ms'], 1)} |",
         ]
+    if "prune" in results:
+        prune = results["prune"]
+        lines += ["", f"### Retention under load: {prune['rows']:,} old rows pruned while wrk posts", ""]
+        lines += ["| run | req/s | p99 ms | errors |", "| --- | --- | --- | --- |"]
+        for name in ("while_pruning", "after"):
+            run = prune[name]
+            lines.append(f"| {name.replace('_', ' ')} | {run['rps']:,.0f} | {run['p99_ms']:.1f} | {run['errors']} |")
+        lines.append("")
+        lines.append(
+            f"Old rows left after the first run: {prune['old_left_after_the_first_run']:,}; all pruned within"
+            f" {prune['pruned_within_seconds']} s of the service's start."
+        )
     if "forget" in results:
         lines += ["", "### Erasure: `routee-callbacks forget` on a database of many messages", ""]
         lines += ["| engine | messages | seconds | what it printed |", "| --- | --- | --- | --- |"]

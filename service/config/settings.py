@@ -56,6 +56,8 @@ class Settings:
     sqlite_synchronous: str = "FULL"
     store_personal_data: str = "full"
     retention_hours: float = 7 * 24.0
+    reply_retention_hours: float | None = None
+    campaign_retention_days: float = 90.0
     quarantine_max_mb: float = 64.0
     quarantine_days: float = 14.0
     max_streams: int = 20_000
@@ -186,8 +188,24 @@ OPTIONS: tuple[Option, ...] = (
         "--retention-hours",
         "retention_hours",
         positive(float, most=100 * 365 * 24),
-        "how long status events are kept (at least 48, the duplicate window); older ones are deleted",
+        "how long status events are kept (at least 48, the duplicate window); older ones are deleted, and a"
+        " message (its current status) with its last event",
         "HOURS",
+    ),
+    Option(
+        "--reply-retention-hours",
+        "reply_retention_hours",
+        positive(float, most=100 * 365 * 24),
+        "how long replies are kept (at least 48; default: as --retention-hours)",
+        "HOURS",
+    ),
+    Option(
+        "--campaign-retention-days",
+        "campaign_retention_days",
+        positive(float, most=100 * 365),
+        "how long a campaign's summary (GetCampaignSummary) is kept once its last message is gone, counted from"
+        " its latest update, in days",
+        "DAYS",
     ),
     Option(
         "--quarantine-max-mb",
@@ -357,6 +375,10 @@ def _check_combination(settings: Settings) -> None:
         raise ConfigError("--dns-min-ttl", f"must not exceed --dns-max-ttl ({settings.dns_max_ttl:g})")
     if settings.retention_hours < MIN_RETENTION_HOURS:
         raise ConfigError("--retention-hours", f"must be at least {MIN_RETENTION_HOURS:g} (Routee retries for ~40 h)")
+    if settings.reply_retention_hours is not None and settings.reply_retention_hours < MIN_RETENTION_HOURS:
+        raise ConfigError(
+            "--reply-retention-hours", f"must be at least {MIN_RETENTION_HOURS:g} (Routee retries for ~40 h)"
+        )
     if settings.http_bind.port and settings.http_bind == settings.grpc_bind:
         raise ConfigError("--grpc-bind", f"must differ from --http-bind ({settings.http_bind})")
     for port in ("http", "grpc"):

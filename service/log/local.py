@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from service.domain.entries import Entry
 from service.domain.errors import RouteeCallbacksError
@@ -21,6 +22,18 @@ from service.log.tail import Tailer
 from service.store import DropQuarantined, PruneChunk, Store
 
 _LOGGER = logging.getLogger("service.log")
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long each kind of stored data is kept, in seconds: status events (a message goes with its last one),
+    replies (None: as long as events), campaign summaries once their last message is gone (None: for ever) and
+    quarantined bodies after they were last received (None: for ever)."""
+
+    events: float
+    replies: float | None = None
+    campaigns: float | None = None
+    quarantine: float | None = None
 
 
 def _ignore_observation(seconds: float, size: int) -> None:
@@ -55,18 +68,15 @@ class LocalLog:
         )
         self._tasks: list[asyncio.Task[None]] = []
 
-    async def start(self, *, retention_seconds: float | None = None, quarantine_seconds: float | None = None) -> None:
-        """Start writing and following from the store's head; prune events older than the retention and
-        quarantined bodies not seen for ``quarantine_seconds``, if given."""
+    async def start(self, *, retention: Retention | None = None) -> None:
+        """Start writing and following from the store's head; with a ``retention``, prune what outlived it."""
         self.tailer.position = await self.store.head()
         self.tailer.start()
         self.writer.start()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._watch(), name="log-watch"))
-        if retention_seconds is not None:
-            self._tasks.append(
-                loop.create_task(self._prune_forever(retention_seconds, quarantine_seconds), name="retention")
-            )
+        if retention is not None:
+            self._tasks.append(loop.create_task(self._prune_forever(retention), name="retention"))
 
     async def stop(self) -> None:
         """Finish what was submitted, then stop."""
@@ -86,11 +96,10 @@ class LocalLog:
             await self.store.wait_for_commits(self._watch_interval)
             self.tailer.changed()
 
-    async def prune(self, received_before: float, *, chunk: int = 5000) -> int:
-        """Delete events received before ``received_before`` (seconds since the epoch), a chunk per transaction."""
-        cutoff_us = int(received_before * 1_000_000)
+    async def prune(self, job: PruneChunk) -> int:
+        """Run ``job`` until it deletes nothing more, a chunk per transaction; how many rows went."""
         total = 0
-        while deleted := await self.writer.submit(PruneChunk(cutoff_us, chunk)):
+        while deleted := await self.writer.submit(job):
             total += deleted
         return total
 
@@ -105,22 +114,32 @@ class LocalLog:
         now = self._clock()
         return min(now, newest[0].receive_us / 1_000_000) if newest else now
 
-    async def prune_expired(self, retention: float, quarantine: float | None = None) -> tuple[int, int]:
-        """One retention pass: delete entries older than ``retention`` seconds and quarantined bodies not seen
-        for ``quarantine`` seconds, both measured back from ``log_time``; return how many of each."""
+    async def prune_expired(self, retention: Retention) -> tuple[int, int]:
+        """One retention pass, every period measured back from ``log_time``: delete what outlived ``retention``;
+        return how many rows (entries and campaigns) and quarantined bodies went."""
         now = await self.log_time()
-        deleted = await self.prune(now - retention)
+
+        def cutoff(seconds: float) -> int:
+            return int((now - seconds) * 1_000_000)
+
+        deleted = await self.prune(
+            PruneChunk(
+                cutoff(retention.events),
+                replies_cutoff_us=None if retention.replies is None else cutoff(retention.replies),
+                campaigns_cutoff_us=None if retention.campaigns is None else cutoff(retention.campaigns),
+            )
+        )
         dropped = 0
-        if quarantine is not None:
-            dropped = await self.writer.submit(DropQuarantined(seen_before_us=int((now - quarantine) * 1_000_000)))
+        if retention.quarantine is not None:
+            dropped = await self.writer.submit(DropQuarantined(seen_before_us=cutoff(retention.quarantine)))
         return deleted, dropped
 
-    async def _prune_forever(self, retention: float, quarantine: float | None) -> None:
+    async def _prune_forever(self, retention: Retention) -> None:
         while True:
             try:
-                deleted, dropped = await self.prune_expired(retention, quarantine)
+                deleted, dropped = await self.prune_expired(retention)
             except RouteeCallbacksError as ex:
                 _LOGGER.warning("pruning old entries failed: %s", ex)
             else:
                 _LOGGER.info("pruned", extra={"events": deleted, "quarantined_bodies": dropped})
-            await asyncio.sleep(min(retention / 24, 600.0))
+            await asyncio.sleep(min(retention.events / 24, 600.0))

@@ -43,7 +43,7 @@ from service.config.values import redact
 from service.domain.errors import RouteeCallbacksError
 from service.domain.rules import INBOUND, STATUS
 from service.log.ingest import AdjustmentRecorder, Parsers, Refusals, job
-from service.log.local import LocalLog
+from service.log.local import LocalLog, Retention
 from service.log.remote import RemoteIngest, RemoteLog
 from service.log.writer import Feed, WriterServer
 from service.monitoring.metrics import Metrics
@@ -263,6 +263,16 @@ def tracking_api(settings: Settings, metrics: Metrics | None = None) -> Tracking
     )
 
 
+def retention(settings: Settings) -> Retention:
+    """How long the writer keeps each kind of data (every option in seconds)."""
+    return Retention(
+        events=settings.retention_hours * 3600,
+        replies=None if settings.reply_retention_hours is None else settings.reply_retention_hours * 3600,
+        campaigns=settings.campaign_retention_days * 86400,
+        quarantine=settings.quarantine_days * 86400,
+    )
+
+
 def refusals(settings: Settings) -> Refusals:
     """How refused bodies are quarantined: with the HTTP status the ingress answers them, within the bound."""
     return Refusals(lambda error: int(http_status(error)), int(settings.quarantine_max_mb * 1024 * 1024))
@@ -323,9 +333,7 @@ async def _writer_main(settings: Settings, instance: Instance) -> None:
         after_batch=feed.flush,
     )
     server = WriterServer(log.writer, refusals(settings), instance.writer_socket, feed)
-    await log.start(
-        retention_seconds=settings.retention_hours * 3600, quarantine_seconds=settings.quarantine_days * 86400
-    )
+    await log.start(retention=retention(settings))
     await server.start()
     gauges = asyncio.create_task(_watch_quarantine(store, metrics), name="quarantine-gauge")
     api = tracking_api(settings, metrics)

@@ -92,10 +92,15 @@ class Probe:
 
 @dataclass(frozen=True, slots=True)
 class PruneChunk:
-    """Delete up to ``limit`` of the oldest events received before ``cutoff_us``; the result is how many."""
+    """Delete up to ``limit`` of the oldest status events received before ``cutoff_us`` (a message goes with its
+    last event), up to ``limit`` of the oldest replies received before ``replies_cutoff_us`` (None: the same
+    cutoff), and up to ``limit`` campaigns with no message left whose latest update is before
+    ``campaigns_cutoff_us`` (None: none); the result is how many rows went (entries and campaigns)."""
 
     cutoff_us: int
     limit: int = 5000
+    replies_cutoff_us: int | None = None
+    campaigns_cutoff_us: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

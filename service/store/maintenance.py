@@ -9,7 +9,7 @@ from typing import Any
 
 from service.domain.rules import INBOUND
 from service.routee.privacy import FULL, minimise_body
-from service.store import DropQuarantined, Quarantine, body_digest, oldest_beyond, quarantine_cost
+from service.store import DropQuarantined, PruneChunk, Quarantine, body_digest, oldest_beyond, quarantine_cost
 from service.store.sql import Session, add_counts, meta, order_by, set_meta
 
 # -- the quarantine -----------------------------------------------------------------------------------------------
@@ -71,9 +71,10 @@ async def drop_quarantined(session: Session, job: DropQuarantined) -> int:
 # -- retention ----------------------------------------------------------------------------------------------------
 
 
-async def prune_chunk(session: Session, cutoff_us: int, chunk: int) -> int:
-    """Delete up to ``chunk`` of the oldest entries of each kind received before the cutoff, and repair what
-    pointed at them; one instance at a time."""
+async def prune_chunk(session: Session, job: PruneChunk) -> int:
+    """Run one ``PruneChunk`` and repair what pointed at what it deleted; one instance at a time. The result is
+    how many entries and campaigns went."""
+    cutoff_us, chunk = job.cutoff_us, job.limit
     dialect = session.dialect
     if dialect.prune_lock is not None:
         row = _first(await session.rows(dialect.prune_lock))
@@ -88,10 +89,13 @@ async def prune_chunk(session: Session, cutoff_us: int, chunk: int) -> int:
     replies = await session.rows(
         "DELETE FROM inbound WHERE sequence IN"
         " (SELECT sequence FROM inbound WHERE receive_us < %s ORDER BY sequence LIMIT %s) RETURNING sequence",
-        (cutoff_us, chunk),
+        (cutoff_us if job.replies_cutoff_us is None else job.replies_cutoff_us, chunk),
     )
+    campaigns = 0
+    if job.campaigns_cutoff_us is not None:
+        campaigns = await _prune_campaigns(session, job.campaigns_cutoff_us, chunk)
     if not deleted and not replies:
-        return 0
+        return campaigns
     await session.execute(
         "INSERT INTO meta (key, value) VALUES ('pruned_through', %s)"
         " ON CONFLICT (key) DO UPDATE SET value = CASE WHEN excluded.value > meta.value THEN excluded.value"
@@ -99,7 +103,21 @@ async def prune_chunk(session: Session, cutoff_us: int, chunk: int) -> int:
         (max(int(row[0]) for row in [*deleted, *replies]),),
     )
     await _repair_current(session, sorted({row[1] for row in deleted}))
-    return len(deleted) + len(replies)
+    return len(deleted) + len(replies) + campaigns
+
+
+async def _prune_campaigns(session: Session, cutoff_us: int, chunk: int) -> int:
+    """Delete the summaries of campaigns with no message left whose latest update is before the cutoff."""
+    gone = await session.rows(
+        "DELETE FROM campaigns WHERE campaign_tracking_id IN (SELECT c.campaign_tracking_id FROM campaigns c"
+        " WHERE c.latest_update_us < %s AND NOT EXISTS (SELECT 1 FROM messages m"
+        " WHERE m.campaign_tracking_id = c.campaign_tracking_id) LIMIT %s) RETURNING campaign_tracking_id",
+        (cutoff_us, chunk),
+    )
+    if gone:
+        condition, params = session.dialect.any_of("campaign_tracking_id", [row[0] for row in gone])
+        await session.execute(f"DELETE FROM campaign_counts WHERE {condition}", params)
+    return len(gone)
 
 
 async def _repair_current(session: Session, tracking_ids: Sequence[str]) -> None:

@@ -117,7 +117,7 @@ async def _run_other(session: Session, job: Job, now_us: int, personal_data: str
         await set_meta(session, "probed_at_us", now_us)
         return None
     if isinstance(job, PruneChunk):
-        return await maintenance.prune_chunk(session, job.cutoff_us, job.limit)
+        return await maintenance.prune_chunk(session, job)
     if isinstance(job, Erase):
         return await erasure.erase(session, job)
     raise TypeError(f"no such job: {job!r}")

@@ -23,6 +23,7 @@ from service.api.servicer import MessageStatusServicer
 from service.config.values import HostPort
 from service.domain.limits import MAX_BATCH_IDS, MAX_GRPC_REQUEST_BYTES, MAX_ID_LENGTH
 from service.routee.callbacks import parse_callback
+from service.store import PruneChunk
 from support.embedded import Embedded
 from support.fixtures import fixture_bodies, inbound_bodies
 from support.polling import eventually_async
@@ -233,7 +234,7 @@ class TestStream:
         """A resume point older than what is kept is OUT_OF_RANGE, naming the oldest resume point."""
         for index in range(1, 4):
             await server.append(callback(index))
-        assert await server.log.prune(time.time() + 1) == 3
+        assert await server.log.prune(PruneChunk(int((time.time() + 1) * 1_000_000))) == 3
         call = server.stub.StreamStatusUpdates(pb2.StreamStatusUpdatesRequest(after_sequence=1))
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await call.read()

@@ -57,6 +57,9 @@ class TestLoadSettings:
             ({"retention_hours": "1e7"}, "--retention-hours: expected a number of at most 876000"),
             ({"quarantine_days": "40000"}, "--quarantine-days: expected a number of at most 36500"),
             ({"shutdown_grace": "1e10"}, "--shutdown-grace: expected a number of at most 1e+09"),
+            ({"reply_retention_hours": "24"}, "--reply-retention-hours: must be at least 48"),
+            ({"campaign_retention_days": "0"}, "--campaign-retention-days: expected a positive number"),
+            ({"store_personal_data": "some"}, "--store-personal-data: expected one of full, masked, none"),
         ],
     )
     def test_bad_values_name_the_option(self, flags: dict[str, object], message: str) -> None:
