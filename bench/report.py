@@ -104,8 +104,9 @@ def table(results: dict[str, Any]) -> str:
             lines.append(f"| {name.replace('_', ' ')} | {run['rps']:,.0f} | {run['p99_ms']:.1f} | {run['errors']} |")
         lines.append("")
         lines.append(
-            f"Old rows left after the first run: {prune['old_left_after_the_first_run']:,}; all pruned within"
-            f" {prune['pruned_within_seconds']} s of the service's start."
+            f"Pruned during the first run: {prune['pruned_during_the_first_run']:,} rows; left after it:"
+            f" {prune['old_left_after_the_first_run']:,}; {prune['old_left']:,} left"
+            f" {prune['pruned_within_seconds']} s after the service's start."
         )
     if "forget" in results:
         lines += ["", "### Erasure: `routee-callbacks forget` on a database of many messages", ""]

@@ -24,3 +24,8 @@ MAX_PAGE_SIZE = 1000
 #: The largest gRPC request, in bytes: the largest valid request of every RPC fits (a batch of the most ids of the
 #: longest length, each character up to 4 bytes of UTF-8 and 3 of framing), with room for the other fields.
 MAX_GRPC_REQUEST_BYTES = MAX_BATCH_IDS * (4 * MAX_ID_LENGTH + 3) + 16 * 1024
+#: The longest one retention transaction should hold the writer: chunks grow and shrink to stay near it, and the
+#: writer rests as long after each, so pruning a million old rows leaves ingest most of its time.
+PRUNE_TRANSACTION_SECONDS = 0.01
+#: The fewest and the most rows a retention transaction deletes.
+MIN_PRUNE_CHUNK, MAX_PRUNE_CHUNK = 50, 5000

@@ -21,7 +21,7 @@ from typing import Any
 
 from service.domain.entries import Entry
 from service.domain.errors import StoreUnavailableError
-from service.store import Job, LogWriter
+from service.store import SOLO_JOBS, Job, LogWriter
 
 _LOGGER = logging.getLogger("service.batch_writer")
 
@@ -119,7 +119,8 @@ class BatchWriter:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._pending:
-                batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
+                size = _batch_size(self._pending, self._max_batch)
+                batch, self._pending = self._pending[:size], self._pending[size:]
                 await self._write(batch)
             if self._stopping:
                 return
@@ -163,6 +164,14 @@ class BatchWriter:
         for _, done in batch:
             done(None, error)
         self._after_batch()
+
+
+def _batch_size(pending: list[tuple[Job, Done]], most: int) -> int:
+    """How many of the pending jobs go into the next transaction: up to ``most``, and a solo job alone."""
+    for index, (job, _) in enumerate(pending[:most]):
+        if isinstance(job, SOLO_JOBS):
+            return index or 1
+    return min(most, len(pending))
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:

@@ -13,10 +13,11 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from service.domain.entries import Entry
 from service.domain.errors import RouteeCallbacksError
+from service.domain.limits import MAX_PRUNE_CHUNK, MIN_PRUNE_CHUNK, PRUNE_TRANSACTION_SECONDS
 from service.log.batch_writer import BatchWriter
 from service.log.tail import Tailer
 from service.store import DropQuarantined, PruneChunk, Store
@@ -34,6 +35,16 @@ class Retention:
     replies: float | None = None
     campaigns: float | None = None
     quarantine: float | None = None
+
+
+def next_chunk(limit: int, took: float) -> int:
+    """The size of the next retention chunk after one of ``limit`` rows took ``took`` seconds: halved when it took
+    longer than PRUNE_TRANSACTION_SECONDS, doubled when it took less than half of it, within the bounds."""
+    if took > PRUNE_TRANSACTION_SECONDS:
+        limit //= 2
+    elif took < PRUNE_TRANSACTION_SECONDS / 2:
+        limit *= 2
+    return max(MIN_PRUNE_CHUNK, min(MAX_PRUNE_CHUNK, limit))
 
 
 def _ignore_observation(seconds: float, size: int) -> None:
@@ -97,11 +108,18 @@ class LocalLog:
             self.tailer.changed()
 
     async def prune(self, job: PruneChunk) -> int:
-        """Run ``job`` until it deletes nothing more, a chunk per transaction; how many rows went."""
+        """Run ``job`` until it deletes nothing more, a chunk per transaction, each near PRUNE_TRANSACTION_SECONDS
+        and followed by a rest as long (ingest keeps at least half the writer's time); how many rows went."""
         total = 0
-        while deleted := await self.writer.submit(job):
+        while True:
+            started = time.monotonic()
+            deleted = await self.writer.submit(job)
+            if not deleted:
+                return total
             total += deleted
-        return total
+            took = time.monotonic() - started
+            job = replace(job, limit=next_chunk(job.limit, took))
+            await asyncio.sleep(took)
 
     async def log_time(self) -> float:
         """The time as far as retention is concerned: the clock, but never past the newest entry's receive time.

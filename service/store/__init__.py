@@ -98,7 +98,7 @@ class PruneChunk:
     ``campaigns_cutoff_us`` (None: none); the result is how many rows went (entries and campaigns)."""
 
     cutoff_us: int
-    limit: int = 5000
+    limit: int = 500
     replies_cutoff_us: int | None = None
     campaigns_cutoff_us: int | None = None
 
@@ -164,6 +164,8 @@ class Erased:
 
 
 Job = AppendStatus | AppendInbound | Reschedule | Probe | PruneChunk | Quarantine | Release | DropQuarantined | Erase
+#: Jobs that run in a transaction of their own: their work would delay every callback batched with them.
+SOLO_JOBS = (PruneChunk, Erase)
 
 
 @dataclass(frozen=True, slots=True)

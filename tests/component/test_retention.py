@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from service.log.local import LocalLog, Retention
+from service.log.local import LocalLog, Retention, next_chunk
 from service.routee.callbacks import parse_callback, parse_inbound
 from service.store import AppendInbound, AppendStatus, Quarantine, open_store
 
@@ -126,3 +126,16 @@ class TestEverythingHasARetention:
         assert await local.prune_expired(Retention(8 * DAY, campaigns=DAY)) == (1, 0), "now the summary goes"
         assert await local.store.campaign_summary("finished") is None
         assert await local.store.campaign_summary("running") is not None
+
+
+class TestPruneChunks:
+    """Retention transactions stay short, whatever there is to delete."""
+
+    @pytest.mark.parametrize(
+        ("limit", "took", "expected"),
+        [(500, 0.05, 250), (500, 0.007, 500), (500, 0.001, 1000), (60, 1.0, 50), (4000, 0.0, 5000)],
+    )
+    def test_a_chunk_grows_or_shrinks_toward_the_transaction_budget(
+        self, limit: int, took: float, expected: int
+    ) -> None:
+        assert next_chunk(limit, took) == expected

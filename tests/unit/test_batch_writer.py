@@ -12,7 +12,7 @@ from service.domain.entries import StoredEvent
 from service.domain.errors import StoreUnavailableError
 from service.log.batch_writer import BatchWriter
 from service.routee.callbacks import parse_callback
-from service.store import AppendStatus, Job, Probe, WriteResult
+from service.store import AppendStatus, Job, Probe, PruneChunk, WriteResult
 
 
 def append(tracking_id: str) -> AppendStatus:
@@ -70,6 +70,24 @@ class TestBatchWriter:
         assert [event.sequence for event in results[:10]] == list(range(1, 11))
         assert results[10] is None
         assert [event.sequence for event in committed] == list(range(1, 11))
+        await writer.stop()
+
+    async def test_a_retention_chunk_runs_in_a_transaction_of_its_own(
+        self, store_and_writer: tuple[FakeStore, BatchWriter, list[StoredEvent]]
+    ) -> None:
+        """Callbacks submitted with a retention chunk are not held up by it: they commit before or after it."""
+        store, writer, _ = store_and_writer
+        await asyncio.gather(
+            writer.submit(append("m1")),
+            writer.submit(PruneChunk(0)),
+            writer.submit(append("m2")),
+            writer.submit(Probe()),
+        )
+        assert [[type(job).__name__ for job in jobs] for jobs in store.transactions] == [
+            ["AppendStatus"],
+            ["PruneChunk"],
+            ["AppendStatus", "Probe"],
+        ]
         await writer.stop()
 
     async def test_a_failure_that_is_not_a_database_error_fails_the_batch_and_the_writer_goes_on(
