@@ -205,8 +205,9 @@ class LogWriter(Protocol):
     async def head(self) -> int:
         """Return the greatest sequence committed by anyone (0 when none)."""
 
-    async def wait_for_commits(self, within: float) -> None:
-        """Return when another process may have committed, or after ``within`` seconds."""
+    async def wait_for_commits(self, within: float) -> bool:
+        """Return True when another process may have committed since the last call, or False after ``within``
+        seconds. The first call only starts watching."""
 
     async def close_writer(self) -> None:
         """Close the writing connection; the next write opens a new one."""

@@ -191,20 +191,22 @@ class PostgresStore(SqlStore):
     async def _appended(self, session: Session, head: int) -> None:
         await session.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(head)))
 
-    async def wait_for_commits(self, within: float) -> None:
-        """Wait for another process's NOTIFY, or ``within`` seconds; while the server is away, just wait."""
+    async def wait_for_commits(self, within: float) -> bool:
+        """Wait for another process's NOTIFY (True), or ``within`` seconds (False); while the server is away, just
+        wait."""
         try:
             listener = await self._listening()
             own = self._writer.info.backend_pid if self._writer is not None and not self._writer.closed else None
             async for notification in listener.notifies(timeout=within):
                 if notification.pid != own:
-                    return
+                    return True
         except psycopg.Error:
             if self._listener is not None:
                 with contextlib.suppress(psycopg.Error):
                     await self._listener.close()
                 self._listener = None
             await asyncio.sleep(within)
+        return False
 
     async def _listening(self) -> psycopg.AsyncConnection[Any]:
         if self._listener is None or self._listener.closed:

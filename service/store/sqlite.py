@@ -189,8 +189,8 @@ class SqliteStore(SqlStore):
             if not os.access(path, os.W_OK) and os.path.exists(path):
                 raise sqlite3.OperationalError(f"the database {what} {path} is read-only")
 
-    async def wait_for_commits(self, within: float) -> None:
-        """Poll until another connection commits entries, or time is up.
+    async def wait_for_commits(self, within: float) -> bool:
+        """Poll until another connection commits entries (True), or time is up (False).
 
         A commit changes ``PRAGMA data_version``; only a head past this store's own last commit is news. This
         store's commits reach the tailer directly, and entries another process committed before one of them are
@@ -208,14 +208,14 @@ class SqliteStore(SqlStore):
                 version, head = await self._read(_version_and_head)
             except StoreUnavailableError:
                 await asyncio.sleep(max(0.0, deadline - time.monotonic()))
-                return
+                return False
             changed = self._data_version is not None and version != self._data_version
             self._data_version = version
             if changed and (self._own_head is None or head > self._own_head):
-                return
+                return True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return
+                return False
             await asyncio.sleep(min(self._poll_interval, remaining))
 
     async def _read(self, work: Work[_T], *, inline: bool = False) -> _T:

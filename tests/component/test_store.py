@@ -619,14 +619,13 @@ class TestWatch:
         other = open_store(database)
         try:
             await write(store, callback("m0", "Queued", "2024-05-01T10:00:00Z"))
-            watch = asyncio.create_task(store.wait_for_commits(30))
-            await asyncio.sleep(0.2)  # The watch has its first look at the store.
+            await store.wait_for_commits(0.1)  # The first look: what the watch compares with from now on.
             for number in range(1, 6):
                 await write(store, callback(f"m{number}", "Queued", "2024-05-01T10:00:00Z"))
-                await asyncio.sleep(0.1)
-            assert not watch.done(), "the store's own commits woke its watch"
+            assert await store.wait_for_commits(0.5) is False, "the store's own commits woke its watch"
+            watch = asyncio.create_task(store.wait_for_commits(30))
             await write(other, callback("theirs", "Queued", "2024-05-01T10:00:00Z"))
-            await asyncio.wait_for(watch, 5)
+            assert await asyncio.wait_for(watch, 5) is True
         finally:
             await other.close()
 
@@ -637,11 +636,10 @@ class TestWatch:
         other = open_store(database)
         try:
             await write(store, callback("m0", "Queued", "2024-05-01T10:00:00Z"))
-            watch = asyncio.create_task(store.wait_for_commits(30))
-            await asyncio.sleep(0.2)
+            await store.wait_for_commits(0.1)
             await write(other, callback("theirs", "Queued", "2024-05-01T10:00:00Z"))
             await store.write([Probe()], NOW_US)
-            await asyncio.wait_for(watch, 5)
+            assert await store.wait_for_commits(5) is True
         finally:
             await other.close()
 
