@@ -102,13 +102,19 @@ def erase_reply(serialized: bytes, number: str) -> bytes | None:
 
 def _without(raw_json: str, keys: tuple[str, ...]) -> str:
     """The JSON body without ``keys`` (at its top level); a body that is not a JSON object is dropped whole."""
+    document = _json_object(raw_json)
+    if document is None:
+        return ""
+    return json.dumps({key: value for key, value in document.items() if key not in keys}, ensure_ascii=False)
+
+
+def _json_object(raw_json: str) -> dict[str, Any] | None:
+    """A body's JSON object (None when it is no JSON object: its texts cannot be told apart)."""
     try:
         document: Any = json.loads(raw_json)
     except ValueError:
-        return ""
-    if not isinstance(document, dict):
-        return ""
-    return json.dumps({key: value for key, value in document.items() if key not in keys}, ensure_ascii=False)
+        return None
+    return document if isinstance(document, dict) else None
 
 
 def minimise_callback(callback: pb.ViberCallback, mode: str) -> None:
@@ -151,11 +157,8 @@ def _kept_number(value: str, mode: str) -> str:
 def _minimised_json(raw_json: str, mode: str, texts: tuple[str, ...]) -> str:
     """The JSON body with its numbers (``to``, ``from``) masked (or gone) and its text keys gone; a body that is
     not a JSON object, whose texts cannot be told apart, is dropped whole."""
-    try:
-        document: Any = json.loads(raw_json)
-    except ValueError:
-        return ""
-    if not isinstance(document, dict):
+    document = _json_object(raw_json)
+    if document is None:
         return ""
     kept: dict[str, Any] = {}
     for key, value in document.items():

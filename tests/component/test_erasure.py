@@ -36,6 +36,16 @@ def _reply(sender: str, text: str, reference: str) -> pb.InboundMessage:
     return parse_inbound(json.dumps(document).encode()).message
 
 
+async def _filled(database: str) -> None:
+    """The database with two people's callbacks and replies, and a refused body naming the first."""
+    store = open_store(database)
+    store.open()
+    try:
+        await _fill(store)
+    finally:
+        await store.close()
+
+
 async def _fill(store: Store) -> None:
     """Two people's callbacks and replies, and a refused body that names the first in another form."""
     jobs = [
@@ -88,12 +98,7 @@ class TestForget:
         self, database: str, request: pytest.FixtureRequest
     ) -> None:
         postgres = request.getfixturevalue("postgres") if is_postgres(database) else None
-        store = open_store(database)
-        store.open()
-        try:
-            await _fill(store)
-        finally:
-            await store.close()
+        await _filled(database)
         before = _files(database, postgres)
         assert _found(before, DIGITS), "the control: the number was in the files"
         assert _found(before, REPLY_TEXT), "the control: the reply's text was in the files"
@@ -131,11 +136,6 @@ class TestForget:
             await store.close()
 
     async def test_a_number_nobody_has_changes_nothing(self, database: str) -> None:
-        store = open_store(database)
-        store.open()
-        try:
-            await _fill(store)
-        finally:
-            await store.close()
+        await _filled(database)
         erased = await forget(open_store(database, secure_delete=True), "+15550100000")
         assert (erased.callbacks, erased.replies, erased.quarantined) == (0, 0, 0)
