@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from routee.callbacks.v1 import callback_pb2 as pb
 from service.domain.rules import EventKey, check_from, event_key, inbound_key
 from service.routee.privacy import FULL, minimise_callback, minimise_reply
 from service.store import (
@@ -136,24 +137,14 @@ async def _append(
     callbacks = [append.callback for append in appended]
     keys = [event_key(callback) for callback in callbacks]
     content_keys = [inbound_key(message) for message in messages]
-    if personal_data != FULL:  # After the keys: a retry is still recognised by what it was.
-        for callback in callbacks:
-            minimise_callback(callback, personal_data)
-        for message in messages:
-            minimise_reply(message, personal_data)
+    _minimise(callbacks, messages, personal_data)  # After the keys: a retry is still recognised by what it was.
     # The log's lock first, then the reads (each sees what committed before it started); all sent before the
     # first answer is awaited, so that PostgreSQL's pipeline waits once.
     dialect = session.dialect
     head = await session.execute(f"SELECT value FROM meta WHERE key = 'last_sequence'{dialect.lock_head}")
     stored = current_rows = inbound_rows = None
     if keys:
-        stored = await _stored_keys(session, keys)
-        condition, params = dialect.any_of("tracking_id", sorted({key[0] for key in keys}))
-        current_rows = await session.execute(
-            "SELECT tracking_id, campaign_tracking_id, status, update_us, rank, current_sequence FROM messages"
-            f" WHERE {condition}",
-            params,
-        )
+        stored, current_rows = await _stored_keys(session, keys), await _current(session, keys)
     if content_keys:
         condition, params = dialect.any_of("content_key", content_keys)
         inbound_rows = await session.execute(f"SELECT content_key FROM inbound WHERE {condition}", params)
@@ -183,8 +174,27 @@ async def _append(
     return plan, inbound
 
 
+def _minimise(callbacks: Sequence[pb.ViberCallback], messages: Sequence[pb.InboundMessage], mode: str) -> None:
+    """Keep of each callback and reply only the personal data ``mode`` allows, in place."""
+    if mode != FULL:
+        for callback in callbacks:
+            minimise_callback(callback, mode)
+        for message in messages:
+            minimise_reply(message, mode)
+
+
 async def _rows(cursor: Cursor | None) -> list[Any]:
     return await cursor.fetchall() if cursor is not None else []
+
+
+async def _current(session: Session, keys: Sequence[EventKey]) -> Cursor:
+    """The current status of each message of the batch that has one."""
+    condition, params = session.dialect.any_of("tracking_id", sorted({key[0] for key in keys}))
+    return await session.execute(
+        "SELECT tracking_id, campaign_tracking_id, status, update_us, rank, current_sequence FROM messages"
+        f" WHERE {condition}",
+        params,
+    )
 
 
 async def _stored_keys(session: Session, keys: Sequence[EventKey]) -> Cursor:
