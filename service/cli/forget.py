@@ -9,16 +9,17 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
-from service.config.settings import ENV_PREFIX, Settings
-from service.config.values import parse_database, redact
+from service.config.settings import load_settings
+from service.config.values import redact
 from service.domain.errors import ConfigError, RouteeCallbacksError
 from service.routee.privacy import e164
 from service.store import Erase, Erased, Store, open_store
 
 
-def add_command(commands: Any) -> None:
+def add_command(commands: Any, add_options: Callable[[argparse.ArgumentParser, set[str]], None]) -> None:
     """Register ``forget``."""
     command = commands.add_parser(
         "forget",
@@ -29,11 +30,7 @@ def add_command(commands: Any) -> None:
         "directly, also while the service runs. See docs/privacy.md.",
     )
     command.add_argument("--recipient", required=True, metavar="NUMBER", help="the phone number, in any usual form")
-    command.add_argument(
-        "--database",
-        metavar="PATH|URI",
-        help=f"SQLite file or postgresql:// URI (env {ENV_PREFIX}DATABASE; default: {Settings().database})",
-    )
+    add_options(command, {"--database"})
     command.add_argument("--json", action="store_true", help="print the counts as one JSON object")
     command.set_defaults(run=run)
 
@@ -44,10 +41,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         if number is None:
             raise ConfigError("--recipient", f"{args.recipient!r} is not a phone number")
-        database = parse_database(args.database or os.environ.get(f"{ENV_PREFIX}DATABASE") or Settings().database)
-    except (ConfigError, ValueError) as ex:
-        error = ex if isinstance(ex, ConfigError) else ConfigError("--database", str(ex))
-        print(f"routee-callbacks: error: {error}", file=sys.stderr)
+        database = load_settings(vars(args), os.environ).database
+    except ConfigError as ex:
+        print(f"routee-callbacks: error: {ex}", file=sys.stderr)
         return 2
     started = time.monotonic()
     try:

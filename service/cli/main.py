@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_commands(commands, DEFAULT_GRPC_TARGET)
     simulate.add_command(commands)
     quarantine.add_commands(commands, _Parser)
-    forget.add_command(commands)
+    forget.add_command(commands, add_options)
     reconcile.add_command(commands, add_options)
     return parser
 
