@@ -21,6 +21,7 @@ from service.config.values import (
     positive,
 )
 from service.domain.errors import ConfigError
+from service.domain.rules import FULL, PERSONAL_DATA_MODES
 
 ENV_PREFIX = "ROUTEE_CALLBACKS_"
 # Duplicates must be recognised for 48 hours, and pruning forgets them.
@@ -54,7 +55,7 @@ class Settings:
     dns_max_ttl: float = 300.0
     dns_max_stale: float = 24 * 3600.0
     sqlite_synchronous: str = "FULL"
-    store_personal_data: str = "full"
+    store_personal_data: str = FULL
     retention_hours: float = 7 * 24.0
     reply_retention_hours: float | None = None
     campaign_retention_days: float = 90.0
@@ -328,7 +329,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "--store-personal-data",
         "store_personal_data",
-        choice("full", "masked", "none"),
+        choice(*PERSONAL_DATA_MODES),
         "what of the phone numbers and texts in callbacks is stored: full; masked (a number's country code and"
         " last three digits, no texts); none (no number, no text); docs/privacy.md",
         "MODE",

@@ -8,7 +8,8 @@
 - **Final statuses** are those of the last ranks: Routee reports nothing after them in the normal course, so
   reconciliation stops there.
 - **The duplicate rules**: a status event is one per ``event_key``, an inbound message one per ``inbound_key``.
-- **Where an event came from** is the proto's ``EventSource``; **what a body is** is one of ``BODY_KINDS``.
+- **Where an event came from** is the proto's ``EventSource``; **what a body is** is one of ``BODY_KINDS``;
+  **what of its personal data is stored** is one of ``PERSONAL_DATA_MODES``.
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ FROM_TRACKING_API: int = pb2.EVENT_SOURCE_TRACKING_API
 STATUS = "status"
 INBOUND = "inbound"
 BODY_KINDS = (STATUS, INBOUND)
+
+#: What of the personal data in bodies is stored (``--store-personal-data``): everything as Routee sent it,
+#: numbers masked and no text, or neither (``service.routee.privacy`` applies it).
+FULL, MASKED, NONE = "full", "masked", "none"
+PERSONAL_DATA_MODES = (FULL, MASKED, NONE)
 
 #: A distinct event: tracking id, case-folded status name, ``updatedDate`` in microseconds.
 EventKey = tuple[str, str, int]

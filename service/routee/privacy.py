@@ -18,10 +18,7 @@ from typing import Any
 import phonenumbers
 
 from routee.callbacks.v1 import callback_pb2 as pb
-
-#: What ``--store-personal-data`` may say: everything as Routee sent it, numbers masked and no text, or neither.
-FULL, MASKED, NONE = "full", "masked", "none"
-PERSONAL_DATA_MODES = (FULL, MASKED, NONE)
+from service.domain.rules import FULL, MASKED, NONE
 
 #: Separators people write inside numbers.
 _SEPARATORS = re.compile(r"[\s().\-/]")
@@ -32,7 +29,7 @@ _REPLY_CONTENT = ("message", "media", "fileName")
 _CALLBACK_CONTENT = ("body",)
 #: The JSON keys that hold numbers (a sender id such as ``Routee`` in them is no number, and stays).
 _NUMBER_KEYS = ("to", "from")
-#: The protobuf fields that hold texts: a callback's message, a reply's content.
+#: The protobuf fields of a reply that hold what its sender wrote or sent.
 _REPLY_TEXT_FIELDS = ("text", "media_url", "file_name")
 
 
@@ -90,8 +87,8 @@ def erase_reply(serialized: bytes, number: str) -> bytes | None:
         return None
     keys: tuple[str, ...] = ()
     if sent_by:
-        for field in ("sender", "text", "media_url", "file_name"):
-            message.ClearField(field)
+        for field in ("sender", *_REPLY_TEXT_FIELDS):
+            message.ClearField(field)  # type: ignore[arg-type]
         keys += ("from", *_REPLY_CONTENT)
     if sent_to:
         message.ClearField("recipient")

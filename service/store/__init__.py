@@ -45,7 +45,7 @@ from service.domain.entries import (
     StoredInbound,
 )
 from service.domain.limits import MAX_QUARANTINE_ENTRIES
-from service.domain.rules import FROM_CALLBACK, STATUS
+from service.domain.rules import FROM_CALLBACK, FULL, STATUS
 
 if TYPE_CHECKING:
     from service.store.postgres import PostgresStore
@@ -356,7 +356,7 @@ def is_postgres(database: str) -> bool:
 
 
 def open_store(
-    database: str, *, synchronous: str = "FULL", secure_delete: bool = False, personal_data: str = "full"
+    database: str, *, synchronous: str = "FULL", secure_delete: bool = False, personal_data: str = FULL
 ) -> Store:
     """The engine a ``--database`` value names (it is not opened yet): a PostgreSQL URI or a SQLite file path.
     ``secure_delete``: what the store frees is zeroed (SQLite; PostgreSQL's ``purge`` rewrites instead).

@@ -18,7 +18,7 @@ from service.domain.entries import (
     StoredInbound,
 )
 from service.domain.limits import MAX_EVENTS_PER_MESSAGE, MAX_REPLIES_PER_MESSAGE
-from service.routee.privacy import FULL
+from service.domain.rules import FULL
 from service.store import Job, Quarantined, WriteResult, bounded, merge_entries, with_latest, writes
 from service.store import sql as q
 from service.store.sql import Session
@@ -114,8 +114,8 @@ class SqlStore:
                 return None
             replies = await session.rows(q.ONE_MESSAGE_REPLIES, key)
             answers, more_replies = bounded([q.inbound(row) for row in replies], MAX_REPLIES_PER_MESSAGE)
-            events_total = await _count(session, q.COUNT_EVENTS, key) if more_events else len(history)
-            replies_total = await _count(session, q.COUNT_REPLIES, key) if more_replies else len(answers)
+            events_total = await q.scalar(session, q.COUNT_EVENTS, key) if more_events else len(history)
+            replies_total = await q.scalar(session, q.COUNT_REPLIES, key) if more_replies else len(answers)
             return MessageState(history[-1], history, answers, events_total, replies_total)
 
         return await self._read(read, inline=True)
@@ -257,13 +257,6 @@ class SqlStore:
         """Return how many bodies the quarantine holds, and their bytes."""
 
         async def read(session: Session) -> tuple[int, int]:
-            return await _count(session, "SELECT count(*) FROM quarantine", ()), await q.meta(
-                session, "quarantine_bytes"
-            )
+            return await q.scalar(session, "SELECT count(*) FROM quarantine"), await q.meta(session, "quarantine_bytes")
 
         return await self._read(read, inline=True)
-
-
-async def _count(session: Session, sql: str, params: Sequence[object]) -> int:
-    rows = await session.rows(sql, params)
-    return int(rows[0][0]) if rows else 0

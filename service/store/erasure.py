@@ -8,7 +8,7 @@ from collections.abc import Callable
 from service.routee.privacy import erase_callback, erase_reply, mentions
 from service.store import DropQuarantined, Erase, Erased
 from service.store.maintenance import drop_quarantined
-from service.store.sql import Session, meta
+from service.store.sql import Session, meta, scalar
 
 #: What a row's blob becomes without the number (None: it does not name it).
 _Eraser = Callable[[bytes], bytes | None]
@@ -26,8 +26,8 @@ async def erase(session: Session, job: Erase) -> Erased:
     )
     doomed = tuple(int(row[0]) for row in bodies if mentions(bytes(row[1]), job.number))
     quarantined = await drop_quarantined(session, DropQuarantined(ids=doomed)) if doomed else 0
-    (highest_id,) = (await session.rows("SELECT coalesce(max(id), 0) FROM quarantine"))[0]
-    done = last >= await meta(session, "last_sequence") and last_id >= int(highest_id)
+    highest_id = await scalar(session, "SELECT coalesce(max(id), 0) FROM quarantine")
+    done = last >= await meta(session, "last_sequence") and last_id >= highest_id
     return Erased(callbacks, replies, quarantined, done)
 
 

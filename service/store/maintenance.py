@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from service.domain.rules import INBOUND
-from service.routee.privacy import FULL, minimise_body
+from service.domain.rules import FULL, INBOUND
+from service.routee.privacy import minimise_body
 from service.store import DropQuarantined, PruneChunk, Quarantine, body_digest, oldest_beyond, quarantine_cost
-from service.store.sql import Session, add_counts, meta, order_by, set_meta
+from service.store.sql import Session, add_counts, meta, order_by, scalar, set_meta
 
 # -- the quarantine -----------------------------------------------------------------------------------------------
 
@@ -38,8 +38,7 @@ async def quarantine(session: Session, job: Quarantine, now_us: int, personal_da
         )
     )
     total = await meta(session, "quarantine_bytes") + cost
-    count = _first(await session.rows("SELECT count(*) FROM quarantine"))
-    surplus = int(count[0]) - job.max_entries
+    surplus = await scalar(session, "SELECT count(*) FROM quarantine") - job.max_entries
     if total > job.max_bytes or surplus > 0:
         oldest = [
             (int(row[0]), int(row[1]))

@@ -67,7 +67,6 @@ READ_STATEMENT_TIMEOUT_MS = 30_000
 _READER_OPTIONS = f"-c statement_timeout={READ_STATEMENT_TIMEOUT_MS} -c idle_in_transaction_session_timeout=10000"
 
 POSTGRES = Dialect(
-    name="postgresql",
     lock_head=" FOR UPDATE",
     types=POSTGRES_TYPES,
     arrays=True,

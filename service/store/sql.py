@@ -43,7 +43,6 @@ class Insert:
 class Dialect:
     """How one engine spells what the others spell differently."""
 
-    name: str
     #: What makes the read of the log's head take the log's lock until commit ("" where the transaction holds it).
     lock_head: str
     #: The schema's column types and clauses, by token (see ``service.store.schema``).
@@ -218,10 +217,15 @@ REPLIES = f"SELECT {INBOUND_COLUMNS} FROM inbound WHERE reference_tracking_id = 
 # -- counters kept in the write transaction ------------------------------------------------------------------
 
 
+async def scalar(session: Session, sql: str, params: Sequence[object] = ()) -> int:
+    """The one integer a query answers (0 when it answers no row)."""
+    rows = await session.rows(sql, params)
+    return int(rows[0][0]) if rows else 0
+
+
 async def meta(session: Session, key: str) -> int:
     """A counter of the ``meta`` table (0 when it has none)."""
-    rows = await session.rows("SELECT value FROM meta WHERE key = %s", (key,))
-    return int(rows[0][0]) if rows else 0
+    return await scalar(session, "SELECT value FROM meta WHERE key = %s", (key,))
 
 
 async def set_meta(session: Session, key: str, value: int) -> None:

@@ -31,7 +31,7 @@ from service.store.sql import Dialect, Insert, Session
 _LOGGER = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-SQLITE = Dialect(name="sqlite", lock_head="", types=SQLITE_TYPES, arrays=False)
+SQLITE = Dialect(lock_head="", types=SQLITE_TYPES, arrays=False)
 
 #: Reader threads, each with its connection: a long read (a campaign's snapshot) leaves others to the rest.
 READER_THREADS = 4

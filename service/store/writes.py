@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from routee.callbacks.v1 import callback_pb2 as pb
-from service.domain.rules import EventKey, check_from, event_key, inbound_key
-from service.routee.privacy import FULL, minimise_callback, minimise_reply
+from service.domain.rules import FULL, EventKey, check_from, event_key, inbound_key
+from service.routee.privacy import minimise_callback, minimise_reply
 from service.store import (
     AppendInbound,
     AppendStatus,
