@@ -13,12 +13,14 @@ from http_ingress.openapi import OpenApiResource
 from http_ingress.readiness import Readiness
 from http_ingress.resources import CallbacksResource, HealthResource, MetricsResource, ReadyResource
 from service.domain.errors import RouteeCallbacksError
-from service.domain.rules import INBOUND
+from service.domain.rules import INBOUND, SMS_INBOUND, SMS_STATUS
 from service.log.ingest import Ingest
 from service.monitoring.metrics import Metrics
 
 CALLBACKS_PATH = "/v1/callbacks/viber"
 INBOUND_PATH = "/v1/callbacks/viber/inbound"
+SMS_PATH = "/v1/callbacks/sms"
+SMS_INBOUND_PATH = "/v1/callbacks/sms/inbound"
 #: Pages for the monitoring networks only (--monitor-cidr): probes, metrics, the API description.
 MONITORING_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
 
@@ -51,6 +53,8 @@ def create_app(
     app = falcon.asgi.App(middleware=[MonitoringOnly(allowlist), *middleware])
     app.add_route(CALLBACKS_PATH, CallbacksResource(ingest, allowlist, metrics))
     app.add_route(INBOUND_PATH, CallbacksResource(ingest, allowlist, metrics, kind=INBOUND))
+    app.add_route(SMS_PATH, CallbacksResource(ingest, allowlist, metrics, kind=SMS_STATUS))
+    app.add_route(SMS_INBOUND_PATH, CallbacksResource(ingest, allowlist, metrics, kind=SMS_INBOUND))
     app.add_route("/healthz", HealthResource())
     app.add_route("/readyz", ReadyResource(readiness or Readiness(ingest, allowlist), reconcile=reconcile))
     app.add_route("/metrics", MetricsResource(metrics))

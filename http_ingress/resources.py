@@ -21,7 +21,7 @@ from service.domain.errors import (
     UnsupportedMediaError,
 )
 from service.domain.limits import MAX_BODY_BYTES
-from service.domain.rules import INBOUND, STATUS
+from service.domain.rules import INBOUND_KINDS, SMS_INBOUND, SMS_STATUS, STATUS
 from service.log.ingest import Ingest
 from service.monitoring.metrics import Metrics
 
@@ -37,8 +37,9 @@ def _is_json(content_type: str | None) -> bool:
 
 
 class CallbacksResource:
-    """``POST /v1/callbacks/viber`` (``kind`` STATUS) or ``/v1/callbacks/viber/inbound`` (INBOUND): keep one body
-    Routee posted, then answer 200."""
+    """``POST /v1/callbacks/viber`` (``kind`` STATUS), ``/v1/callbacks/viber/inbound`` (INBOUND),
+    ``/v1/callbacks/sms`` (SMS_STATUS) or ``/v1/callbacks/sms/inbound`` (SMS_INBOUND): keep one body Routee posted,
+    then answer 200."""
 
     def __init__(
         self,
@@ -51,7 +52,9 @@ class CallbacksResource:
     ) -> None:
         self._ingest = ingest
         self._kind = kind
-        self._counter = metrics.inbound_messages if kind == INBOUND else metrics.callbacks
+        self._inbound = kind in INBOUND_KINDS
+        self._channel = "sms" if kind in (SMS_STATUS, SMS_INBOUND) else "viber"
+        self._counter = metrics.inbound_messages if self._inbound else metrics.callbacks
         self._allowlist = allowlist
         self._metrics = metrics
         self._clock = clock
@@ -70,11 +73,11 @@ class CallbacksResource:
                 raise refused
             kept = await self._ingest.keep(self._kind, body, sender)
         except RejectedError as ex:
-            self._counter.labels("rejected", ex.reason).inc()
+            self._counter.labels("rejected", ex.reason, self._channel).inc()
             self._log_rejection(ex, req.remote_addr)
             raise
         except RouteeCallbacksError as ex:
-            self._counter.labels("unavailable", ex.reason).inc()
+            self._counter.labels("unavailable", ex.reason, self._channel).inc()
             raise
         if _LOGGER.isEnabledFor(logging.DEBUG):
             _LOGGER.debug(f"{self._kind} kept", extra={"tracking_id": kept.tracking_id, "sequence": kept.sequence})
@@ -82,10 +85,10 @@ class CallbacksResource:
             resp.data = _DUPLICATE
         else:
             resp.data = b'{"status": "accepted", "sequence": %d}' % kept.sequence
-        if self._kind == STATUS:  # The hot path: counted in bulk.
-            self._metrics.callback_kept(kept.sequence is None, time.perf_counter() - started)
+        if not self._inbound:  # The hot path: counted in bulk.
+            self._metrics.callback_kept(kept.sequence is None, time.perf_counter() - started, self._channel)
         else:
-            self._metrics.inbound_kept(kept.sequence is None)
+            self._metrics.inbound_kept(kept.sequence is None, self._channel)
         resp.content_type = JSON
 
     def _log_rejection(self, error: RejectedError, peer: str) -> None:
@@ -97,7 +100,7 @@ class CallbacksResource:
         self._next_log[error.reason] = now + REJECTION_LOG_INTERVAL
         _LOGGER.warning(
             "%s rejected: %s",
-            "inbound message" if self._kind == INBOUND else "callback",
+            "inbound message" if self._inbound else "callback",
             error,
             extra={"reason": error.reason, "peer": peer, "similar_not_logged": self._suppressed.pop(error.reason, 0)},
         )

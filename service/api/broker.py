@@ -25,13 +25,14 @@ _LOGGER = logging.getLogger("service.broker")
 class Update:
     """One committed entry as the broker fans it out; its stream item is serialized once, when first needed."""
 
-    __slots__ = ("_payload", "campaign_tracking_id", "entry", "inbound", "sequence", "status")
+    __slots__ = ("_payload", "campaign_tracking_id", "channel", "entry", "inbound", "sequence", "status")
 
     def __init__(self, entry: Entry) -> None:
         self.entry = entry
         # Copied for the fan-out loop, which reads them for every subscription.
         self.sequence = entry.sequence
         self.campaign_tracking_id = entry.campaign_tracking_id
+        self.channel = entry.channel
         if isinstance(entry, StoredEvent):
             self.status, self.inbound = entry.status, False
         else:
@@ -182,7 +183,10 @@ class Broker:
             index = self._inbound if update.inbound else self._status
             for subscribers in (index.every_campaign, index.by_campaign.get(update.campaign_tracking_id, ())):
                 for subscription in subscribers:
-                    if not subscription.event_filter.statuses or update.status in subscription.event_filter.statuses:
+                    wanted = subscription.event_filter
+                    if (not wanted.statuses or update.status in wanted.statuses) and (
+                        not wanted.channels or update.channel in wanted.channels
+                    ):
                         subscription.offer(update)
             self.last_sequence = update.sequence
 

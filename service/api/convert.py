@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from routee.callbacks.v1 import callback_pb2 as pb
 from routee.callbacks.v1 import message_status_service_pb2 as pb2
 from service.domain.entries import StoredEvent, StoredInbound
+from service.domain.rules import SMS
 
 
 def timestamp_from_micros(micros: int) -> Timestamp:
@@ -26,8 +28,11 @@ def status_update(event: StoredEvent) -> pb2.StatusUpdate:
         is_current=event.is_current,
         previous_status=event.previous_status,  # type: ignore[arg-type]
         source=event.source,  # type: ignore[arg-type]
+        channel=event.channel,  # type: ignore[arg-type]
+        part=event.part,
+        message_status=event.message_status,  # type: ignore[arg-type]
     )
-    update.callback.MergeFromString(event.callback)
+    (update.sms_callback if event.channel == SMS else update.callback).MergeFromString(event.callback)
     return update
 
 
@@ -52,4 +57,18 @@ def status_event(event: StoredEvent) -> pb2.StatusEvent:
         sequence=event.sequence,
         receive_time=timestamp_from_micros(event.receive_us),
         source=event.source,  # type: ignore[arg-type]
+        channel=event.channel,  # type: ignore[arg-type]
+        part=event.part,
+    )
+
+
+def sms_part(event: StoredEvent) -> pb2.SmsPart:
+    """Build an SMS part from its current event."""
+    return pb2.SmsPart(
+        part=event.part,
+        sms_id=pb.SmsCallback.FromString(event.callback).sms_id,
+        status=event.status,  # type: ignore[arg-type]
+        status_name=event.status_name,
+        update_time=timestamp_from_micros(event.update_us),
+        sequence=event.sequence,
     )

@@ -1,7 +1,8 @@
 """Page tokens of ListMessageStatuses: where the next page starts, tied to the request that made them.
 
 A token is opaque to clients (base64url of a small JSON document): it names
-the campaign and status filter of its request, and the last tracking id
+the campaign, status and channel filters of its request (a token without
+channels, made before they existed, filters none), and the last tracking id
 listed. Pages are keyed by tracking id, so walking them lists every message
 that existed at the start once, whatever is stored meanwhile.
 """
@@ -22,9 +23,13 @@ _VERSION = 1
 MAX_PAGE_TOKEN_LENGTH = (2 * 4 * MAX_ID_LENGTH + 256) * 4 // 3 + 4
 
 
-def make(campaign_tracking_id: str, statuses: frozenset[int], after_tracking_id: str) -> str:
+def make(
+    campaign_tracking_id: str, statuses: frozenset[int], after_tracking_id: str, channels: frozenset[int] = frozenset()
+) -> str:
     """The token of the page after ``after_tracking_id``."""
-    document = {"v": _VERSION, "c": campaign_tracking_id, "s": sorted(statuses), "a": after_tracking_id}
+    document: dict[str, Any] = {"v": _VERSION, "c": campaign_tracking_id, "s": sorted(statuses), "a": after_tracking_id}
+    if channels:
+        document["h"] = sorted(channels)
     return (
         base64.urlsafe_b64encode(json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode())
         .decode()
@@ -32,14 +37,20 @@ def make(campaign_tracking_id: str, statuses: frozenset[int], after_tracking_id:
     )
 
 
-def read(token: str, campaign_tracking_id: str, statuses: frozenset[int]) -> str:
+def read(
+    token: str, campaign_tracking_id: str, statuses: frozenset[int], channels: frozenset[int] = frozenset()
+) -> str:
     """The tracking id a page starts after ("" for the first page); INVALID_ARGUMENT for a token that is not one
     of ours (whatever its size, shape or depth) or belongs to another request."""
     if not token:
         return ""
     document = _decode(token)
-    if document["c"] != campaign_tracking_id or document["s"] != sorted(statuses):
-        raise InvalidArgumentError("page_token belongs to another request (campaign or statuses differ)")
+    if (
+        document["c"] != campaign_tracking_id
+        or document["s"] != sorted(statuses)
+        or document.get("h", []) != sorted(channels)
+    ):
+        raise InvalidArgumentError("page_token belongs to another request (campaign, statuses or channels differ)")
     after: str = document["a"]
     return after
 

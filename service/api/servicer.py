@@ -13,7 +13,7 @@ from routee.callbacks.v1 import callback_pb2 as pb
 from routee.callbacks.v1 import message_status_service_pb2 as pb2
 from service.api import page_tokens
 from service.api.broker import Broker
-from service.api.convert import status_event, timestamp_from_micros
+from service.api.convert import sms_part, status_event, timestamp_from_micros
 from service.api.following import Follower, Streams
 from service.domain.entries import EventFilter, MessageState
 from service.domain.errors import (
@@ -26,6 +26,7 @@ from service.domain.errors import (
     UnavailableError,
 )
 from service.domain.limits import MAX_BATCH_IDS, MAX_ID_LENGTH, MAX_PAGE_SIZE
+from service.domain.rules import CHANNELS, SMS
 from service.monitoring.metrics import Metrics
 from service.store import LogReader
 
@@ -120,16 +121,16 @@ class MessageStatusServicer:
         _check_id("campaign_tracking_id", request.campaign_tracking_id)
         if request.page_size < 0:
             raise InvalidArgumentError("page_size must not be negative")
-        statuses = _statuses(request.statuses)
+        statuses, channels = _statuses(request.statuses), _channels(request.channels)
         size = min(request.page_size or DEFAULT_PAGE, MAX_PAGE_SIZE)
-        after = page_tokens.read(request.page_token, request.campaign_tracking_id, statuses)
-        events = await self._store.list_messages(request.campaign_tracking_id, statuses, after, size + 1)
+        after = page_tokens.read(request.page_token, request.campaign_tracking_id, statuses, channels)
+        events = await self._store.list_messages(request.campaign_tracking_id, statuses, after, size + 1, channels)
         response = pb2.ListMessageStatusesResponse(
             messages=[_message_status(MessageState(event, [], [])) for event in events[:size]]
         )
         if len(events) > size:
             response.next_page_token = page_tokens.make(
-                request.campaign_tracking_id, statuses, events[size - 1].tracking_id
+                request.campaign_tracking_id, statuses, events[size - 1].tracking_id, channels
             )
         return response
 
@@ -174,9 +175,10 @@ class MessageStatusServicer:
         """Stream inbound messages (replies): replay first when asked, then live."""
         try:
             _check_id("campaign_tracking_id", request.campaign_tracking_id, required=False)
+            channels = _channels(request.channels)
         except RouteeCallbacksError as ex:
             await context.abort(grpc_code(ex), str(ex))
-        event_filter = EventFilter(request.campaign_tracking_id or None, inbound=True)
+        event_filter = EventFilter(request.campaign_tracking_id or None, inbound=True, channels=channels)
         after = request.after_sequence if request.HasField("after_sequence") else None
         async for item in self._follow(context, event_filter, after, _inbound_progress):
             yield item
@@ -216,14 +218,17 @@ def _message_status(state: MessageState) -> pb2.GetMessageStatusResponse:
     response = pb2.GetMessageStatusResponse(
         tracking_id=current.tracking_id,
         campaign_tracking_id=current.campaign_tracking_id,
-        status=current.status,  # type: ignore[arg-type]
+        status=current.message_status or current.status,  # type: ignore[arg-type]
         status_name=current.status_name,
         sequence=current.sequence,
         events=[status_event(event) for event in history],
         total_events=state.events_total,
         total_replies=state.replies_total,
+        channel=current.channel,  # type: ignore[arg-type]
+        parts=[sms_part(event) for event in state.parts],
     )
-    response.callback.MergeFromString(current.callback)  # Parsed in place: no message to build, then copy.
+    # Parsed in place: no message to build, then copy.
+    (response.sms_callback if current.channel == SMS else response.callback).MergeFromString(current.callback)
     for reply in replies:
         response.replies.add().MergeFromString(reply.message)
     # A conversation reads in the order its messages were written, whatever order Routee delivered them in.
@@ -260,11 +265,20 @@ def _statuses(requested: Iterable[int]) -> frozenset[int]:
     return frozenset(requested)
 
 
+def _channels(requested: Iterable[int]) -> frozenset[int]:
+    for channel in requested:
+        if channel not in CHANNELS:
+            raise InvalidArgumentError(f"channels: {channel} is not a Channel this server knows")
+    return frozenset(requested)
+
+
 def _event_filter(request: pb2.StreamStatusUpdatesRequest) -> EventFilter:
     _check_id("campaign_tracking_id", request.campaign_tracking_id, required=False)
     if request.include_snapshot and request.HasField("after_sequence"):
         raise InvalidArgumentError("include_snapshot and after_sequence cannot be combined")
-    return EventFilter(request.campaign_tracking_id or None, _statuses(request.statuses))
+    return EventFilter(
+        request.campaign_tracking_id or None, _statuses(request.statuses), channels=_channels(request.channels)
+    )
 
 
 async def _abort_on_error(context: grpc.aio.ServicerContext[Any, Any], work: Awaitable[_T]) -> _T:

@@ -3,7 +3,7 @@ shared by store, broker and servicer."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 # The entries are NamedTuples: built for every entry written, fed or read (thousands a second), they stay
@@ -20,10 +20,13 @@ class StoredEvent(NamedTuple):
     status_name: str
     update_us: int
     receive_us: int
-    is_current: bool  # whether it became the message's current status as it was stored
-    callback: bytes  # ViberCallback, serialized
+    is_current: bool  # whether it became the message's current status as stored (SMS: changed the message's)
+    callback: bytes  # ViberCallback, or SmsCallback (channel SMS), serialized
     previous_status: int = 0  # when is_current, the message's current status before it (0: its first event)
     source: int = 1  # EventSource: 1 a callback, 2 the tracking API
+    channel: int = 1  # Channel: 1 Viber, 2 SMS
+    part: int = 0  # the SMS part it is about (0: Viber)
+    message_status: int = 0  # the message's status after it (0: unknown, an event stored before it was kept)
 
 
 class StoredInbound(NamedTuple):
@@ -34,6 +37,7 @@ class StoredInbound(NamedTuple):
     reference_tracking_id: str
     receive_us: int
     message: bytes  # InboundMessage, serialized, with its sequence and receive time
+    channel: int = 1  # Channel: 1 Viber, 2 SMS
 
 
 #: An entry of the log.
@@ -43,11 +47,12 @@ Entry = StoredEvent | StoredInbound
 @dataclass(frozen=True, slots=True)
 class EventFilter:
     """Which entries a reader wants: status events or inbound messages, of one campaign or all (``None``), of
-    some statuses or all (empty; status events only)."""
+    some statuses or all (empty; status events only), of some channels or all (empty)."""
 
     campaign_tracking_id: str | None = None
     statuses: frozenset[int] = frozenset()
     inbound: bool = False
+    channels: frozenset[int] = frozenset()
 
 
 @dataclass(slots=True)
@@ -60,6 +65,7 @@ class MessageState:
     replies: list[StoredInbound]
     events_total: int = 0
     replies_total: int = 0
+    parts: list[StoredEvent] = field(default_factory=list)  # an SMS's parts: each part's current event
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,3 +29,6 @@ MAX_GRPC_REQUEST_BYTES = MAX_BATCH_IDS * (4 * MAX_ID_LENGTH + 3) + 16 * 1024
 PRUNE_TRANSACTION_SECONDS = 0.01
 #: The fewest and the most rows a retention transaction deletes.
 MIN_PRUNE_CHUNK, MAX_PRUNE_CHUNK = 50, 5000
+#: The most parts of one SMS: a concatenated SMS's header counts them in one byte. A report of a part beyond it (or
+#: below 1) cannot be identified (422); a ``parts`` beyond it is ignored. It bounds the parts one answer lists.
+MAX_SMS_PARTS = 255

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
+from routee.callbacks.v1 import callback_pb2 as pb
 from service.domain.errors import RejectedError, RouteeCallbacksError
 from service.log.batch_writer import BatchWriter
 from service.monitoring.metrics import Metrics
@@ -40,8 +41,12 @@ def job(parsed: ParsedCallback | ParsedInbound) -> Append:
 
 
 def identity(job: Append) -> str:
-    """The tracking id a stored body is about: the message of a status callback, the message a reply answers."""
-    return job.callback.tracking_id if isinstance(job, AppendStatus) else job.message.reference_tracking_id
+    """The tracking id a stored body is about: the message of a status callback, the message a reply answers (an
+    inbound SMS: its own id)."""
+    if isinstance(job, AppendStatus):
+        callback = job.callback
+        return callback.message_id if isinstance(callback, pb.SmsCallback) else callback.tracking_id
+    return job.message.message_id or job.message.reference_tracking_id
 
 
 class AdjustmentRecorder:

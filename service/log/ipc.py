@@ -28,6 +28,7 @@ SUBMIT_STATUS = 1
 PROBE = 2
 REFUSE = 3
 SUBMIT_INBOUND = 4
+SUBMIT_SMS = 5
 # Writer to worker.
 KEPT = 10
 FAILED = 11
@@ -39,8 +40,8 @@ _KEPT = struct.Struct("!IQ")
 # A feed entry starts with its kind.
 _EVENT_ENTRY = 1
 _INBOUND_ENTRY = 2
-_EVENT = struct.Struct("!BQBBBBqqHHHI")
-_INBOUND = struct.Struct("!BQqHHI")
+_EVENT = struct.Struct("!BQBBBBBHBqqHHHI")
+_INBOUND = struct.Struct("!BQqBHHI")
 _RANGE = struct.Struct("!QQ")
 #: The largest frame either side accepts: a 64 KiB body, or a feed page.
 MAX_FRAME = 64 * 1024 * 1024
@@ -226,6 +227,9 @@ def feed(entries: Sequence[Entry]) -> bytes:
                     entry.is_current,
                     entry.previous_status,
                     entry.source,
+                    entry.channel,
+                    entry.part,
+                    entry.message_status,
                     entry.update_us,
                     entry.receive_us,
                     len(campaign),
@@ -239,7 +243,13 @@ def feed(entries: Sequence[Entry]) -> bytes:
             campaign, reference = entry.campaign_tracking_id.encode(), entry.reference_tracking_id.encode()
             parts.append(
                 _INBOUND.pack(
-                    _INBOUND_ENTRY, entry.sequence, entry.receive_us, len(campaign), len(reference), len(entry.message)
+                    _INBOUND_ENTRY,
+                    entry.sequence,
+                    entry.receive_us,
+                    entry.channel,
+                    len(campaign),
+                    len(reference),
+                    len(entry.message),
                 )
             )
             parts += (campaign, reference, entry.message)
@@ -260,10 +270,11 @@ def parse_feed(payload: memoryview) -> list[Entry]:
     offset = _RANGE.size
     while offset < len(payload):
         if payload[offset] == _EVENT_ENTRY:
-            _, sequence, status, is_current, previous, source, update_us, receive_us, *lengths = _EVENT.unpack_from(
-                payload, offset
+            fields = _EVENT.unpack_from(payload, offset)
+            _, sequence, status, is_current, previous, source, channel, part, message_status, update_us, receive_us = (
+                fields[:11]
             )
-            (campaign, tracking_id, name, callback), offset = _fields(payload, offset + _EVENT.size, lengths)
+            (campaign, tracking_id, name, callback), offset = _fields(payload, offset + _EVENT.size, fields[11:])
             entry: Entry = StoredEvent(
                 sequence,
                 tracking_id.decode(),
@@ -276,11 +287,14 @@ def parse_feed(payload: memoryview) -> list[Entry]:
                 callback,
                 previous,
                 source,
+                channel,
+                part,
+                message_status,
             )
         elif payload[offset] == _INBOUND_ENTRY:
-            _, sequence, receive_us, *lengths = _INBOUND.unpack_from(payload, offset)
+            _, sequence, receive_us, channel, *lengths = _INBOUND.unpack_from(payload, offset)
             (campaign, reference, message), offset = _fields(payload, offset + _INBOUND.size, lengths)
-            entry = StoredInbound(sequence, campaign.decode(), reference.decode(), receive_us, message)
+            entry = StoredInbound(sequence, campaign.decode(), reference.decode(), receive_us, message, channel)
         else:
             raise FrameError(f"unknown feed entry kind {payload[offset]}")
         entries.append(entry)

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from routee.callbacks.v1 import callback_pb2 as pb
 from service.domain.entries import Entry
 from service.domain.errors import RejectedError, StoreUnavailableError, UnavailableError
 from service.log import ipc
@@ -180,7 +181,8 @@ class RemoteIngest:
         quarantine."""
         job = await parse_or_refuse(self, self._parsers, kind, body, peer)
         if isinstance(job, AppendStatus):
-            frame_kind, message = ipc.SUBMIT_STATUS, job.callback.SerializeToString()
+            sms = isinstance(job.callback, pb.SmsCallback)
+            frame_kind, message = ipc.SUBMIT_SMS if sms else ipc.SUBMIT_STATUS, job.callback.SerializeToString()
         else:
             frame_kind, message = ipc.SUBMIT_INBOUND, job.message.SerializeToString()
         sequence = await self._client.request(lambda request_id: ipc.request(frame_kind, request_id, message))

@@ -23,7 +23,7 @@ from google.protobuf.message import DecodeError
 from routee.callbacks.v1 import callback_pb2 as pb
 from service.domain.entries import Entry
 from service.domain.errors import RejectedError, RouteeCallbacksError
-from service.domain.rules import INBOUND, STATUS
+from service.domain.rules import BODY_KINDS, INBOUND, SMS_STATUS, STATUS
 from service.log import ipc
 from service.log.batch_writer import BatchWriter
 from service.log.ingest import Append, Refusals
@@ -82,14 +82,14 @@ class WriterServer:
 
     def handle(self, connection: _WorkerConnection, kind: int, payload: memoryview) -> None:
         """Act on one frame from a worker."""
-        if kind in (ipc.SUBMIT_STATUS, ipc.SUBMIT_INBOUND):
-            body_kind = STATUS if kind == ipc.SUBMIT_STATUS else INBOUND
+        if kind in _SUBMISSIONS:
+            body_kind = _SUBMISSIONS[kind]
             request_id, body = ipc.parse_request(payload)
             job = _append(body_kind, body)
             self._writer.enqueue_with(job, lambda entry, error: _answer(connection, request_id, entry, error))
         elif kind == ipc.REFUSE:
             request_id, peer, refused, body, body_kind = ipc.parse_refusal(payload)
-            if not isinstance(refused, RejectedError) or body_kind not in (STATUS, INBOUND):
+            if not isinstance(refused, RejectedError) or body_kind not in BODY_KINDS:
                 raise ipc.FrameError(f"a refusal must name a rejection and a kind, not {refused.reason} {body_kind}")
             self._keep_refused(connection, request_id, body_kind, body, peer, refused)
         elif kind == ipc.PROBE:
@@ -108,11 +108,17 @@ class WriterServer:
         )
 
 
+#: What each submission frame carries.
+_SUBMISSIONS = {ipc.SUBMIT_STATUS: STATUS, ipc.SUBMIT_SMS: SMS_STATUS, ipc.SUBMIT_INBOUND: INBOUND}
+
+
 def _append(kind: str, body: bytes) -> Append:
     """The job that stores what a worker validated and sent as protobuf."""
     try:
         if kind == STATUS:
             return AppendStatus(pb.ViberCallback.FromString(body))
+        if kind == SMS_STATUS:
+            return AppendStatus(pb.SmsCallback.FromString(body))
         return AppendInbound(pb.InboundMessage.FromString(body))
     except DecodeError as ex:
         raise ipc.FrameError(f"a {kind} submission is not its protobuf: {ex}") from None

@@ -17,7 +17,7 @@ REFUSAL_REASONS = (
     "header_too_large",
     "allowlist_unavailable",
 )
-TRACKING_ENDPOINTS = ("token", "message", "campaign")
+TRACKING_ENDPOINTS = ("token", "message", "campaign", "sms_message", "sms_campaign")
 TRACKING_OUTCOMES = ("ok", "not_found", "rate_limited", "server_error", "unreachable", "unauthorized", "error")
 ADJUSTMENT_ACTIONS = ("coerced", "dropped")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
@@ -50,21 +50,24 @@ METRICS = (
         "callbacks",
         Counter,
         "routee_callbacks_callbacks",
-        "Callbacks received, by outcome (accepted, duplicate, rejected, unavailable) and reason.",
-        ("outcome", "reason"),
+        "Status callbacks received (Viber callbacks, SMS delivery reports), by outcome (accepted, duplicate,"
+        " rejected, unavailable), reason and channel (viber, sms).",
+        ("outcome", "reason", "channel"),
     ),
     Spec(
         "inbound_messages",
         Counter,
         "routee_callbacks_inbound_messages",
-        "Inbound messages (replies) received, by outcome (accepted, duplicate, rejected, unavailable) and reason.",
-        ("outcome", "reason"),
+        "Inbound messages (Viber replies, inbound SMS) received, by outcome (accepted, duplicate, rejected,"
+        " unavailable), reason and channel (viber, sms).",
+        ("outcome", "reason", "channel"),
     ),
     Spec(
         "last_kept",
         Gauge,
         "routee_callbacks_last_accepted_timestamp_seconds",
-        "When this instance last accepted (kept, not as a duplicate) a body, by kind (status, inbound); Unix"
+        "When this instance last accepted (kept, not as a duplicate) a body, by kind (status, inbound, sms,"
+        " sms_inbound); Unix"
         " seconds, to the second.",
         ("kind",),
         multiprocess_mode="max",

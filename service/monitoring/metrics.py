@@ -34,6 +34,8 @@ from service.monitoring.catalog import (
 )
 
 _T = TypeVar("_T", bound="_Sequenced")
+#: The ``channel`` label's values (routee.callbacks.v1.Channel, in lower case).
+CHANNEL_LABELS = ("viber", "sms")
 
 
 class _Sequenced(Protocol):
@@ -86,14 +88,14 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._multiprocess_dir = multiprocess_dir
         self._allowlist: AllowlistState | None = None
-        self._kept = {"accepted": 0, "duplicate": 0}
+        self._kept = {(channel, outcome): 0 for channel in CHANNEL_LABELS for outcome in ("accepted", "duplicate")}
         self._latencies = [0] * (len(LATENCY_BUCKETS) + 1)  # per bucket, the last one +Inf
         self._latency_sum = 0.0
         for spec in METRICS:
             setattr(self, spec.attribute, spec.build(self.registry))
         for counter in (self.callbacks, self.inbound_messages):  # Exported from the start: alerts compare to 0.
-            for outcome in self._kept:
-                counter.labels(outcome, "")
+            for channel, outcome in self._kept:
+                counter.labels(outcome, "", channel)
         self._export_known_labels()
 
     def _export_known_labels(self) -> None:
@@ -113,26 +115,28 @@ class Metrics:
             for action in ADJUSTMENT_ACTIONS:
                 self.fields_adjusted.labels(field, action)
 
-    def callback_kept(self, duplicate: bool, seconds: float) -> None:
-        """Count one kept callback and the time it took (added to the shared metrics at the next ``flush``)."""
-        self._kept["duplicate" if duplicate else "accepted"] += 1
+    def callback_kept(self, duplicate: bool, seconds: float, channel: str = "viber") -> None:
+        """Count one kept callback of a channel and the time it took (added to the shared metrics at the next
+        ``flush``)."""
+        self._kept[(channel, "duplicate" if duplicate else "accepted")] += 1
         self._latencies[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self._latency_sum += seconds
 
-    def inbound_kept(self, duplicate: bool) -> None:
-        """Count one kept inbound message."""
-        self.inbound_messages.labels("duplicate" if duplicate else "accepted", "").inc()
+    def inbound_kept(self, duplicate: bool, channel: str = "viber") -> None:
+        """Count one kept inbound message of a channel."""
+        self.inbound_messages.labels("duplicate" if duplicate else "accepted", "", channel).inc()
         if not duplicate:
-            self.last_kept.labels("inbound").set(time.time())
+            self.last_kept.labels("inbound" if channel == "viber" else "sms_inbound").set(time.time())
 
     def flush(self) -> None:
         """Add what ``callback_kept`` counted to the shared metrics."""
-        if self._kept["accepted"]:
-            self.last_kept.labels("status").set(time.time())
-        for outcome, count in self._kept.items():
+        for channel, kind in (("viber", "status"), ("sms", "sms")):
+            if self._kept[(channel, "accepted")]:
+                self.last_kept.labels(kind).set(time.time())
+        for (channel, outcome), count in self._kept.items():
             if count:
-                self.callbacks.labels(outcome, "").inc(count)
-                self._kept[outcome] = 0
+                self.callbacks.labels(outcome, "", channel).inc(count)
+                self._kept[(channel, outcome)] = 0
         if any(self._latencies):
             # Histogram.observe adds one observation at a time; its bucket and sum values take many at once.
             for index, count in enumerate(self._latencies):

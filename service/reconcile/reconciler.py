@@ -25,14 +25,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from routee.callbacks.v1 import callback_pb2 as pb
 from service.domain.entries import DueCheck, StoredEvent
 from service.domain.errors import CredentialsRejectedError, RejectedError, UnavailableError
-from service.domain.rules import FROM_TRACKING_API
+from service.domain.rules import FROM_TRACKING_API, SMS, VIBER
 from service.log.batch_writer import BatchWriter
 from service.reconcile.tracking_api import TrackingApi
-from service.routee.tracking import ParseTracked, tracked_callback
+from service.routee.tracking import ParseTracked, tracked_callback, tracked_id
 from service.store import AppendStatus, Reschedule, Store
 
 _LOGGER = logging.getLogger("service.reconcile")
@@ -143,35 +144,43 @@ class Reconciler:
         if now > _gives_up_at(current):
             await self._writer.submit(Reschedule(current.tracking_id, current.sequence, None))
             return 0
-        item = await self._api.message(current.tracking_id)
-        event: StoredEvent | None = None
-        if item is not None:
-            try:
-                callback = tracked_callback(self._parse, item, current.campaign_tracking_id)
-            except RejectedError as ex:
-                _LOGGER.warning(
-                    "the tracking API's answer is not a status",
-                    extra={"tracking_id": current.tracking_id, "error": str(ex)},
-                )
-            else:
-                if callback.tracking_id == current.tracking_id:
-                    event = await self._writer.submit(AppendStatus(callback, source=FROM_TRACKING_API))
-                else:  # Not the message asked about: never stored under any id.
-                    self._mismatched()
-                    _LOGGER.warning(
-                        "the tracking API answered for another message; the answer is discarded",
-                        extra={"tracking_id": current.tracking_id, "answered_for": callback.tracking_id[:256]},
-                    )
-        if event is not None:
-            self._found(1)
-        if event is None or not event.is_current:  # Nothing new: look again later, less often.
+        events = [
+            event
+            for item in await self._api.message(current.tracking_id, current.channel) or []
+            if (event := await self._store_tracked(current, item)) is not None
+        ]
+        if events:
+            self._found(len(events))
+        if not any(event.is_current for event in events):  # Nothing new: look again later, less often.
             wait = self._after * (BACKOFF ** (due.checks + 1) - 1)
             await self._writer.submit(Reschedule(current.tracking_id, current.sequence, int((now + wait) * 1_000_000)))
-        return 0 if event is None else 1
+        return len(events)
+
+    async def _store_tracked(self, current: StoredEvent, item: dict[str, Any]) -> StoredEvent | None:
+        """Store what the API said of a message (of one part, for an SMS); the new event, or None."""
+        try:
+            callback = tracked_callback(self._parse, item, current.campaign_tracking_id, current.channel)
+        except RejectedError as ex:
+            _LOGGER.warning(
+                "the tracking API's answer is not a status",
+                extra={"tracking_id": current.tracking_id, "error": str(ex)},
+            )
+            return None
+        if tracked_id(callback) != current.tracking_id:  # Not the message asked about: never stored under any id.
+            self._mismatched()
+            _LOGGER.warning(
+                "the tracking API answered for another message; the answer is discarded",
+                extra={"tracking_id": current.tracking_id, "answered_for": tracked_id(callback)[:256]},
+            )
+            return None
+        event: StoredEvent | None = await self._writer.submit(AppendStatus(callback, source=FROM_TRACKING_API))
+        return event
 
 
 def _gives_up_at(current: StoredEvent) -> float:
     """When Routee stops knowing anything new of a message: its TTL plus a day after it was created."""
+    if current.channel == SMS:  # An SMS names no TTL: Routee's default validity is assumed.
+        return current.update_us / 1_000_000 + DEFAULT_TTL + GRACE_AFTER_TTL
     callback = pb.ViberCallback.FromString(current.callback)
     created = callback.create_time.ToMicroseconds() if callback.HasField("create_time") else current.update_us
     ttl = callback.ttl if callback.HasField("ttl") else DEFAULT_TTL
@@ -181,28 +190,28 @@ def _gives_up_at(current: StoredEvent) -> float:
 async def backfill(
     store: Store, api: TrackingApi, parse: ParseTracked, campaign_tracking_id: str, *, page_size: int = 100
 ) -> Counts:
-    """Store every message of a campaign the tracking API knows; a status already stored is a duplicate."""
+    """Store every message of a campaign the tracking API knows, Viber and SMS (each part); a status already stored
+    is a duplicate."""
     counts = Counts()
     writer = BatchWriter(store)
     writer.start()
     try:
-        page = 0
-        while True:
-            result = await api.campaign_page(campaign_tracking_id, page, page_size)
-            jobs = []
-            for item in result.items:
-                counts.looked_up += 1
-                try:
-                    jobs.append(
-                        writer.enqueue(
-                            AppendStatus(tracked_callback(parse, item, campaign_tracking_id), source=FROM_TRACKING_API)
-                        )
-                    )
-                except RejectedError as ex:
-                    _LOGGER.warning("skipped an object the tracking API returned: %s", ex)
-            counts.new_events += sum(1 for event in await asyncio.gather(*jobs) if event is not None)
-            if result.last or not result.items:
-                return counts
-            page += 1
+        for channel in (VIBER, SMS):
+            page = 0
+            while True:
+                result = await api.campaign_page(campaign_tracking_id, page, page_size, channel)
+                jobs = []
+                for item in result.items:
+                    counts.looked_up += 1
+                    try:
+                        callback = tracked_callback(parse, item, campaign_tracking_id, channel)
+                        jobs.append(writer.enqueue(AppendStatus(callback, source=FROM_TRACKING_API)))
+                    except RejectedError as ex:
+                        _LOGGER.warning("skipped an object the tracking API returned: %s", ex)
+                counts.new_events += sum(1 for event in await asyncio.gather(*jobs) if event is not None)
+                if result.last or not result.items:
+                    break
+                page += 1
+        return counts
     finally:
         await writer.stop()

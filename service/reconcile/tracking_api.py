@@ -30,6 +30,7 @@ import httpx
 
 from service.config.settings import Credentials
 from service.domain.errors import CredentialsRejectedError, TrackingApiUnavailableError
+from service.domain.rules import SMS, VIBER
 
 _LOGGER = logging.getLogger("service.tracking_api")
 
@@ -38,8 +39,8 @@ DEFAULT_AUTH_URL = "https://auth.routee.net"
 #: A token is renewed this long before Routee says it expires (or at 90 % of its life, if that is sooner).
 TOKEN_MARGIN = 60.0
 
-#: Told of every call: (endpoint: token, message or campaign; outcome: ok, not_found, rate_limited, server_error,
-#: unreachable, unauthorized).
+#: Told of every call: (endpoint: token, message, campaign, sms_message or sms_campaign; outcome: ok, not_found,
+#: rate_limited, server_error, unreachable, unauthorized).
 Observe = Callable[[str, str], None]
 
 
@@ -91,18 +92,29 @@ class TrackingApi:
         """Close the connections."""
         await self._client.aclose()
 
-    async def message(self, tracking_id: str) -> dict[str, Any] | None:
-        """The current status of one message, as the API returns it; None when Routee does not know it."""
-        body = await self._get("message", f"{self._api_url}/viber/tracking/{_segment(tracking_id)}", {})
-        if body is not None and not isinstance(body, dict):
-            raise TrackingApiUnavailableError("Routee's message lookup answered something other than an object")
+    async def message(self, tracking_id: str, channel: int = VIBER) -> list[dict[str, Any]] | None:
+        """The current status of one message as the API returns it (an SMS: of each of its parts); None when Routee
+        does not know it."""
+        if channel == SMS:
+            body = await self._get("sms_message", f"{self._api_url}/sms/tracking/single/{_segment(tracking_id)}", {})
+            if isinstance(body, dict):  # One part, or a page of them.
+                body = body.get("content", [body])
+        else:
+            body = await self._get("message", f"{self._api_url}/viber/tracking/{_segment(tracking_id)}", {})
+            body = [body] if isinstance(body, dict) else body
+        if body is not None and not (isinstance(body, list) and all(isinstance(item, dict) for item in body)):
+            raise TrackingApiUnavailableError("Routee's message lookup answered something other than objects")
         return body
 
-    async def campaign_page(self, campaign_tracking_id: str, page: int, size: int = 100) -> CampaignPage:
-        """One page (from 0) of a campaign's messages; an unknown campaign is an empty last page."""
+    async def campaign_page(
+        self, campaign_tracking_id: str, page: int, size: int = 100, channel: int = VIBER
+    ) -> CampaignPage:
+        """One page (from 0) of a campaign's messages of a channel (an SMS's parts each count); an unknown campaign
+        is an empty last page."""
+        path = "sms/tracking/campaign" if channel == SMS else "viber/tracking/campaign"
         body = await self._get(
-            "campaign",
-            f"{self._api_url}/viber/tracking/campaign/{_segment(campaign_tracking_id)}",
+            "sms_campaign" if channel == SMS else "campaign",
+            f"{self._api_url}/{path}/{_segment(campaign_tracking_id)}",
             {"page": page, "size": size},
         )
         if body is None:

@@ -52,9 +52,6 @@ from service.routee.fields import (
     to_text,
     unset,
 )
-
-# TOLERATED_FIELDS is complete once this module's schemas are built: it is read from here.
-from service.routee.fields import TOLERATED_FIELDS as TOLERATED_FIELDS
 from service.routee.parsed import Adjustment, ParsedCallback, ParsedInbound
 from service.routee.statuses import status_from_name
 
@@ -82,7 +79,7 @@ class Status(TypedDict):
     update_time: Annotated[RouteeTimestamp, Field(alias="updatedDate")]
 
 
-def _with_status(status: dict[str, Any]) -> dict[str, Any]:
+def with_status(status: dict[str, Any]) -> dict[str, Any]:
     """The status's MessageStatus beside its name."""
     status["status"] = status_from_name(status["name"])
     return status
@@ -128,7 +125,7 @@ class ViberCallback(TypedDict, total=False):
     sender: Annotated[Text, Tolerant("from", to_text), Field(alias="from")]
     groups: Annotated[list[str] | None, Strict(), Tolerant("groups", to_strings)]
     country: Annotated[Text, Tolerant("country", to_text)]
-    status: Required[Annotated[Status, AfterValidator(_with_status)]]
+    status: Required[Annotated[Status, AfterValidator(with_status)]]
     body: Annotated[Body | None, Tolerant("body", unset)]
     ttl: Annotated[float | None, Strict(), Tolerant("ttl", to_number)]
     label: Annotated[Text, Tolerant("label", to_text)]
@@ -157,7 +154,7 @@ def parse_callback(body: bytes) -> ParsedCallback:
     not a JSON object).
     """
     adjusted: list[Adjustment] = []
-    fields = _validate(_CALLBACK, body, adjusted, _CALLBACK_IDENTITY)
+    fields = validate_body(_CALLBACK, body, adjusted, _CALLBACK_IDENTITY)
     return ParsedCallback(pb.ViberCallback(**fields, raw_json=body.decode("utf-8")), adjusted)
 
 
@@ -168,7 +165,7 @@ _UTF8_BOM = b"\xef\xbb\xbf"
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _validate(
+def validate_body(
     adapter: TypeAdapter[Any], body: bytes, adjusted: list[Adjustment], identity: frozenset[str]
 ) -> dict[str, Any]:
     """The body's fields as the keyword arguments of its protobuf message.
@@ -231,7 +228,7 @@ def _without_surrogates(value: Any, path: str, identity: frozenset[str]) -> Any:
 # -- inbound messages ------------------------------------------------------------------------------------------
 
 
-def _number_as_text(value: Any) -> Any:
+def number_as_text(value: Any) -> Any:
     """A phone number sent as a JSON number is still the number."""
     return to_text(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
 
@@ -243,7 +240,7 @@ class InboundMessage(TypedDict, total=False):
     sender: Required[
         Annotated[
             RequiredText,
-            BeforeValidator(_number_as_text),
+            BeforeValidator(number_as_text),
             WithJsonSchema(
                 {
                     "anyOf": [
@@ -296,5 +293,5 @@ def parse_inbound(body: bytes) -> ParsedInbound:
     field, when ``from`` or ``sentDate`` is missing or unusable (or the body is not a JSON object).
     """
     adjusted: list[Adjustment] = []
-    fields = _validate(_INBOUND, body, adjusted, _INBOUND_IDENTITY)
+    fields = validate_body(_INBOUND, body, adjusted, _INBOUND_IDENTITY)
     return ParsedInbound(pb.InboundMessage(**fields, raw_json=body.decode("utf-8")), adjusted)

@@ -14,7 +14,7 @@ Adjustment = tuple[str, str]
 class ParsedCallback:
     """A callback ready to store, and what had to be adjusted to get it (raw_json keeps the original)."""
 
-    callback: pb.ViberCallback
+    callback: pb.ViberCallback | pb.SmsCallback
     adjusted: list[Adjustment] = field(default_factory=list)
 
 

@@ -26,7 +26,7 @@ _SEPARATORS = re.compile(r"[\s().\-/]")
 _CANDIDATE = re.compile(r"\+?\d[\d\s().\-/]{5,22}\d")
 #: The JSON keys of a reply that hold what its sender wrote or sent, and of a callback that hold the message.
 _REPLY_CONTENT = ("message", "media", "fileName")
-_CALLBACK_CONTENT = ("body",)
+_CALLBACK_CONTENT = ("body", "message")
 #: The JSON keys that hold numbers (a sender id such as ``Routee`` in them is no number, and stays).
 _NUMBER_KEYS = ("to", "from")
 #: The protobuf fields of a reply that hold what its sender wrote or sent.
@@ -68,9 +68,10 @@ def mentions(body: bytes, number: str) -> bool:
     return any(e164(candidate) == number for candidate in _CANDIDATE.findall(text))
 
 
-def erase_callback(serialized: bytes, number: str) -> bytes | None:
-    """A stored status callback without ``number`` as its recipient; None when it is not its recipient."""
-    callback = pb.ViberCallback.FromString(serialized)
+def erase_callback(serialized: bytes, number: str, sms: bool = False) -> bytes | None:
+    """A stored status callback (``sms``: an SMS delivery report) without ``number`` as its recipient; None when it
+    is not its recipient."""
+    callback = (pb.SmsCallback if sms else pb.ViberCallback).FromString(serialized)
     if e164(callback.recipient) != number:
         return None
     callback.ClearField("recipient")
@@ -114,11 +115,14 @@ def _json_object(raw_json: str) -> dict[str, Any] | None:
     return document if isinstance(document, dict) else None
 
 
-def minimise_callback(callback: pb.ViberCallback, mode: str) -> None:
+def minimise_callback(callback: pb.ViberCallback | pb.SmsCallback, mode: str) -> None:
     """Keep of a status callback only what ``mode`` allows, in place: its recipient masked (or gone), no text."""
     if mode == FULL:
         return
-    callback.ClearField("body")
+    if isinstance(callback, pb.SmsCallback):
+        callback.ClearField("text")
+    else:
+        callback.ClearField("body")
     callback.recipient = _kept_number(callback.recipient, mode)
     callback.raw_json = _minimised_json(callback.raw_json, mode, _CALLBACK_CONTENT)
 

@@ -7,6 +7,7 @@ from service.domain.rules import normalise_status_name
 
 _STATUS_BY_NAME: dict[str, int] = {
     "queued": pb.MESSAGE_STATUS_QUEUED,
+    "sent": pb.MESSAGE_STATUS_SENT,
     "delivered": pb.MESSAGE_STATUS_DELIVERED,
     "seen": pb.MESSAGE_STATUS_SEEN,
     "undelivered": pb.MESSAGE_STATUS_UNDELIVERED,

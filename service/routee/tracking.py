@@ -7,15 +7,23 @@ from collections.abc import Callable
 from typing import Any
 
 from routee.callbacks.v1 import callback_pb2 as pb
+from service.domain.rules import SMS, VIBER
 from service.routee.callbacks import parse_callback
+from service.routee.sms import parse_sms
 
-#: Reads a body in the callback's shape into a callback (RejectedError when it lacks what identifies a status).
-ParseTracked = Callable[[bytes], pb.ViberCallback]
+#: Reads a body in the callback's shape of a channel into a callback (RejectedError when it lacks what identifies
+#: a status).
+ParseTracked = Callable[[bytes, int], pb.ViberCallback | pb.SmsCallback]
 
 
-def parse_tracked(body: bytes) -> pb.ViberCallback:
-    """The ingress's callback model, for what Routee's tracking API returns (in the callback's shape)."""
-    return parse_callback(body).callback
+def parse_tracked(body: bytes, channel: int = VIBER) -> pb.ViberCallback | pb.SmsCallback:
+    """The ingress's callback model of a channel, for what Routee's tracking API returns (in the callback's shape)."""
+    return (parse_sms if channel == SMS else parse_callback)(body).callback
+
+
+def tracked_id(callback: pb.ViberCallback | pb.SmsCallback) -> str:
+    """The tracking id of a callback of either channel."""
+    return callback.message_id if isinstance(callback, pb.SmsCallback) else callback.tracking_id
 
 
 def as_callback(item: dict[str, Any], campaign_tracking_id: str = "") -> dict[str, Any]:
@@ -48,9 +56,28 @@ def as_callback(item: dict[str, Any], campaign_tracking_id: str = "") -> dict[st
     return callback
 
 
-def tracked_callback(parse: ParseTracked, item: dict[str, Any], campaign_tracking_id: str = "") -> pb.ViberCallback:
-    """The callback an API object amounts to, its ``raw_json`` the API's own JSON (RejectedError when the API's
-    object lacks what identifies a status)."""
-    callback = parse(json.dumps(as_callback(item, campaign_tracking_id)).encode())
+def as_sms_report(item: dict[str, Any], campaign_tracking_id: str = "") -> dict[str, Any]:
+    """An SMS tracking API object (one part) in the shape of a delivery report: ``status.status`` and
+    ``status.date`` become ``status.name`` and ``status.updatedDate``, ``body`` the ``message``, ``campaign`` the
+    ``campaignName``."""
+    status = item.get("status") if isinstance(item.get("status"), dict) else {}
+    assert isinstance(status, dict)
+    report: dict[str, Any] = {key: value for key, value in item.items() if key not in ("status", "body", "campaign")}
+    report["campaignTrackingId"] = item.get("campaignTrackingId") or campaign_tracking_id or None
+    report["campaignName"] = item.get("campaignName") or item.get("campaign")
+    report["message"] = item.get("body")
+    report["status"] = {"name": status.get("status"), "updatedDate": status.get("date")}
+    if status.get("reason") is not None:
+        report["status"]["reason"] = status["reason"]
+    return report
+
+
+def tracked_callback(
+    parse: ParseTracked, item: dict[str, Any], campaign_tracking_id: str = "", channel: int = VIBER
+) -> pb.ViberCallback | pb.SmsCallback:
+    """The callback an API object of a channel amounts to, its ``raw_json`` the API's own JSON (RejectedError when
+    the API's object lacks what identifies a status)."""
+    shape = as_sms_report if channel == SMS else as_callback
+    callback = parse(json.dumps(shape(item, campaign_tracking_id)).encode(), channel)
     callback.raw_json = json.dumps(item, ensure_ascii=False)
     return callback

@@ -41,15 +41,17 @@ from service.config.settings import Settings
 from service.config.tls import ReloadingContext, grpc_certificates, grpc_credentials, http_certificates
 from service.config.values import redact
 from service.domain.errors import RouteeCallbacksError
-from service.domain.rules import INBOUND, STATUS
-from service.log.ingest import AdjustmentRecorder, Parsers, Refusals, job
+from service.domain.rules import INBOUND, SMS_INBOUND, SMS_STATUS, STATUS
+from service.log.ingest import AdjustmentRecorder, ParseBody, Parsers, Refusals, job
 from service.log.local import LocalLog, Retention
 from service.log.remote import RemoteIngest, RemoteLog
 from service.log.writer import Feed, WriterServer
 from service.monitoring.metrics import Metrics
 from service.reconcile.reconciler import Reconciler, ReconcileState
 from service.reconcile.tracking_api import TrackingApi
-from service.routee.callbacks import TOLERATED_FIELDS, parse_callback, parse_inbound
+from service.routee.callbacks import parse_callback, parse_inbound
+from service.routee.parsed import ParsedCallback, ParsedInbound
+from service.routee.sms import TOLERATED_FIELDS, parse_sms, parse_sms_inbound
 from service.routee.tracking import parse_tracked
 from service.runtime.process import WRITER_STOP_SIGNAL, Instance
 from service.store import Store, open_store
@@ -244,9 +246,19 @@ def connection_policy(settings: Settings, allowlist: Allowlist, metrics: Metrics
 def parsers(metrics: Metrics | None = None) -> Parsers:
     """The ingress's parsers, by kind of body; with ``metrics``, the fields they adjust are counted and logged.
     (``quarantine replay`` uses them without: today's rules applied to bodies refused earlier.)"""
+    readers: dict[str, Callable[[bytes], ParsedCallback | ParsedInbound]] = {
+        STATUS: parse_callback,
+        INBOUND: parse_inbound,
+        SMS_STATUS: parse_sms,
+        SMS_INBOUND: parse_sms_inbound,
+    }
     if metrics is None:
-        return {STATUS: lambda body: job(parse_callback(body)), INBOUND: lambda body: job(parse_inbound(body))}
-    return {STATUS: AdjustmentRecorder(parse_callback, metrics), INBOUND: AdjustmentRecorder(parse_inbound, metrics)}
+        return {kind: _plain(read) for kind, read in readers.items()}
+    return {kind: AdjustmentRecorder(read, metrics) for kind, read in readers.items()}
+
+
+def _plain(read: Callable[[bytes], ParsedCallback | ParsedInbound]) -> ParseBody:
+    return lambda body: job(read(body))
 
 
 def tracking_api(settings: Settings, metrics: Metrics | None = None) -> TrackingApi | None:

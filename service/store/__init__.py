@@ -62,7 +62,7 @@ class AppendStatus:
     stored (``check_from_us``); a final one never is.
     """
 
-    callback: pb.ViberCallback
+    callback: pb.ViberCallback | pb.SmsCallback
     source: int = FROM_CALLBACK
 
 
@@ -255,10 +255,16 @@ class LogReader(Protocol):
         and their totals when asked (bounded as ``message``)."""
 
     async def list_messages(
-        self, campaign_tracking_id: str, statuses: frozenset[int], after_tracking_id: str, limit: int
+        self,
+        campaign_tracking_id: str,
+        statuses: frozenset[int],
+        after_tracking_id: str,
+        limit: int,
+        channels: frozenset[int] = frozenset(),
     ) -> list[StoredEvent]:
         """Return the current-status events of up to ``limit`` messages of a campaign whose current status is one
-        of ``statuses`` (all when empty), with a tracking id after ``after_tracking_id``, in tracking id order."""
+        of ``statuses`` and channel one of ``channels`` (all when empty), with a tracking id after
+        ``after_tracking_id``, in tracking id order."""
 
     async def campaign_summary(self, campaign_tracking_id: str) -> CampaignSummary | None:
         """Return the campaign's counts by current status and the sequence they are consistent with (None when the

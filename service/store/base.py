@@ -18,7 +18,7 @@ from service.domain.entries import (
     StoredInbound,
 )
 from service.domain.limits import MAX_EVENTS_PER_MESSAGE, MAX_REPLIES_PER_MESSAGE
-from service.domain.rules import FULL
+from service.domain.rules import FULL, SMS
 from service.store import Job, Quarantined, WriteResult, bounded, merge_entries, with_latest, writes
 from service.store import sql as q
 from service.store.sql import Session
@@ -104,7 +104,8 @@ class SqlStore:
 
     async def message(self, tracking_id: str) -> MessageState | None:
         """Return a message's latest events and replies with their totals, read together (None when it has no
-        event); its current status is the last of its events in precedence order."""
+        event); a Viber message's current status is the last of its events in precedence order, an SMS's the
+        event its row names, with each part's current event."""
         key = (tracking_id,)
 
         async def read(session: Session) -> MessageState | None:
@@ -116,7 +117,12 @@ class SqlStore:
             answers, more_replies = bounded([q.inbound(row) for row in replies], MAX_REPLIES_PER_MESSAGE)
             events_total = await q.scalar(session, q.COUNT_EVENTS, key) if more_events else len(history)
             replies_total = await q.scalar(session, q.COUNT_REPLIES, key) if more_replies else len(answers)
-            return MessageState(history[-1], history, answers, events_total, replies_total)
+            state = MessageState(history[-1], history, answers, events_total, replies_total)
+            if state.current.channel == SMS:
+                current = await session.rows(q.CURRENT_EVENT, key)
+                state.current = q.event(current[0]) if current else state.current
+                await _with_parts(session, {tracking_id: state})
+            return state
 
         return await self._read(read, inline=True)
 
@@ -167,24 +173,32 @@ class SqlStore:
                 replies = await session.execute(q.latest_replies(condition), params)
                 with_latest(
                     found,
-                    [(q.event(row), row[11]) for row in await events.fetchall()],
-                    [(q.inbound(row), row[5]) for row in await replies.fetchall()],
+                    [(q.event(row), row[-1]) for row in await events.fetchall()],
+                    [(q.inbound(row), row[-1]) for row in await replies.fetchall()],
                 )
+                await _with_parts(session, {key: state for key, state in found.items() if state.current.channel == SMS})
             return found
 
         return await self._read(read)
 
     async def list_messages(
-        self, campaign_tracking_id: str, statuses: frozenset[int], after_tracking_id: str, limit: int
+        self,
+        campaign_tracking_id: str,
+        statuses: frozenset[int],
+        after_tracking_id: str,
+        limit: int,
+        channels: frozenset[int] = frozenset(),
     ) -> list[StoredEvent]:
         """Return the current-status events of up to ``limit`` messages of a campaign whose current status is one
-        of ``statuses`` (all when empty), with a tracking id after ``after_tracking_id``, in tracking id order."""
+        of ``statuses`` and whose channel one of ``channels`` (all when empty), with a tracking id after
+        ``after_tracking_id``, in tracking id order."""
 
         async def read(session: Session) -> list[StoredEvent]:
             condition, params = "", ()  # type: tuple[str, tuple[object, ...]]
-            if statuses:
-                condition, params = session.dialect.any_of("m.status", sorted(statuses))
-                condition = f" AND {condition}"
+            for column, values in (("m.status", statuses), ("m.channel", channels)):
+                if values:
+                    clause, more = session.dialect.any_of(column, sorted(values))
+                    condition, params = f"{condition} AND {clause}", (*params, *more)
             rows = await session.rows(
                 f"SELECT {q.event_columns('e.')} FROM messages m JOIN events e ON e.sequence = m.current_sequence"
                 f" WHERE m.campaign_tracking_id = %s{condition} AND m.tracking_id > %s ORDER BY m.tracking_id"
@@ -260,3 +274,17 @@ class SqlStore:
             return await q.scalar(session, "SELECT count(*) FROM quarantine"), await q.meta(session, "quarantine_bytes")
 
         return await self._read(read, inline=True)
+
+
+async def _with_parts(session: Session, states: dict[str, MessageState]) -> None:
+    """Put each SMS part's current event into the states of SMS messages, in part order."""
+    if not states:
+        return
+    condition, params = session.dialect.any_of("p.tracking_id", list(states))
+    rows = await session.rows(
+        f"SELECT {q.event_columns('e.')} FROM sms_parts p JOIN events e ON e.sequence = p.current_sequence"
+        f" WHERE {condition} ORDER BY p.tracking_id, p.part",
+        params,
+    )
+    for event in map(q.event, rows):
+        states[event.tracking_id].parts.append(event)

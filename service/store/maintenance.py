@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from service.domain.rules import FULL, INBOUND
+from service.domain.rules import FULL, INBOUND_KINDS, SMS
 from service.routee.privacy import minimise_body
 from service.store import DropQuarantined, PruneChunk, Quarantine, body_digest, oldest_beyond, quarantine_cost
 from service.store.sql import Session, add_counts, meta, order_by, scalar, set_meta
@@ -18,7 +18,7 @@ from service.store.sql import Session, add_counts, meta, order_by, scalar, set_m
 async def quarantine(session: Session, job: Quarantine, now_us: int, personal_data: str = FULL) -> int:
     """Keep a refused body (what ``personal_data`` allows of it), or count another attempt of one kept; then keep
     the whole within its bound."""
-    job = replace(job, body=minimise_body(job.body, personal_data, reply=job.kind == INBOUND))
+    job = replace(job, body=minimise_body(job.body, personal_data, reply=job.kind in INBOUND_KINDS))
     digest = body_digest(job.body)
     row = _first(
         await session.rows(
@@ -120,8 +120,8 @@ async def _prune_campaigns(session: Session, cutoff_us: int, chunk: int) -> int:
 
 
 async def _repair_current(session: Session, tracking_ids: Sequence[str]) -> None:
-    """A message whose current event was pruned takes its best remaining event as current, or is forgotten; the
-    campaign counts follow."""
+    """A message whose current event was pruned takes its best remaining event as current (an SMS: its last, with
+    the status it left the message in), or is forgotten with its parts; the campaign counts follow."""
     condition, params = session.dialect.any_of("m.tracking_id", tracking_ids)
     orphaned = await session.rows(
         f"DELETE FROM messages AS m WHERE {condition}"
@@ -136,15 +136,23 @@ async def _repair_current(session: Session, tracking_ids: Sequence[str]) -> None
         counts[(campaign, status)] = counts.get((campaign, status), 0) - 1
     condition, params = session.dialect.any_of("tracking_id", [row[0] for row in orphaned])
     for campaign, status in await session.rows(
-        "INSERT INTO messages (tracking_id, campaign_tracking_id, current_sequence, update_us, rank, status)"
-        " SELECT tracking_id, campaign_tracking_id, sequence, update_us, rank, status FROM (SELECT *,"
-        f" ROW_NUMBER() OVER (PARTITION BY tracking_id ORDER BY {order_by(descending=True)}) AS best"
-        f" FROM events WHERE {condition}) AS ranked WHERE best = 1"
+        "INSERT INTO messages (tracking_id, campaign_tracking_id, current_sequence, update_us, rank, status, channel)"
+        " SELECT tracking_id, campaign_tracking_id, sequence, update_us, rank, status, channel FROM (SELECT"
+        " tracking_id, campaign_tracking_id, sequence, update_us, rank, channel,"
+        f" CASE WHEN channel = {SMS} THEN message_status ELSE status END AS status,"
+        f" ROW_NUMBER() OVER (PARTITION BY tracking_id ORDER BY CASE WHEN channel = {SMS} THEN sequence ELSE 0 END"
+        f" DESC, {order_by(descending=True)}) AS best FROM events WHERE {condition}) AS ranked WHERE best = 1"
         " RETURNING campaign_tracking_id, status",
         params,
     ):
         counts[(campaign, status)] = counts.get((campaign, status), 0) + 1
     await add_counts(session, {key: delta for key, delta in counts.items() if delta})
+    condition, params = session.dialect.any_of("tracking_id", [row[0] for row in orphaned])
+    await session.execute(
+        f"DELETE FROM sms_parts WHERE {condition}"
+        " AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.tracking_id = sms_parts.tracking_id)",
+        params,
+    )
 
 
 def _first(rows: list[Any]) -> Any:

@@ -1,6 +1,6 @@
 """Plans a batch without a database: which callbacks and inbound messages are duplicates, which sequence each
-new entry gets, and which event becomes its message's current status. Engines read what the plan needs, then
-write what it says.
+new entry gets, and which event becomes its message's current status (for an SMS: its part's, and what the
+parts make the message's). Engines read what the plan needs, then write what it says.
 """
 
 from __future__ import annotations
@@ -11,7 +11,15 @@ from typing import NamedTuple
 
 from routee.callbacks.v1 import callback_pb2 as pb
 from service.domain.entries import StoredEvent, StoredInbound
-from service.domain.rules import FROM_CALLBACK, EventKey, lifecycle_rank, precedence
+from service.domain.rules import (
+    FROM_CALLBACK,
+    SMS,
+    VIBER,
+    EventKey,
+    lifecycle_rank,
+    precedence,
+    sms_message_status,
+)
 from service.store import AppendInbound, AppendStatus, Job, Release
 
 
@@ -23,6 +31,21 @@ class Current(NamedTuple):
     update_us: int
     rank: int
     sequence: int
+    channel: int = VIBER
+
+
+class PartCurrent(NamedTuple):
+    """An SMS part's current status as stored, and how many parts its message has by its report."""
+
+    status: int
+    update_us: int
+    rank: int
+    sequence: int
+    parts: int
+
+
+#: An SMS's parts by part number.
+Parts = dict[int, PartCurrent]
 
 
 class NewEvent(NamedTuple):
@@ -43,6 +66,8 @@ class StatusPlan:
     events: list[NewEvent] = field(default_factory=list)
     #: The messages whose current status changes, with their new current status.
     messages: dict[str, Current] = field(default_factory=dict)
+    #: The SMS parts whose current status changes, by (tracking id, part).
+    parts: dict[tuple[str, int], PartCurrent] = field(default_factory=dict)
     #: How the number of messages per (campaign, current status) changes; zeros left out.
     counts: dict[tuple[str, int], int] = field(default_factory=dict)
     #: Per campaign with new events, the earliest and latest ``updatedDate`` among them.
@@ -52,7 +77,7 @@ class StatusPlan:
 
 
 def plan_status(
-    callbacks: Sequence[pb.ViberCallback],
+    callbacks: Sequence[pb.ViberCallback | pb.SmsCallback],
     keys: Sequence[EventKey],
     *,
     existing: set[EventKey],
@@ -60,17 +85,20 @@ def plan_status(
     last_sequence: int,
     receive_us: int,
     sources: Sequence[int] = (),
+    parts: Mapping[str, Parts] | None = None,
 ) -> StatusPlan:
     """Plan a batch; ``keys`` are the callbacks' event keys, ``sources`` where each came from (all callbacks when
-    empty).
+    empty), ``parts`` the stored parts of the batch's SMS.
 
     Sequences follow ``last_sequence`` in batch order; duplicates (already stored, or earlier in the batch) get
     none. A new event becomes current when its precedence beats the message's current event; being stored later,
-    it wins every tie.
+    it wins every tie. An SMS report becomes its part's current status by the same rule, and its message's when
+    the parts then give the message another status (``sms_message_status``).
     """
     plan = StatusPlan(last_sequence=last_sequence)
     seen = set(existing)
     state = dict(current)
+    sms_parts = {tracking_id: dict(stored) for tracking_id, stored in (parts or {}).items()}
     for index, (callback, key) in enumerate(zip(callbacks, keys, strict=True)):
         if key in seen:
             plan.results.append(None)
@@ -78,10 +106,18 @@ def plan_status(
         seen.add(key)
         plan.last_sequence += 1
         source = sources[index] if sources else FROM_CALLBACK
-        new = _new_event(callback, key, plan.last_sequence, state.get(key[0]), receive_us, source)
+        before = state.get(key[0])
+        if isinstance(callback, pb.SmsCallback):
+            message_parts = sms_parts.setdefault(key[0], {})
+            new = _new_sms_event(callback, key, plan.last_sequence, before, message_parts, receive_us, source)
+            part = message_parts.get(new.event.part)
+            if part is not None and part.sequence == new.event.sequence:
+                plan.parts[(key[0], new.event.part)] = part
+        else:
+            new = _new_event(callback, key, plan.last_sequence, before, receive_us, source)
         plan.events.append(new)
         plan.results.append(new.event)
-        _add_event(plan, new.event, new.rank)
+        _add_event(plan, new.event)
         if new.event.is_current:
             state[key[0]] = plan.messages[key[0]]
     _count_messages(plan, current)
@@ -110,17 +146,64 @@ def _new_event(
         callback.SerializeToString(),
         before.status if is_current and before is not None else 0,
         source,
+        VIBER,
+        0,
+        status if is_current or before is None else before.status,
     )
     return NewEvent(event, status_key, rank)
 
 
-def _add_event(plan: StatusPlan, event: StoredEvent, rank: int) -> None:
+def _new_sms_event(
+    callback: pb.SmsCallback,
+    key: EventKey,
+    sequence: int,
+    before: Current | None,
+    parts: Parts,
+    receive_us: int,
+    source: int,
+) -> NewEvent:
+    """The event an SMS report makes at ``sequence``: its part's current status when it beats the part's current
+    event (``parts`` updated), and current for its message when the parts then give the message another status."""
+    tracking_id, status_key, update_us = key
+    status, part = callback.status.status, callback.part or 1
+    rank = lifecycle_rank(status)
+    stored = parts.get(part)
+    if stored is None or precedence(update_us, rank, sequence) > precedence(
+        stored.update_us, stored.rank, stored.sequence
+    ):
+        parts[part] = PartCurrent(status, update_us, rank, sequence, callback.parts or 1)
+    count = max(callback.parts or 1, *(current.parts for current in parts.values()))
+    message_status = sms_message_status({number: (now.status, now.update_us) for number, now in parts.items()}, count)
+    is_current = before is None or message_status != before.status
+    event = StoredEvent(
+        sequence,
+        tracking_id,
+        callback.campaign_tracking_id,
+        status,
+        callback.status.name,
+        update_us,
+        receive_us,
+        is_current,
+        callback.SerializeToString(),
+        before.status if is_current and before is not None else 0,
+        source,
+        SMS,
+        part,
+        message_status,
+    )
+    return NewEvent(event, status_key, rank)
+
+
+def _add_event(plan: StatusPlan, event: StoredEvent) -> None:
     """Note a new event in its campaign's times, and as its message's current status when it is."""
     campaign, update_us = event.campaign_tracking_id, event.update_us
     first, latest = plan.campaign_times.get(campaign, (update_us, update_us))
     plan.campaign_times[campaign] = (min(first, update_us), max(latest, update_us))
     if event.is_current:
-        plan.messages[event.tracking_id] = Current(campaign, event.status, update_us, rank, event.sequence)
+        status = event.message_status
+        plan.messages[event.tracking_id] = Current(
+            campaign, status, update_us, lifecycle_rank(status), event.sequence, event.channel
+        )
 
 
 def _count_messages(plan: StatusPlan, stored: Mapping[str, Current]) -> None:
@@ -202,6 +285,7 @@ def plan_inbound(
             message.reference_tracking_id,
             receive_us,
             stored.SerializeToString(),
+            message.channel or VIBER,
         )
         plan.entries.append(NewInbound(entry, key))
         plan.results.append(entry)

@@ -148,6 +148,29 @@ MIGRATIONS = (
     """
     {no_statistics};
     """,
+    # SMS: each event's channel and part, and the message's status after it (what the parts make it, for an SMS);
+    # each SMS part's current status; ranks make room for SENT, between QUEUED and DELIVERED. An event stored
+    # before that became current left the message with its own status; of a late one it is not known (0).
+    """
+    ALTER TABLE events ADD COLUMN channel {int2} NOT NULL DEFAULT 1;
+    ALTER TABLE events ADD COLUMN part {int2} NOT NULL DEFAULT 0;
+    ALTER TABLE events ADD COLUMN message_status {int2} NOT NULL DEFAULT 0;
+    UPDATE events SET rank = CASE WHEN rank >= 2 THEN rank + 1 ELSE rank END,
+        message_status = CASE WHEN was_current THEN status ELSE 0 END;
+    ALTER TABLE messages ADD COLUMN channel {int2} NOT NULL DEFAULT 1;
+    UPDATE messages SET rank = rank + 1 WHERE rank >= 2;
+    ALTER TABLE inbound ADD COLUMN channel {int2} NOT NULL DEFAULT 1;
+    CREATE TABLE IF NOT EXISTS sms_parts (
+        tracking_id {text} NOT NULL,
+        part {int2} NOT NULL,
+        parts {int2} NOT NULL,                       -- how many parts the message has, by this part's report
+        status {int2} NOT NULL,
+        update_us {int8} NOT NULL,
+        rank {int2} NOT NULL,
+        current_sequence {int8} NOT NULL,            -- the part's current event
+        PRIMARY KEY (tracking_id, part)
+    ) {without_rowid};
+    """,
 )
 
 #: PostgreSQL databases made before the list was one numbered their versions one lower from the second on: their

@@ -96,9 +96,9 @@ class Session(Protocol):
 #: The columns of a stored event and of a stored inbound message, in the order of StoredEvent and StoredInbound.
 EVENT_COLUMNS = (
     "sequence, tracking_id, campaign_tracking_id, status, status_name, update_us, receive_us, was_current, callback,"
-    " previous_status, source"
+    " previous_status, source, channel, part, message_status"
 )
-INBOUND_COLUMNS = "sequence, campaign_tracking_id, reference_tracking_id, receive_us, message"
+INBOUND_COLUMNS = "sequence, campaign_tracking_id, reference_tracking_id, receive_us, message, channel"
 QUARANTINE_COLUMNS = "id, received_us, last_us, peer, status, reason, detail, attempts, body, kind"
 
 
@@ -117,13 +117,26 @@ def order_by(prefix: str = "", *, descending: bool = False) -> str:
 def event(row: Sequence[Any]) -> StoredEvent:
     """A StoredEvent from a row of EVENT_COLUMNS (more columns after them are ignored)."""
     return StoredEvent(
-        row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]), bytes(row[8]), row[9], row[10]
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        row[5],
+        row[6],
+        bool(row[7]),
+        bytes(row[8]),
+        row[9],
+        row[10],
+        row[11],
+        row[12],
+        row[13],
     )
 
 
 def inbound(row: Sequence[Any]) -> StoredInbound:
     """A StoredInbound from a row of INBOUND_COLUMNS (more columns after them are ignored)."""
-    return StoredInbound(row[0], row[1], row[2], row[3], bytes(row[4]))
+    return StoredInbound(row[0], row[1], row[2], row[3], bytes(row[4]), row[5])
 
 
 def where(event_filter: EventFilter, dialect: Dialect) -> tuple[str, tuple[object, ...]]:
@@ -137,6 +150,10 @@ def where(event_filter: EventFilter, dialect: Dialect) -> tuple[str, tuple[objec
         condition, values = dialect.any_of("status", sorted(event_filter.statuses))
         clauses += f" AND {condition}"
         params += values
+    if event_filter.channels:
+        condition, values = dialect.any_of("channel", sorted(event_filter.channels))
+        clauses += f" AND {condition}"
+        params += values
     return clauses, params
 
 
@@ -144,7 +161,7 @@ def snapshot_page(
     dialect: Dialect, event_filter: EventFilter, as_of: int, after: str, limit: int
 ) -> tuple[str, tuple[object, ...]]:
     """One page of a snapshot, and its parameters: the messages of the filter after a tracking id, in tracking id
-    order, each with its current event as of a sequence (the best event with a sequence up to it; a message whose
+    order, each with its current event as of a sequence (the last event up to it that became current; a message whose
     first event came later is not in it).
 
     A message read as it is now but changed after that sequence would reach the stream twice, or leave a gap: its
@@ -153,7 +170,7 @@ def snapshot_page(
     that order): linear in the campaign, and a page costs the same at its end as at its start."""
     as_of_sequence = (
         "CASE WHEN m.current_sequence <= %s THEN m.current_sequence ELSE (SELECT h.sequence FROM events h"
-        f" WHERE h.tracking_id = m.tracking_id AND h.sequence <= %s ORDER BY {order_by('h.', descending=True)}"
+        " WHERE h.tracking_id = m.tracking_id AND h.sequence <= %s AND h.was_current ORDER BY h.sequence DESC"
         " LIMIT 1) END"
     )
     conditions = f"e.sequence = {as_of_sequence}"
@@ -164,7 +181,11 @@ def snapshot_page(
     conditions += " AND m.tracking_id > %s"
     params += (after,)
     if event_filter.statuses:
-        condition, values = dialect.any_of("e.status", sorted(event_filter.statuses))
+        condition, values = dialect.any_of("e.message_status", sorted(event_filter.statuses))
+        conditions += f" AND {condition}"
+        params += values
+    if event_filter.channels:
+        condition, values = dialect.any_of("m.channel", sorted(event_filter.channels))
         conditions += f" AND {condition}"
         params += values
     return (
@@ -207,6 +228,11 @@ ONE_MESSAGE_EVENTS = (
 ONE_MESSAGE_REPLIES = (
     f"SELECT {INBOUND_COLUMNS} FROM inbound WHERE reference_tracking_id = %s"
     f" ORDER BY sequence DESC LIMIT {MAX_REPLIES_PER_MESSAGE + 1}"
+)
+#: A message's current-status event, as its row names it (an SMS's is not the best of its events by precedence).
+CURRENT_EVENT = (
+    f"SELECT {event_columns('e.')} FROM messages m JOIN events e ON e.sequence = m.current_sequence"
+    " WHERE m.tracking_id = %s"
 )
 COUNT_EVENTS = "SELECT COUNT(*) FROM events WHERE tracking_id = %s"
 COUNT_REPLIES = "SELECT COUNT(*) FROM inbound WHERE reference_tracking_id = %s"

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from routee.callbacks.v1 import callback_pb2 as pb
-from service.domain.rules import FULL, EventKey, check_from, event_key, inbound_key
+from service.domain.rules import FULL, EventKey, check_from, event_key, inbound_key, sms_event_key
 from service.routee.privacy import minimise_callback, minimise_reply
 from service.store import (
     AppendInbound,
@@ -24,7 +24,17 @@ from service.store import (
     erasure,
     maintenance,
 )
-from service.store.plan import Current, InboundPlan, NewEvent, StatusPlan, appends, plan_inbound, plan_status
+from service.store.plan import (
+    Current,
+    InboundPlan,
+    NewEvent,
+    PartCurrent,
+    Parts,
+    StatusPlan,
+    appends,
+    plan_inbound,
+    plan_status,
+)
 from service.store.sql import Cursor, Insert, Session, add_counts, set_meta
 
 _EVENTS = Insert(
@@ -43,6 +53,9 @@ _EVENTS = Insert(
         ("callback", "bytes"),
         ("previous_status", "int2"),
         ("source", "int2"),
+        ("channel", "int2"),
+        ("part", "int2"),
+        ("message_status", "int2"),
     ),
 )
 _MESSAGES = Insert(
@@ -55,6 +68,7 @@ _MESSAGES = Insert(
         ("rank", "int2"),
         ("status", "int2"),
         ("check_from_us", "int8"),
+        ("channel", "int2"),
     ),
     " ON CONFLICT (tracking_id) DO UPDATE SET campaign_tracking_id = excluded.campaign_tracking_id,"
     " current_sequence = excluded.current_sequence, update_us = excluded.update_us, rank = excluded.rank,"
@@ -78,7 +92,22 @@ _INBOUND = Insert(
         ("reference_tracking_id", "text"),
         ("receive_us", "int8"),
         ("message", "bytes"),
+        ("channel", "int2"),
     ),
+)
+_SMS_PARTS = Insert(
+    "sms_parts",
+    (
+        ("tracking_id", "text"),
+        ("part", "int2"),
+        ("parts", "int2"),
+        ("status", "int2"),
+        ("update_us", "int8"),
+        ("rank", "int2"),
+        ("current_sequence", "int8"),
+    ),
+    " ON CONFLICT (tracking_id, part) DO UPDATE SET parts = excluded.parts, status = excluded.status,"
+    " update_us = excluded.update_us, rank = excluded.rank, current_sequence = excluded.current_sequence",
 )
 _KEY_COLUMNS = (("tracking_id", "text"), ("status_key", "text"), ("update_us", "int8"))
 
@@ -135,16 +164,24 @@ async def _append(
     if not appended and not messages:
         return StatusPlan(), InboundPlan()
     callbacks = [append.callback for append in appended]
-    keys = [event_key(callback) for callback in callbacks]
+    keys = [
+        sms_event_key(callback) if isinstance(callback, pb.SmsCallback) else event_key(callback)
+        for callback in callbacks
+    ]
+    sms_ids = sorted(
+        {key[0] for key, callback in zip(keys, callbacks, strict=True) if isinstance(callback, pb.SmsCallback)}
+    )
     content_keys = [inbound_key(message) for message in messages]
     _minimise(callbacks, messages, personal_data)  # After the keys: a retry is still recognised by what it was.
     # The log's lock first, then the reads (each sees what committed before it started); all sent before the
     # first answer is awaited, so that PostgreSQL's pipeline waits once.
     dialect = session.dialect
     head = await session.execute(f"SELECT value FROM meta WHERE key = 'last_sequence'{dialect.lock_head}")
-    stored = current_rows = inbound_rows = None
+    stored = current_rows = inbound_rows = part_rows = None
     if keys:
         stored, current_rows = await _stored_keys(session, keys), await _current(session, keys)
+    if sms_ids:
+        part_rows = await _parts(session, sms_ids)
     if content_keys:
         condition, params = dialect.any_of("content_key", content_keys)
         inbound_rows = await session.execute(f"SELECT content_key FROM inbound WHERE {condition}", params)
@@ -159,6 +196,7 @@ async def _append(
         last_sequence=int(row[0]) if row else 0,
         receive_us=receive_us,
         sources=[append.source for append in appended],
+        parts=_stored_parts(await _rows(part_rows)),
     )
     inbound = plan_inbound(
         messages,
@@ -174,7 +212,9 @@ async def _append(
     return plan, inbound
 
 
-def _minimise(callbacks: Sequence[pb.ViberCallback], messages: Sequence[pb.InboundMessage], mode: str) -> None:
+def _minimise(
+    callbacks: Sequence[pb.ViberCallback | pb.SmsCallback], messages: Sequence[pb.InboundMessage], mode: str
+) -> None:
     """Keep of each callback and reply only the personal data ``mode`` allows, in place."""
     if mode != FULL:
         for callback in callbacks:
@@ -195,6 +235,22 @@ async def _current(session: Session, keys: Sequence[EventKey]) -> Cursor:
         f" WHERE {condition}",
         params,
     )
+
+
+async def _parts(session: Session, tracking_ids: Sequence[str]) -> Cursor:
+    """The current status of each part of the batch's SMS."""
+    condition, params = session.dialect.any_of("tracking_id", tracking_ids)
+    return await session.execute(
+        f"SELECT tracking_id, part, status, update_us, rank, current_sequence, parts FROM sms_parts WHERE {condition}",
+        params,
+    )
+
+
+def _stored_parts(rows: Sequence[Any]) -> dict[str, Parts]:
+    parts: dict[str, Parts] = {}
+    for tracking_id, part, status, update_us, rank, sequence, count in rows:
+        parts.setdefault(tracking_id, {})[part] = PartCurrent(status, update_us, rank, sequence, count)
+    return parts
 
 
 async def _stored_keys(session: Session, keys: Sequence[EventKey]) -> Cursor:
@@ -226,6 +282,9 @@ def _event_row(new: NewEvent) -> tuple[object, ...]:
         event.callback,
         event.previous_status,
         event.source,
+        event.channel,
+        event.part,
+        event.message_status,
     )
 
 
@@ -244,10 +303,19 @@ async def _write_status(session: Session, plan: StatusPlan, receive_us: int) -> 
                 now.rank,
                 now.status,
                 check_from(now.status, receive_us),
+                now.channel,
             )
             for tracking_id, now in plan.messages.items()
         ],
     )
+    if plan.parts:
+        await session.insert(
+            _SMS_PARTS,
+            [
+                (tracking_id, part, now.parts, now.status, now.update_us, now.rank, now.sequence)
+                for (tracking_id, part), now in sorted(plan.parts.items())
+            ],
+        )
     await add_counts(session, plan.counts)
     await session.insert(
         _CAMPAIGNS, [(campaign, first, latest) for campaign, (first, latest) in plan.campaign_times.items()]
@@ -266,6 +334,7 @@ async def _write_inbound(session: Session, inbound: InboundPlan) -> None:
                     new.entry.reference_tracking_id,
                     new.entry.receive_us,
                     new.entry.message,
+                    new.entry.channel,
                 )
                 for new in inbound.entries
             ],

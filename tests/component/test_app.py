@@ -169,9 +169,10 @@ class TestOtherRoutes:
             metrics = await conductor.simulate_get("/metrics")
         assert metrics.status_code == 200
         text = metrics.text
-        assert 'routee_callbacks_callbacks_total{outcome="accepted",reason=""} 1.0' in text
-        assert 'routee_callbacks_callbacks_total{outcome="duplicate",reason=""} 1.0' in text
-        assert 'routee_callbacks_callbacks_total{outcome="rejected",reason="malformed_json"} 1.0' in text
+        assert 'routee_callbacks_callbacks_total{channel="viber",outcome="accepted",reason=""} 1.0' in text
+        assert 'routee_callbacks_callbacks_total{channel="viber",outcome="duplicate",reason=""} 1.0' in text
+        rejected = 'routee_callbacks_callbacks_total{channel="viber",outcome="rejected",reason="malformed_json"} 1.0'
+        assert rejected in text
 
     @pytest.mark.parametrize(("method", "path", "status"), [("GET", "/nope", 404), ("GET", CALLBACKS_PATH, 405)])
     async def test_unknown_paths_and_methods(self, harness: Harness, method: str, path: str, status: int) -> None:
@@ -324,7 +325,7 @@ class TestInbound:
         assert [update.sequence for update in await replies.next_batch(0.01) or []] == [1]
         assert await harness.published() == [], "status subscribers do not get replies"
         counted = harness.metrics.registry.get_sample_value(
-            "routee_callbacks_inbound_messages_total", {"outcome": "duplicate", "reason": ""}
+            "routee_callbacks_inbound_messages_total", {"outcome": "duplicate", "reason": "", "channel": "viber"}
         )
         assert counted == 1
 

@@ -15,7 +15,7 @@ from service.config.settings import Credentials
 from service.domain.rules import FROM_CALLBACK, FROM_TRACKING_API
 from service.reconcile.reconciler import Reconciler, ReconcileState, backfill
 from service.reconcile.tracking_api import TrackingApi
-from service.routee.callbacks import parse_callback
+from service.routee.tracking import parse_tracked
 from support.embedded import Embedded
 from support.fake_routee import APPLICATION_ID, SECRET, FakeRoutee, fake_routee, tracking_object
 
@@ -70,7 +70,7 @@ async def reconciler(
         service.store,
         service.log.writer,
         api,
-        lambda raw: parse_callback(raw).callback,
+        parse_tracked,
         after=HOUR,
         state=ReconcileState(tmp_path / "reconcile.json"),
         clock=clock,
@@ -137,8 +137,8 @@ async def test_a_campaign_backfill_stores_what_is_new_once(service: Embedded, fa
     await service.append(body("m001", "Seen", "2024-05-01T10:00:00Z", campaign="c7"))  # Known already.
     api = TrackingApi(Credentials(APPLICATION_ID, SECRET), api_url=fake.url, auth_url=fake.url, rate=1000.0)
     try:
-        first = await backfill(service.store, api, lambda raw: parse_callback(raw).callback, "c7")
-        again = await backfill(service.store, api, lambda raw: parse_callback(raw).callback, "c7")
+        first = await backfill(service.store, api, parse_tracked, "c7")
+        again = await backfill(service.store, api, parse_tracked, "c7")
     finally:
         await api.close()
     assert (first.looked_up, first.new_events) == (230, 229)

@@ -12,8 +12,7 @@ from routee.callbacks.v1 import callback_pb2 as pb
 from service.config.settings import Credentials
 from service.domain.errors import CredentialsRejectedError, TrackingApiUnavailableError
 from service.reconcile.tracking_api import TrackingApi
-from service.routee.callbacks import parse_callback
-from service.routee.tracking import tracked_callback
+from service.routee.tracking import parse_tracked, tracked_callback
 from support.fake_routee import APPLICATION_ID, SECRET, FakeRoutee, fake_routee, tracking_object
 
 
@@ -53,7 +52,7 @@ def client(fake: FakeRoutee, clock: Clock, *, secret: str = SECRET, rate: float 
 async def test_one_token_with_the_right_basic_credentials_serves_many_calls(fake: FakeRoutee) -> None:
     api = client(fake, Clock())
     try:
-        assert (await api.message("m1") or {})["status"]["status"] == "Delivered"
+        assert (await api.message("m1") or [{}])[0]["status"]["status"] == "Delivered"
         assert await api.message("unknown") is None
         assert await api.message("m1") is not None
     finally:
@@ -144,7 +143,7 @@ def test_an_api_object_becomes_the_callback_of_the_same_change() -> None:
     """``status.status``/``status.date`` are a callback's ``status.name``/``status.updatedDate``: the event key is
     the one the callback of the same change would have; raw_json keeps the API's own JSON."""
     item = tracking_object("m1", "Failed", "2024-05-01T10:00:02.500Z", campaign="c9")
-    callback = tracked_callback(lambda body: parse_callback(body).callback, item)
+    callback = tracked_callback(parse_tracked, item)
     assert (callback.tracking_id, callback.campaign_tracking_id) == ("m1", "c9")
     assert (callback.status.status, callback.status.name) == (pb.MESSAGE_STATUS_FAILED, "Failed")
     assert callback.status.update_time.ToJsonString() == "2024-05-01T10:00:02.500Z"
@@ -152,4 +151,4 @@ def test_an_api_object_becomes_the_callback_of_the_same_change() -> None:
     assert callback.body.text == "Spring sale: 20% off today"
     assert '"expireOnDelivery": false' in callback.raw_json
     single = tracking_object("m2", "Delivered", "2024-05-01T10:00:00Z")  # A single lookup names no campaign.
-    assert tracked_callback(lambda body: parse_callback(body).callback, single, "c1").campaign_tracking_id == "c1"
+    assert tracked_callback(parse_tracked, single, "c1").campaign_tracking_id == "c1"

@@ -230,7 +230,7 @@ class TestLoadBalancer:
                 accepted = next(
                     float(line.rsplit(" ", 1)[1])
                     for line in metrics.splitlines()
-                    if line.startswith('routee_callbacks_callbacks_total{outcome="accepted"')
+                    if line.startswith('routee_callbacks_callbacks_total{channel="viber",outcome="accepted"')
                 )
                 assert accepted >= 10
             with grpc.insecure_channel(target) as channel:

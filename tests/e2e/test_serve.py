@@ -111,7 +111,7 @@ class TestWholePath:
         assert ready.status == 200
         assert ready.json()["ready"] is True
         metrics = http_request(service.http_port, "GET", "/metrics").body.decode()
-        assert 'routee_callbacks_callbacks_total{outcome="accepted",reason=""} 1.0' in metrics
+        assert 'routee_callbacks_callbacks_total{channel="viber",outcome="accepted",reason=""} 1.0' in metrics
         assert "routee_callbacks_last_sequence 1.0" in metrics
 
 

@@ -28,7 +28,7 @@ class TestKeptCallbacks:
         for number, seconds in enumerate(latencies):
             duplicate = number % 3 == 0
             batched.callback_kept(duplicate, seconds)
-            direct.callbacks.labels("duplicate" if duplicate else "accepted", "").inc()
+            direct.callbacks.labels("duplicate" if duplicate else "accepted", "", "viber").inc()
             direct.ingest_seconds.observe(seconds)
         assert samples(batched, "routee_callbacks_ingest_seconds_count") == {
             "routee_callbacks_ingest_seconds_count": 0.0
@@ -45,7 +45,7 @@ class TestKeptCallbacks:
         """What /metrics shows includes everything counted so far."""
         metrics = Metrics(CollectorRegistry())
         metrics.callback_kept(False, 0.002)
-        assert b'routee_callbacks_callbacks_total{outcome="accepted",reason=""} 1.0' in metrics.render()
+        assert b'routee_callbacks_callbacks_total{channel="viber",outcome="accepted",reason=""} 1.0' in metrics.render()
 
 
 class FakeAllowlist:
@@ -69,7 +69,8 @@ class TestWhatAlertsRead:
         metrics = Metrics(CollectorRegistry())
         for name in ("routee_callbacks_callbacks_total", "routee_callbacks_inbound_messages_total"):
             for outcome in ("accepted", "duplicate"):
-                assert metrics.registry.get_sample_value(name, {"outcome": outcome, "reason": ""}) == 0
+                labels = {"outcome": outcome, "reason": "", "channel": "viber"}
+                assert metrics.registry.get_sample_value(name, labels) == 0
 
     def test_the_last_accepted_time_moves_with_accepted_bodies_only(self) -> None:
         """It starts at 0 ("never"); duplicates do not move it; an accepted callback or inbound message sets it to
@@ -92,7 +93,7 @@ class TestWhatAlertsRead:
         assert before <= (last("inbound") or 0) <= time.time()
         assert (
             metrics.registry.get_sample_value(
-                "routee_callbacks_inbound_messages_total", {"outcome": "duplicate", "reason": ""}
+                "routee_callbacks_inbound_messages_total", {"outcome": "duplicate", "reason": "", "channel": "viber"}
             )
             == 1
         )

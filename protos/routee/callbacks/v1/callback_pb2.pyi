@@ -44,9 +44,14 @@ class _MessageStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Message
     """Routee did not send the message."""
     MESSAGE_STATUS_UNKNOWN: _MessageStatus.ValueType  # 8
     """Routee reported a status name that this version of the service does not know."""
+    MESSAGE_STATUS_SENT: _MessageStatus.ValueType  # 9
+    """The SMS was handed to the mobile operator (`Sent`; SMS only). It ranks
+    between QUEUED and DELIVERED.
+    """
 
 class MessageStatus(_MessageStatus, metaclass=_MessageStatusEnumTypeWrapper):
-    """MessageStatus is the lifecycle status of one Viber message, as Routee reports it.
+    """MessageStatus is the lifecycle status of one message (Viber or SMS), or of one
+    part of a multipart SMS, as Routee reports it.
 
     Routee's status names are compared case-insensitively; a name this version does
     not know maps to MESSAGE_STATUS_UNKNOWN and the raw name is kept beside it.
@@ -70,7 +75,39 @@ MESSAGE_STATUS_UNSENT: MessageStatus.ValueType  # 7
 """Routee did not send the message."""
 MESSAGE_STATUS_UNKNOWN: MessageStatus.ValueType  # 8
 """Routee reported a status name that this version of the service does not know."""
+MESSAGE_STATUS_SENT: MessageStatus.ValueType  # 9
+"""The SMS was handed to the mobile operator (`Sent`; SMS only). It ranks
+between QUEUED and DELIVERED.
+"""
 Global___MessageStatus: _TypeAlias = MessageStatus  # noqa: Y015
+
+class _Channel:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ChannelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Channel.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CHANNEL_UNSPECIFIED: _Channel.ValueType  # 0
+    """The channel is not set. The service never sends this value; in a request
+    filter it is refused.
+    """
+    CHANNEL_VIBER: _Channel.ValueType  # 1
+    """A Viber message (`POST /v1/callbacks/viber` and `/v1/callbacks/viber/inbound`)."""
+    CHANNEL_SMS: _Channel.ValueType  # 2
+    """An SMS (`POST /v1/callbacks/sms` and `/v1/callbacks/sms/inbound`)."""
+
+class Channel(_Channel, metaclass=_ChannelEnumTypeWrapper):
+    """Channel is the kind of message Routee sent or received."""
+
+CHANNEL_UNSPECIFIED: Channel.ValueType  # 0
+"""The channel is not set. The service never sends this value; in a request
+filter it is refused.
+"""
+CHANNEL_VIBER: Channel.ValueType  # 1
+"""A Viber message (`POST /v1/callbacks/viber` and `/v1/callbacks/viber/inbound`)."""
+CHANNEL_SMS: Channel.ValueType  # 2
+"""An SMS (`POST /v1/callbacks/sms` and `/v1/callbacks/sms/inbound`)."""
+Global___Channel: _TypeAlias = Channel  # noqa: Y015
 
 @_typing.final
 class ViberCallback(_message.Message):
@@ -344,13 +381,133 @@ class ViberFile(_message.Message):
 Global___ViberFile: _TypeAlias = ViberFile  # noqa: Y015
 
 @_typing.final
+class SmsCallback(_message.Message):
+    """SmsCallback is one delivery report that Routee posted for one part of one SMS.
+
+    Each part of a multipart SMS has delivery reports of its own; they share the
+    message's `message_id`. Field comments name the JSON field of Routee's body in
+    backquotes. A field that Routee left out or set to null holds its default value.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    SMS_ID_FIELD_NUMBER: _builtins.int
+    PART_FIELD_NUMBER: _builtins.int
+    PARTS_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_TRACKING_ID_FIELD_NUMBER: _builtins.int
+    RECIPIENT_FIELD_NUMBER: _builtins.int
+    SENDER_FIELD_NUMBER: _builtins.int
+    GROUPS_FIELD_NUMBER: _builtins.int
+    COUNTRY_FIELD_NUMBER: _builtins.int
+    OPERATOR_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_NAME_FIELD_NUMBER: _builtins.int
+    APPLICATION_NAME_FIELD_NUMBER: _builtins.int
+    LATENCY_FIELD_NUMBER: _builtins.int
+    PRICE_FIELD_NUMBER: _builtins.int
+    DIRECTION_FIELD_NUMBER: _builtins.int
+    ORIGINATING_SERVICE_FIELD_NUMBER: _builtins.int
+    RAW_JSON_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    """The message's tracking id (`messageId`), shared by its parts. Never empty."""
+    sms_id: _builtins.str
+    """The id of this part (`smsId`)."""
+    part: _builtins.int
+    """The part this report is about, from 1 (`part`); 1 when Routee sent none."""
+    parts: _builtins.int
+    """How many parts the message has (`parts`); 1 when Routee sent none."""
+    campaign_tracking_id: _builtins.str
+    """The tracking id of the campaign the message belongs to (`campaignTrackingId`);
+    empty when the message belongs to no campaign.
+    """
+    recipient: _builtins.str
+    """The recipient's number (`to`)."""
+    sender: _builtins.str
+    """The sender id the message was sent from (`from`)."""
+    country: _builtins.str
+    """The recipient's country code (`country`)."""
+    operator: _builtins.str
+    """The recipient's mobile operator (`operator`)."""
+    text: _builtins.str
+    """The message's text (`message`)."""
+    label: _builtins.str
+    """The campaign's label (`label`)."""
+    campaign_name: _builtins.str
+    """The name of the campaign (`campaignName`)."""
+    application_name: _builtins.str
+    """The Routee application that sent the message (`applicationName`)."""
+    latency: _builtins.float
+    """How long delivery took, in milliseconds (`latency`); unset when Routee sent none."""
+    price: _builtins.float
+    """The price Routee charged for this part (`price`); unset when Routee sent none."""
+    direction: _builtins.str
+    """The message's direction (`direction`), for example `Outbound`."""
+    originating_service: _builtins.str
+    """The Routee service the message went out through (`originatingService`)."""
+    raw_json: _builtins.str
+    """The JSON body exactly as Routee posted it, with every field, including
+    fields this version of the service does not know.
+    """
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The contact groups the recipient was addressed through (`groups`)."""
+
+    @_builtins.property
+    def status(self) -> Global___CallbackStatus:
+        """The status this report gives the part (`status`)."""
+
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        sms_id: _builtins.str = ...,
+        part: _builtins.int = ...,
+        parts: _builtins.int = ...,
+        campaign_tracking_id: _builtins.str = ...,
+        recipient: _builtins.str = ...,
+        sender: _builtins.str = ...,
+        groups: _abc.Iterable[_builtins.str] | None = ...,
+        country: _builtins.str = ...,
+        operator: _builtins.str = ...,
+        status: Global___CallbackStatus | None = ...,
+        text: _builtins.str = ...,
+        label: _builtins.str = ...,
+        campaign_name: _builtins.str = ...,
+        application_name: _builtins.str = ...,
+        latency: _builtins.float | None = ...,
+        price: _builtins.float | None = ...,
+        direction: _builtins.str = ...,
+        originating_service: _builtins.str = ...,
+        raw_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_latency", b"_latency", "_price", b"_price", "latency", b"latency", "price", b"price", "status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_latency", b"_latency", "_price", b"_price", "application_name", b"application_name", "campaign_name", b"campaign_name", "campaign_tracking_id", b"campaign_tracking_id", "country", b"country", "direction", b"direction", "groups", b"groups", "label", b"label", "latency", b"latency", "message_id", b"message_id", "operator", b"operator", "originating_service", b"originating_service", "part", b"part", "parts", b"parts", "price", b"price", "raw_json", b"raw_json", "recipient", b"recipient", "sender", b"sender", "sms_id", b"sms_id", "status", b"status", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__latency: _TypeAlias = _typing.Literal["latency"]  # noqa: Y015
+    _WhichOneofArgType__latency: _TypeAlias = _typing.Literal["_latency", b"_latency"]  # noqa: Y015
+    _WhichOneofReturnType__price: _TypeAlias = _typing.Literal["price"]  # noqa: Y015
+    _WhichOneofArgType__price: _TypeAlias = _typing.Literal["_price", b"_price"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__latency) -> _WhichOneofReturnType__latency | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__price) -> _WhichOneofReturnType__price | None: ...
+
+Global___SmsCallback: _TypeAlias = SmsCallback  # noqa: Y015
+
+@_typing.final
 class InboundMessage(_message.Message):
-    """InboundMessage is one Viber message a user sent back (a reply), as Routee
-    posted it to the campaign's `inboundUrl`.
+    """InboundMessage is one message a user sent back: a Viber reply, as Routee
+    posted it to the campaign's `inboundUrl`, or an inbound SMS, as Routee posted
+    it to the number's `inboundSmsCallbackUrl`.
 
     Field comments name the JSON field of Routee's body in backquotes. A field that
-    Routee left out or set to null holds its default value. An inbound message has
-    no id of its own: the same content posted again (a retry) is stored once.
+    Routee left out or set to null holds its default value. A Viber reply has no
+    id of its own: the same content posted again (a retry) is stored once. An
+    inbound SMS is stored once per `messageId`.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -369,6 +526,10 @@ class InboundMessage(_message.Message):
     LABEL_FIELD_NUMBER: _builtins.int
     DIRECTION_FIELD_NUMBER: _builtins.int
     RAW_JSON_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    PARTS_FIELD_NUMBER: _builtins.int
+    ORIGINATING_SERVICE_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """The message's sequence: strictly increasing across the service and shared
     with status updates (so the sequences of an inbound stream have gaps); the
@@ -402,9 +563,19 @@ class InboundMessage(_message.Message):
     """The JSON body exactly as Routee posted it, with every field, including
     fields this version of the service does not know.
     """
+    channel: Global___Channel.ValueType
+    """The channel the reply came through: CHANNEL_VIBER or CHANNEL_SMS."""
+    message_id: _builtins.str
+    """The inbound SMS's id (`messageId`); empty for a Viber reply."""
+    parts: _builtins.int
+    """How many parts the inbound SMS had (`parts`); 0 for a Viber reply."""
+    originating_service: _builtins.str
+    """The Routee service the inbound SMS came through (`originatingService`)."""
     @_builtins.property
     def send_time(self) -> _timestamp_pb2.Timestamp:
-        """When the user sent the reply (`sentDate`). Always set."""
+        """When the user sent the reply (`sentDate`; for an inbound SMS, when Routee
+        received it, `receivedDate`). Always set.
+        """
 
     @_builtins.property
     def receive_time(self) -> _timestamp_pb2.Timestamp:
@@ -427,10 +598,14 @@ class InboundMessage(_message.Message):
         label: _builtins.str = ...,
         direction: _builtins.str = ...,
         raw_json: _builtins.str = ...,
+        channel: Global___Channel.ValueType = ...,
+        message_id: _builtins.str = ...,
+        parts: _builtins.int = ...,
+        originating_service: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["receive_time", b"receive_time", "send_time", b"send_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_name", b"campaign_name", "campaign_tracking_id", b"campaign_tracking_id", "direction", b"direction", "file_name", b"file_name", "label", b"label", "media_url", b"media_url", "raw_json", b"raw_json", "receive_time", b"receive_time", "recipient", b"recipient", "reference_tracking_id", b"reference_tracking_id", "send_time", b"send_time", "sender", b"sender", "sequence", b"sequence", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_name", b"campaign_name", "campaign_tracking_id", b"campaign_tracking_id", "channel", b"channel", "direction", b"direction", "file_name", b"file_name", "label", b"label", "media_url", b"media_url", "message_id", b"message_id", "originating_service", b"originating_service", "parts", b"parts", "raw_json", b"raw_json", "receive_time", b"receive_time", "recipient", b"recipient", "reference_tracking_id", b"reference_tracking_id", "send_time", b"send_time", "sender", b"sender", "sequence", b"sequence", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

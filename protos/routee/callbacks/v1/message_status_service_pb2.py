@@ -26,49 +26,51 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from routee.callbacks.v1 import callback_pb2 as routee_dot_callbacks_dot_v1_dot_callback__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0routee/callbacks/v1/message_status_service.proto\x12\x13routee.callbacks.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"routee/callbacks/v1/callback.proto\".\n\x17GetMessageStatusRequest\x12\x13\n\x0btracking_id\x18\x01 \x01(\t\"\xf3\x02\n\x18GetMessageStatusResponse\x12\x13\n\x0btracking_id\x18\x01 \x01(\t\x12\x1c\n\x14\x63\x61mpaign_tracking_id\x18\x02 \x01(\t\x12\x32\n\x06status\x18\x03 \x01(\x0e\x32\".routee.callbacks.v1.MessageStatus\x12\x13\n\x0bstatus_name\x18\x04 \x01(\t\x12\x10\n\x08sequence\x18\x05 \x01(\x04\x12\x34\n\x08\x63\x61llback\x18\x06 \x01(\x0b\x32\".routee.callbacks.v1.ViberCallback\x12\x30\n\x06\x65vents\x18\x07 \x03(\x0b\x32 .routee.callbacks.v1.StatusEvent\x12\x34\n\x07replies\x18\x08 \x03(\x0b\x32#.routee.callbacks.v1.InboundMessage\x12\x14\n\x0ctotal_events\x18\t \x01(\r\x12\x15\n\rtotal_replies\x18\n \x01(\r\"\xfd\x01\n\x0bStatusEvent\x12\x32\n\x06status\x18\x01 \x01(\x0e\x32\".routee.callbacks.v1.MessageStatus\x12\x13\n\x0bstatus_name\x18\x02 \x01(\t\x12/\n\x0bupdate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12\x30\n\x0creceive_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x06source\x18\x06 \x01(\x0e\x32 .routee.callbacks.v1.EventSource\"\xba\x01\n\x1aStreamStatusUpdatesRequest\x12\x1c\n\x14\x63\x61mpaign_tracking_id\x18\x01 \x01(\t\x12\x1b\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x18\n\x10include_snapshot\x18\x03 \x01(\x08\x12\x34\n\x08statuses\x18\x04 \x03(\x0e\x32\".routee.callbacks.v1.MessageStatusB\x11\n\x0f_after_sequence\"\xce\x01\n\x1bStreamStatusUpdatesResponse\x12:\n\rstatus_update\x18\x01 \x01(\x0b\x32!.routee.callbacks.v1.StatusUpdateH\x00\x12\x38\n\x0csnapshot_end\x18\x02 \x01(\x0b\x32 .routee.callbacks.v1.SnapshotEndH\x00\x12\x31\n\x08progress\x18\x03 \x01(\x0b\x32\x1d.routee.callbacks.v1.ProgressH\x00\x42\x06\n\x04item\"\xb8\x03\n\x0cStatusUpdate\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x13\n\x0btracking_id\x18\x02 \x01(\t\x12\x1c\n\x14\x63\x61mpaign_tracking_id\x18\x03 \x01(\t\x12\x32\n\x06status\x18\x04 \x01(\x0e\x32\".routee.callbacks.v1.MessageStatus\x12\x13\n\x0bstatus_name\x18\x05 \x01(\t\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0creceive_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nis_current\x18\x08 \x01(\x08\x12\x34\n\x08\x63\x61llback\x18\t \x01(\x0b\x32\".routee.callbacks.v1.ViberCallback\x12;\n\x0fprevious_status\x18\n \x01(\x0e\x32\".routee.callbacks.v1.MessageStatus\x12\x30\n\x06source\x18\x0b \x01(\x0e\x32 .routee.callbacks.v1.EventSource\"\x1f\n\x0bSnapshotEnd\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"\x1c\n\x08Progress\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"l\n\x1cStreamInboundMessagesRequest\x12\x1c\n\x14\x63\x61mpaign_tracking_id\x18\x01 \x01(\t\x12\x1b\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04H\x00\x88\x01\x01\x42\x11\n\x0f_after_sequence\"\x9a\x01\n\x1dStreamInboundMessagesResponse\x12>\n\x0finbound_message\x18\x01 \x01(\x0b\x32#.routee.callbacks.v1.InboundMessageH\x00\x12\x31\n\x08progress\x18\x02 \x01(\x0b\x32\x1d.routee.callbacks.v1.ProgressH\x00\x42\x06\n\x04item\"O\n\x1e\x42\x61tchGetMessageStatusesRequest\x12\x14\n\x0ctracking_ids\x18\x01 \x03(\t\x12\x17\n\x0finclude_history\x18\x02 \x01(\x08\"\x80\x01\n\x1f\x42\x61tchGetMessageStatusesResponse\x12?\n\x08statuses\x18\x01 \x03(\x0b\x32-.routee.callbacks.v1.GetMessageStatusResponse\x12\x1c\n\x14missing_tracking_ids\x18\x02 \x03(\t\"\x97\x01\n\x1aListMessageStatusesRequest\x12\x1c\n\x14\x63\x61mpaign_tracking_id\x18\x01 \x01(\t\x12\x34\n\x08statuses\x18\x02 \x03(\x0e\x32\".routee.callbacks.v1.MessageStatus\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"w\n\x1bListMessageStatusesResponse\x12?\n\x08messages\x18\x01 \x03(\x0b\x32-.routee.callbacks.v1.GetMessageStatusResponse\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"9\n\x19GetCampaignSummaryRequest\x12\x1c\n\x14\x63\x61mpaign_tracking_id\x18\x01 \x01(\t\"\x85\x02\n\x1aGetCampaignSummaryResponse\x12\x1c\n\x14\x63\x61mpaign_tracking_id\x18\x01 \x01(\t\x12\x30\n\x06\x63ounts\x18\x02 \x03(\x0b\x32 .routee.callbacks.v1.StatusCount\x12\x16\n\x0etotal_messages\x18\x03 \x01(\x04\x12\x35\n\x11\x66irst_update_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12latest_update_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08sequence\x18\x06 \x01(\x04\"S\n\x0bStatusCount\x12\x32\n\x06status\x18\x01 \x01(\x0e\x32\".routee.callbacks.v1.MessageStatus\x12\x10\n\x08messages\x18\x02 \x01(\x04*e\n\x0b\x45ventSource\x12\x1c\n\x18\x45VENT_SOURCE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45VENT_SOURCE_CALLBACK\x10\x01\x12\x1d\n\x19\x45VENT_SOURCE_TRACKING_API\x10\x02\x32\xfe\x05\n\x14MessageStatusService\x12o\n\x10GetMessageStatus\x12,.routee.callbacks.v1.GetMessageStatusRequest\x1a-.routee.callbacks.v1.GetMessageStatusResponse\x12z\n\x13StreamStatusUpdates\x12/.routee.callbacks.v1.StreamStatusUpdatesRequest\x1a\x30.routee.callbacks.v1.StreamStatusUpdatesResponse0\x01\x12\x80\x01\n\x15StreamInboundMessages\x12\x31.routee.callbacks.v1.StreamInboundMessagesRequest\x1a\x32.routee.callbacks.v1.StreamInboundMessagesResponse0\x01\x12\x84\x01\n\x17\x42\x61tchGetMessageStatuses\x12\x33.routee.callbacks.v1.BatchGetMessageStatusesRequest\x1a\x34.routee.callbacks.v1.BatchGetMessageStatusesResponse\x12x\n\x13ListMessageStatuses\x12/.routee.callbacks.v1.ListMessageStatusesRequest\x1a\x30.routee.callbacks.v1.ListMessageStatusesResponse\x12u\n\x12GetCampaignSummary\x12..routee.callbacks.v1.GetCampaignSummaryRequest\x1a/.routee.callbacks.v1.GetCampaignSummaryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0routee/callbacks/v1/message_status_service.proto\x12\x13routee.callbacks.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"routee/callbacks/v1/callback.proto\".\n\x17GetMessageStatusRequest\x12\x13\n\x0btracking_id\x18\x01 \x01(\t\"\x87\x04\n\x18GetMessageStatusResponse\x12\x13\n\x0btracking_id\x18\x01 \x01(\t\x12\x1c\n\x14\x63\x61mpaign_tracking_id\x18\x02 \x01(\t\x12\x32\n\x06status\x18\x03 \x01(\x0e\x32\".routee.callbacks.v1.MessageStatus\x12\x13\n\x0bstatus_name\x18\x04 \x01(\t\x12\x10\n\x08sequence\x18\x05 \x01(\x04\x12\x34\n\x08\x63\x61llback\x18\x06 \x01(\x0b\x32\".routee.callbacks.v1.ViberCallback\x12\x30\n\x06\x65vents\x18\x07 \x03(\x0b\x32 .routee.callbacks.v1.StatusEvent\x12\x34\n\x07replies\x18\x08 \x03(\x0b\x32#.routee.callbacks.v1.InboundMessage\x12\x14\n\x0ctotal_events\x18\t \x01(\r\x12\x15\n\rtotal_replies\x18\n \x01(\r\x12-\n\x07\x63hannel\x18\x0b \x01(\x0e\x32\x1c.routee.callbacks.v1.Channel\x12\x36\n\x0csms_callback\x18\x0c \x01(\x0b\x32 .routee.callbacks.v1.SmsCallback\x12+\n\x05parts\x18\r \x03(\x0b\x32\x1c.routee.callbacks.v1.SmsPart\"\xb3\x01\n\x07SmsPart\x12\x0c\n\x04part\x18\x01 \x01(\r\x12\x0e\n\x06sms_id\x18\x02 \x01(\t\x12\x32\n\x06status\x18\x03 \x01(\x0e\x32\".routee.callbacks.v1.MessageStatus\x12\x13\n\x0bstatus_name\x18\x04 \x01(\t\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08sequence\x18\x06 \x01(\x04\"\xba\x02\n\x0bStatusEvent\x12\x32\n\x06status\x18\x01 \x01(\x0e\x32\".routee.callbacks.v1.MessageStatus\x12\x13\n\x0bstatus_name\x18\x02 \x01(\t\x12/\n\x0bupdate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12\x30\n\x0creceive_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x06source\x18\x06 \x01(\x0e\x32 .routee.callbacks.v1.EventSource\x12-\n\x07\x63hannel\x18\x07 \x01(\x0e\x32\x1c.routee.callbacks.v1.Channel\x12\x0c\n\x04part\x18\x08 \x01(\r\"\xea\x01\n\x1aStreamStatusUpdatesRequest\x12\x1c\n\x14\x63\x61mpaign_tracking_id\x18\x01 \x01(\t\x12\x1b\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x18\n\x10include_snapshot\x18\x03 \x01(\x08\x12\x34\n\x08statuses\x18\x04 \x03(\x0e\x32\".routee.callbacks.v1.MessageStatus\x12.\n\x08\x63hannels\x18\x05 \x03(\x0e\x32\x1c.routee.callbacks.v1.ChannelB\x11\n\x0f_after_sequence\"\xce\x01\n\x1bStreamStatusUpdatesResponse\x12:\n\rstatus_update\x18\x01 \x01(\x0b\x32!.routee.callbacks.v1.StatusUpdateH\x00\x12\x38\n\x0csnapshot_end\x18\x02 \x01(\x0b\x32 .routee.callbacks.v1.SnapshotEndH\x00\x12\x31\n\x08progress\x18\x03 \x01(\x0b\x32\x1d.routee.callbacks.v1.ProgressH\x00\x42\x06\n\x04item\"\xe9\x04\n\x0cStatusUpdate\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x13\n\x0btracking_id\x18\x02 \x01(\t\x12\x1c\n\x14\x63\x61mpaign_tracking_id\x18\x03 \x01(\t\x12\x32\n\x06status\x18\x04 \x01(\x0e\x32\".routee.callbacks.v1.MessageStatus\x12\x13\n\x0bstatus_name\x18\x05 \x01(\t\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0creceive_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nis_current\x18\x08 \x01(\x08\x12\x34\n\x08\x63\x61llback\x18\t \x01(\x0b\x32\".routee.callbacks.v1.ViberCallback\x12;\n\x0fprevious_status\x18\n \x01(\x0e\x32\".routee.callbacks.v1.MessageStatus\x12\x30\n\x06source\x18\x0b \x01(\x0e\x32 .routee.callbacks.v1.EventSource\x12-\n\x07\x63hannel\x18\x0c \x01(\x0e\x32\x1c.routee.callbacks.v1.Channel\x12\x0c\n\x04part\x18\r \x01(\r\x12\x36\n\x0csms_callback\x18\x0e \x01(\x0b\x32 .routee.callbacks.v1.SmsCallback\x12:\n\x0emessage_status\x18\x0f \x01(\x0e\x32\".routee.callbacks.v1.MessageStatus\"\x1f\n\x0bSnapshotEnd\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"\x1c\n\x08Progress\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"\x9c\x01\n\x1cStreamInboundMessagesRequest\x12\x1c\n\x14\x63\x61mpaign_tracking_id\x18\x01 \x01(\t\x12\x1b\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12.\n\x08\x63hannels\x18\x03 \x03(\x0e\x32\x1c.routee.callbacks.v1.ChannelB\x11\n\x0f_after_sequence\"\x9a\x01\n\x1dStreamInboundMessagesResponse\x12>\n\x0finbound_message\x18\x01 \x01(\x0b\x32#.routee.callbacks.v1.InboundMessageH\x00\x12\x31\n\x08progress\x18\x02 \x01(\x0b\x32\x1d.routee.callbacks.v1.ProgressH\x00\x42\x06\n\x04item\"O\n\x1e\x42\x61tchGetMessageStatusesRequest\x12\x14\n\x0ctracking_ids\x18\x01 \x03(\t\x12\x17\n\x0finclude_history\x18\x02 \x01(\x08\"\x80\x01\n\x1f\x42\x61tchGetMessageStatusesResponse\x12?\n\x08statuses\x18\x01 \x03(\x0b\x32-.routee.callbacks.v1.GetMessageStatusResponse\x12\x1c\n\x14missing_tracking_ids\x18\x02 \x03(\t\"\xc7\x01\n\x1aListMessageStatusesRequest\x12\x1c\n\x14\x63\x61mpaign_tracking_id\x18\x01 \x01(\t\x12\x34\n\x08statuses\x18\x02 \x03(\x0e\x32\".routee.callbacks.v1.MessageStatus\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12.\n\x08\x63hannels\x18\x05 \x03(\x0e\x32\x1c.routee.callbacks.v1.Channel\"w\n\x1bListMessageStatusesResponse\x12?\n\x08messages\x18\x01 \x03(\x0b\x32-.routee.callbacks.v1.GetMessageStatusResponse\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"9\n\x19GetCampaignSummaryRequest\x12\x1c\n\x14\x63\x61mpaign_tracking_id\x18\x01 \x01(\t\"\x85\x02\n\x1aGetCampaignSummaryResponse\x12\x1c\n\x14\x63\x61mpaign_tracking_id\x18\x01 \x01(\t\x12\x30\n\x06\x63ounts\x18\x02 \x03(\x0b\x32 .routee.callbacks.v1.StatusCount\x12\x16\n\x0etotal_messages\x18\x03 \x01(\x04\x12\x35\n\x11\x66irst_update_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12latest_update_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08sequence\x18\x06 \x01(\x04\"S\n\x0bStatusCount\x12\x32\n\x06status\x18\x01 \x01(\x0e\x32\".routee.callbacks.v1.MessageStatus\x12\x10\n\x08messages\x18\x02 \x01(\x04*e\n\x0b\x45ventSource\x12\x1c\n\x18\x45VENT_SOURCE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45VENT_SOURCE_CALLBACK\x10\x01\x12\x1d\n\x19\x45VENT_SOURCE_TRACKING_API\x10\x02\x32\xfe\x05\n\x14MessageStatusService\x12o\n\x10GetMessageStatus\x12,.routee.callbacks.v1.GetMessageStatusRequest\x1a-.routee.callbacks.v1.GetMessageStatusResponse\x12z\n\x13StreamStatusUpdates\x12/.routee.callbacks.v1.StreamStatusUpdatesRequest\x1a\x30.routee.callbacks.v1.StreamStatusUpdatesResponse0\x01\x12\x80\x01\n\x15StreamInboundMessages\x12\x31.routee.callbacks.v1.StreamInboundMessagesRequest\x1a\x32.routee.callbacks.v1.StreamInboundMessagesResponse0\x01\x12\x84\x01\n\x17\x42\x61tchGetMessageStatuses\x12\x33.routee.callbacks.v1.BatchGetMessageStatusesRequest\x1a\x34.routee.callbacks.v1.BatchGetMessageStatusesResponse\x12x\n\x13ListMessageStatuses\x12/.routee.callbacks.v1.ListMessageStatusesRequest\x1a\x30.routee.callbacks.v1.ListMessageStatusesResponse\x12u\n\x12GetCampaignSummary\x12..routee.callbacks.v1.GetCampaignSummaryRequest\x1a/.routee.callbacks.v1.GetCampaignSummaryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'routee.callbacks.v1.message_status_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EVENTSOURCE']._serialized_start=2886
-  _globals['_EVENTSOURCE']._serialized_end=2987
+  _globals['_EVENTSOURCE']._serialized_start=3599
+  _globals['_EVENTSOURCE']._serialized_end=3700
   _globals['_GETMESSAGESTATUSREQUEST']._serialized_start=142
   _globals['_GETMESSAGESTATUSREQUEST']._serialized_end=188
   _globals['_GETMESSAGESTATUSRESPONSE']._serialized_start=191
-  _globals['_GETMESSAGESTATUSRESPONSE']._serialized_end=562
-  _globals['_STATUSEVENT']._serialized_start=565
-  _globals['_STATUSEVENT']._serialized_end=818
-  _globals['_STREAMSTATUSUPDATESREQUEST']._serialized_start=821
-  _globals['_STREAMSTATUSUPDATESREQUEST']._serialized_end=1007
-  _globals['_STREAMSTATUSUPDATESRESPONSE']._serialized_start=1010
-  _globals['_STREAMSTATUSUPDATESRESPONSE']._serialized_end=1216
-  _globals['_STATUSUPDATE']._serialized_start=1219
-  _globals['_STATUSUPDATE']._serialized_end=1659
-  _globals['_SNAPSHOTEND']._serialized_start=1661
-  _globals['_SNAPSHOTEND']._serialized_end=1692
-  _globals['_PROGRESS']._serialized_start=1694
-  _globals['_PROGRESS']._serialized_end=1722
-  _globals['_STREAMINBOUNDMESSAGESREQUEST']._serialized_start=1724
-  _globals['_STREAMINBOUNDMESSAGESREQUEST']._serialized_end=1832
-  _globals['_STREAMINBOUNDMESSAGESRESPONSE']._serialized_start=1835
-  _globals['_STREAMINBOUNDMESSAGESRESPONSE']._serialized_end=1989
-  _globals['_BATCHGETMESSAGESTATUSESREQUEST']._serialized_start=1991
-  _globals['_BATCHGETMESSAGESTATUSESREQUEST']._serialized_end=2070
-  _globals['_BATCHGETMESSAGESTATUSESRESPONSE']._serialized_start=2073
-  _globals['_BATCHGETMESSAGESTATUSESRESPONSE']._serialized_end=2201
-  _globals['_LISTMESSAGESTATUSESREQUEST']._serialized_start=2204
-  _globals['_LISTMESSAGESTATUSESREQUEST']._serialized_end=2355
-  _globals['_LISTMESSAGESTATUSESRESPONSE']._serialized_start=2357
-  _globals['_LISTMESSAGESTATUSESRESPONSE']._serialized_end=2476
-  _globals['_GETCAMPAIGNSUMMARYREQUEST']._serialized_start=2478
-  _globals['_GETCAMPAIGNSUMMARYREQUEST']._serialized_end=2535
-  _globals['_GETCAMPAIGNSUMMARYRESPONSE']._serialized_start=2538
-  _globals['_GETCAMPAIGNSUMMARYRESPONSE']._serialized_end=2799
-  _globals['_STATUSCOUNT']._serialized_start=2801
-  _globals['_STATUSCOUNT']._serialized_end=2884
-  _globals['_MESSAGESTATUSSERVICE']._serialized_start=2990
-  _globals['_MESSAGESTATUSSERVICE']._serialized_end=3756
+  _globals['_GETMESSAGESTATUSRESPONSE']._serialized_end=710
+  _globals['_SMSPART']._serialized_start=713
+  _globals['_SMSPART']._serialized_end=892
+  _globals['_STATUSEVENT']._serialized_start=895
+  _globals['_STATUSEVENT']._serialized_end=1209
+  _globals['_STREAMSTATUSUPDATESREQUEST']._serialized_start=1212
+  _globals['_STREAMSTATUSUPDATESREQUEST']._serialized_end=1446
+  _globals['_STREAMSTATUSUPDATESRESPONSE']._serialized_start=1449
+  _globals['_STREAMSTATUSUPDATESRESPONSE']._serialized_end=1655
+  _globals['_STATUSUPDATE']._serialized_start=1658
+  _globals['_STATUSUPDATE']._serialized_end=2275
+  _globals['_SNAPSHOTEND']._serialized_start=2277
+  _globals['_SNAPSHOTEND']._serialized_end=2308
+  _globals['_PROGRESS']._serialized_start=2310
+  _globals['_PROGRESS']._serialized_end=2338
+  _globals['_STREAMINBOUNDMESSAGESREQUEST']._serialized_start=2341
+  _globals['_STREAMINBOUNDMESSAGESREQUEST']._serialized_end=2497
+  _globals['_STREAMINBOUNDMESSAGESRESPONSE']._serialized_start=2500
+  _globals['_STREAMINBOUNDMESSAGESRESPONSE']._serialized_end=2654
+  _globals['_BATCHGETMESSAGESTATUSESREQUEST']._serialized_start=2656
+  _globals['_BATCHGETMESSAGESTATUSESREQUEST']._serialized_end=2735
+  _globals['_BATCHGETMESSAGESTATUSESRESPONSE']._serialized_start=2738
+  _globals['_BATCHGETMESSAGESTATUSESRESPONSE']._serialized_end=2866
+  _globals['_LISTMESSAGESTATUSESREQUEST']._serialized_start=2869
+  _globals['_LISTMESSAGESTATUSESREQUEST']._serialized_end=3068
+  _globals['_LISTMESSAGESTATUSESRESPONSE']._serialized_start=3070
+  _globals['_LISTMESSAGESTATUSESRESPONSE']._serialized_end=3189
+  _globals['_GETCAMPAIGNSUMMARYREQUEST']._serialized_start=3191
+  _globals['_GETCAMPAIGNSUMMARYREQUEST']._serialized_end=3248
+  _globals['_GETCAMPAIGNSUMMARYRESPONSE']._serialized_start=3251
+  _globals['_GETCAMPAIGNSUMMARYRESPONSE']._serialized_end=3512
+  _globals['_STATUSCOUNT']._serialized_start=3514
+  _globals['_STATUSCOUNT']._serialized_end=3597
+  _globals['_MESSAGESTATUSSERVICE']._serialized_start=3703
+  _globals['_MESSAGESTATUSSERVICE']._serialized_end=4469
 # @@protoc_insertion_point(module_scope)

@@ -91,29 +91,44 @@ class GetMessageStatusResponse(_message.Message):
     REPLIES_FIELD_NUMBER: _builtins.int
     TOTAL_EVENTS_FIELD_NUMBER: _builtins.int
     TOTAL_REPLIES_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    SMS_CALLBACK_FIELD_NUMBER: _builtins.int
+    PARTS_FIELD_NUMBER: _builtins.int
     tracking_id: _builtins.str
     """The message's tracking id."""
     campaign_tracking_id: _builtins.str
     """The campaign of the message's current-status callback; empty when it has none."""
     status: _callback_pb2.MessageStatus.ValueType
     """The current status: the event with the latest `updatedDate`; on equal dates
-    the one of higher lifecycle rank (UNKNOWN < QUEUED < DELIVERED <
+    the one of higher lifecycle rank (UNKNOWN < QUEUED < SENT < DELIVERED <
     UNDELIVERED = FAILED = UNSENT = EXPIRED < SEEN); on equal rank the one
-    stored later.
+    stored later. Each part of an SMS has its current status by that rule
+    (`parts`); the message's status follows from its parts': DELIVERED when
+    every part 1..`parts` is delivered; as soon as any part has failed for
+    good (UNDELIVERED, FAILED, UNSENT or EXPIRED), the status of the part that
+    failed first (earliest `update_time`, then lowest part); otherwise the
+    status of its least advanced part, a part not yet reported counting as
+    QUEUED.
     """
     status_name: _builtins.str
-    """The current status name exactly as Routee sent it, for example `Delivered`."""
+    """The current status name exactly as Routee sent it, for example `Delivered`;
+    for an SMS, that of the part event that set the message's status.
+    """
     sequence: _builtins.int
-    """The sequence of the current-status event."""
+    """The sequence of the current-status event (for an SMS, of the part event
+    that set the message's status).
+    """
     total_events: _builtins.int
     """How many distinct status events the message has in all; set when `events`
     is (GetMessageStatus, and BatchGetMessageStatuses with `include_history`).
     """
     total_replies: _builtins.int
     """How many replies the message has in all; set when `replies` is."""
+    channel: _callback_pb2.Channel.ValueType
+    """The message's channel: CHANNEL_VIBER or CHANNEL_SMS."""
     @_builtins.property
     def callback(self) -> _callback_pb2.ViberCallback:
-        """The full callback of the current-status event."""
+        """The full callback of the current-status event; unset for an SMS."""
 
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___StatusEvent]:
@@ -133,6 +148,18 @@ class GetMessageStatusResponse(_message.Message):
         `StreamInboundMessages` (resumed with `after_sequence`) carries every one.
         """
 
+    @_builtins.property
+    def sms_callback(self) -> _callback_pb2.SmsCallback:
+        """For an SMS, the delivery report of the event that set the message's status;
+        unset for a Viber message.
+        """
+
+    @_builtins.property
+    def parts(self) -> _containers.RepeatedCompositeFieldContainer[Global___SmsPart]:
+        """For an SMS, each part that was reported, by part number, with its current
+        status; empty for a Viber message.
+        """
+
     def __init__(
         self,
         *,
@@ -146,14 +173,61 @@ class GetMessageStatusResponse(_message.Message):
         replies: _abc.Iterable[_callback_pb2.InboundMessage] | None = ...,
         total_events: _builtins.int = ...,
         total_replies: _builtins.int = ...,
+        channel: _callback_pb2.Channel.ValueType = ...,
+        sms_callback: _callback_pb2.SmsCallback | None = ...,
+        parts: _abc.Iterable[Global___SmsPart] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback", "sms_callback", b"sms_callback"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback", "campaign_tracking_id", b"campaign_tracking_id", "events", b"events", "replies", b"replies", "sequence", b"sequence", "status", b"status", "status_name", b"status_name", "total_events", b"total_events", "total_replies", b"total_replies", "tracking_id", b"tracking_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback", "campaign_tracking_id", b"campaign_tracking_id", "channel", b"channel", "events", b"events", "parts", b"parts", "replies", b"replies", "sequence", b"sequence", "sms_callback", b"sms_callback", "status", b"status", "status_name", b"status_name", "total_events", b"total_events", "total_replies", b"total_replies", "tracking_id", b"tracking_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetMessageStatusResponse: _TypeAlias = GetMessageStatusResponse  # noqa: Y015
+
+@_typing.final
+class SmsPart(_message.Message):
+    """SmsPart is one part of a multipart SMS, with its current status."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PART_FIELD_NUMBER: _builtins.int
+    SMS_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    STATUS_NAME_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    part: _builtins.int
+    """The part's number, from 1 (`part`)."""
+    sms_id: _builtins.str
+    """The part's id (`smsId`)."""
+    status: _callback_pb2.MessageStatus.ValueType
+    """The part's current status, by the rule of `GetMessageStatusResponse.status`."""
+    status_name: _builtins.str
+    """The part's current status name exactly as Routee sent it."""
+    sequence: _builtins.int
+    """The sequence of the part's current-status event."""
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When the part's current status changed, according to Routee (`status.updatedDate`)."""
+
+    def __init__(
+        self,
+        *,
+        part: _builtins.int = ...,
+        sms_id: _builtins.str = ...,
+        status: _callback_pb2.MessageStatus.ValueType = ...,
+        status_name: _builtins.str = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+        sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["part", b"part", "sequence", b"sequence", "sms_id", b"sms_id", "status", b"status", "status_name", b"status_name", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SmsPart: _TypeAlias = SmsPart  # noqa: Y015
 
 @_typing.final
 class StatusEvent(_message.Message):
@@ -167,6 +241,8 @@ class StatusEvent(_message.Message):
     SEQUENCE_FIELD_NUMBER: _builtins.int
     RECEIVE_TIME_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    PART_FIELD_NUMBER: _builtins.int
     status: _callback_pb2.MessageStatus.ValueType
     """The status of the event."""
     status_name: _builtins.str
@@ -175,6 +251,10 @@ class StatusEvent(_message.Message):
     """The event's sequence."""
     source: Global___EventSource.ValueType
     """Where the event came from: a callback, or Routee's tracking API."""
+    channel: _callback_pb2.Channel.ValueType
+    """The message's channel: CHANNEL_VIBER or CHANNEL_SMS."""
+    part: _builtins.int
+    """For an SMS, the part the event is about (from 1); 0 for a Viber message."""
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the status changed, according to Routee (`status.updatedDate`)."""
@@ -192,10 +272,12 @@ class StatusEvent(_message.Message):
         sequence: _builtins.int = ...,
         receive_time: _timestamp_pb2.Timestamp | None = ...,
         source: Global___EventSource.ValueType = ...,
+        channel: _callback_pb2.Channel.ValueType = ...,
+        part: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["receive_time", b"receive_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["receive_time", b"receive_time", "sequence", b"sequence", "source", b"source", "status", b"status", "status_name", b"status_name", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "part", b"part", "receive_time", b"receive_time", "sequence", b"sequence", "source", b"source", "status", b"status", "status_name", b"status_name", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -211,6 +293,7 @@ class StreamStatusUpdatesRequest(_message.Message):
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
     INCLUDE_SNAPSHOT_FIELD_NUMBER: _builtins.int
     STATUSES_FIELD_NUMBER: _builtins.int
+    CHANNELS_FIELD_NUMBER: _builtins.int
     campaign_tracking_id: _builtins.str
     """Only updates of messages of this campaign (Routee's `campaignTrackingId`);
     empty means every campaign, including messages with no campaign.
@@ -232,6 +315,14 @@ class StreamStatusUpdatesRequest(_message.Message):
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_callback_pb2.MessageStatus.ValueType]:
         """Only updates whose status is one of these; empty means every status.
         MESSAGE_STATUS_UNSPECIFIED or a value this server does not know returns
+        INVALID_ARGUMENT. For an SMS, the status is the part's (`status`); in a
+        snapshot, the message's.
+        """
+
+    @_builtins.property
+    def channels(self) -> _containers.RepeatedScalarFieldContainer[_callback_pb2.Channel.ValueType]:
+        """Only updates of messages of these channels; empty means every channel.
+        CHANNEL_UNSPECIFIED or a value this server does not know returns
         INVALID_ARGUMENT.
         """
 
@@ -242,10 +333,11 @@ class StreamStatusUpdatesRequest(_message.Message):
         after_sequence: _builtins.int | None = ...,
         include_snapshot: _builtins.bool = ...,
         statuses: _abc.Iterable[_callback_pb2.MessageStatus.ValueType] | None = ...,
+        channels: _abc.Iterable[_callback_pb2.Channel.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence", "after_sequence", b"after_sequence"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence", "after_sequence", b"after_sequence", "campaign_tracking_id", b"campaign_tracking_id", "include_snapshot", b"include_snapshot", "statuses", b"statuses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence", "after_sequence", b"after_sequence", "campaign_tracking_id", b"campaign_tracking_id", "channels", b"channels", "include_snapshot", b"include_snapshot", "statuses", b"statuses"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__after_sequence: _TypeAlias = _typing.Literal["after_sequence"]  # noqa: Y015
     _WhichOneofArgType__after_sequence: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence"]  # noqa: Y015
@@ -308,6 +400,10 @@ class StatusUpdate(_message.Message):
     CALLBACK_FIELD_NUMBER: _builtins.int
     PREVIOUS_STATUS_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    PART_FIELD_NUMBER: _builtins.int
+    SMS_CALLBACK_FIELD_NUMBER: _builtins.int
+    MESSAGE_STATUS_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """The event's sequence: strictly increasing across the service, the resume point."""
     tracking_id: _builtins.str
@@ -320,7 +416,8 @@ class StatusUpdate(_message.Message):
     """The status name exactly as Routee sent it."""
     is_current: _builtins.bool
     """True when, as this event was stored, it became the message's current
-    status; false for a late event older than the current status. In a
+    status; false for a late event older than the current status. For an SMS,
+    true when the event changed the message's status (`message_status`). In a
     snapshot always true.
     """
     previous_status: _callback_pb2.MessageStatus.ValueType
@@ -333,6 +430,16 @@ class StatusUpdate(_message.Message):
     `callback` holds what the API returned, in the callback's shape, and its
     `raw_json` the API's own JSON).
     """
+    channel: _callback_pb2.Channel.ValueType
+    """The message's channel: CHANNEL_VIBER or CHANNEL_SMS."""
+    part: _builtins.int
+    """For an SMS, the part the event is about (from 1); 0 for a Viber message."""
+    message_status: _callback_pb2.MessageStatus.ValueType
+    """The message's status after this event: for a Viber message the current
+    status, for an SMS the status its parts give it (see
+    GetMessageStatusResponse.status). UNSPECIFIED for events stored before
+    this field existed that did not become current.
+    """
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the status changed, according to Routee (`status.updatedDate`)."""
@@ -343,7 +450,13 @@ class StatusUpdate(_message.Message):
 
     @_builtins.property
     def callback(self) -> _callback_pb2.ViberCallback:
-        """The full callback that reported the event."""
+        """The full callback that reported the event; unset for an SMS."""
+
+    @_builtins.property
+    def sms_callback(self) -> _callback_pb2.SmsCallback:
+        """For an SMS, the delivery report that reported the event; unset for a Viber
+        message.
+        """
 
     def __init__(
         self,
@@ -359,10 +472,14 @@ class StatusUpdate(_message.Message):
         callback: _callback_pb2.ViberCallback | None = ...,
         previous_status: _callback_pb2.MessageStatus.ValueType = ...,
         source: Global___EventSource.ValueType = ...,
+        channel: _callback_pb2.Channel.ValueType = ...,
+        part: _builtins.int = ...,
+        sms_callback: _callback_pb2.SmsCallback | None = ...,
+        message_status: _callback_pb2.MessageStatus.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback", "receive_time", b"receive_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback", "receive_time", b"receive_time", "sms_callback", b"sms_callback", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback", "campaign_tracking_id", b"campaign_tracking_id", "is_current", b"is_current", "previous_status", b"previous_status", "receive_time", b"receive_time", "sequence", b"sequence", "source", b"source", "status", b"status", "status_name", b"status_name", "tracking_id", b"tracking_id", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback", "campaign_tracking_id", b"campaign_tracking_id", "channel", b"channel", "is_current", b"is_current", "message_status", b"message_status", "part", b"part", "previous_status", b"previous_status", "receive_time", b"receive_time", "sequence", b"sequence", "sms_callback", b"sms_callback", "source", b"source", "status", b"status", "status_name", b"status_name", "tracking_id", b"tracking_id", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -425,6 +542,7 @@ class StreamInboundMessagesRequest(_message.Message):
 
     CAMPAIGN_TRACKING_ID_FIELD_NUMBER: _builtins.int
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    CHANNELS_FIELD_NUMBER: _builtins.int
     campaign_tracking_id: _builtins.str
     """Only replies to messages of this campaign (Routee's `campaignTrackingId`);
     empty means every campaign, including replies with no campaign.
@@ -436,15 +554,23 @@ class StreamInboundMessagesRequest(_message.Message):
     the stream is live only. A sequence that is higher than the last stored
     one returns INVALID_ARGUMENT.
     """
+    @_builtins.property
+    def channels(self) -> _containers.RepeatedScalarFieldContainer[_callback_pb2.Channel.ValueType]:
+        """Only inbound messages of these channels; empty means every channel.
+        CHANNEL_UNSPECIFIED or a value this server does not know returns
+        INVALID_ARGUMENT.
+        """
+
     def __init__(
         self,
         *,
         campaign_tracking_id: _builtins.str = ...,
         after_sequence: _builtins.int | None = ...,
+        channels: _abc.Iterable[_callback_pb2.Channel.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence", "after_sequence", b"after_sequence"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence", "after_sequence", b"after_sequence", "campaign_tracking_id", b"campaign_tracking_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence", "after_sequence", b"after_sequence", "campaign_tracking_id", b"campaign_tracking_id", "channels", b"channels"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__after_sequence: _TypeAlias = _typing.Literal["after_sequence"]  # noqa: Y015
     _WhichOneofArgType__after_sequence: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence"]  # noqa: Y015
@@ -556,6 +682,7 @@ class ListMessageStatusesRequest(_message.Message):
     STATUSES_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    CHANNELS_FIELD_NUMBER: _builtins.int
     campaign_tracking_id: _builtins.str
     """The campaign (Routee's `campaignTrackingId`). Required."""
     page_size: _builtins.int
@@ -571,6 +698,13 @@ class ListMessageStatusesRequest(_message.Message):
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_callback_pb2.MessageStatus.ValueType]:
         """Only messages whose current status is one of these; empty means all."""
 
+    @_builtins.property
+    def channels(self) -> _containers.RepeatedScalarFieldContainer[_callback_pb2.Channel.ValueType]:
+        """Only messages of these channels; empty means every channel.
+        CHANNEL_UNSPECIFIED or a value this server does not know returns
+        INVALID_ARGUMENT.
+        """
+
     def __init__(
         self,
         *,
@@ -578,10 +712,11 @@ class ListMessageStatusesRequest(_message.Message):
         statuses: _abc.Iterable[_callback_pb2.MessageStatus.ValueType] | None = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        channels: _abc.Iterable[_callback_pb2.Channel.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_tracking_id", b"campaign_tracking_id", "page_size", b"page_size", "page_token", b"page_token", "statuses", b"statuses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_tracking_id", b"campaign_tracking_id", "channels", b"channels", "page_size", b"page_size", "page_token", b"page_token", "statuses", b"statuses"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

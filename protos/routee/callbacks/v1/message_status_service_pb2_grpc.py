@@ -26,12 +26,12 @@ if _version_not_supported:
 
 
 class MessageStatusServiceStub:
-    """MessageStatusService serves the status of Viber messages that Routee reported
-    to this service by callback.
+    """MessageStatusService serves the status of Viber messages and SMS that Routee
+    reported to this service by callback.
 
     Every distinct status event (one tracking id, one status name compared
-    case-insensitively, one `updatedDate` instant) is stored once and gets a
-    sequence: a number that strictly increases across the whole service, is never
+    case-insensitively, one `updatedDate` instant; for an SMS, of one part) is
+    stored once and gets a sequence: a number that strictly increases across the whole service, is never
     reused and is the resume point of StreamStatusUpdates. A callback that Routee
     sends again is recognised as the same event and is neither stored nor
     published a second time.
@@ -76,12 +76,12 @@ class MessageStatusServiceStub:
 
 
 class MessageStatusServiceServicer:
-    """MessageStatusService serves the status of Viber messages that Routee reported
-    to this service by callback.
+    """MessageStatusService serves the status of Viber messages and SMS that Routee
+    reported to this service by callback.
 
     Every distinct status event (one tracking id, one status name compared
-    case-insensitively, one `updatedDate` instant) is stored once and gets a
-    sequence: a number that strictly increases across the whole service, is never
+    case-insensitively, one `updatedDate` instant; for an SMS, of one part) is
+    stored once and gets a sequence: a number that strictly increases across the whole service, is never
     reused and is the resume point of StreamStatusUpdates. A callback that Routee
     sends again is recognised as the same event and is neither stored nor
     published a second time.
@@ -122,8 +122,8 @@ class MessageStatusServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StreamInboundMessages(self, request, context):
-        """StreamInboundMessages streams the Viber messages users sent back (replies)
-        as they are stored.
+        """StreamInboundMessages streams the messages users sent back (Viber replies
+        and inbound SMS) as they are stored.
 
         It follows the rules of StreamStatusUpdates: strictly increasing
         `sequence` (shared with status updates, so an inbound stream's sequences
@@ -167,7 +167,8 @@ class MessageStatusServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetCampaignSummary(self, request, context):
-        """GetCampaignSummary counts the messages of a campaign by current status.
+        """GetCampaignSummary counts the messages of a campaign by current status
+        (for a multipart SMS, its message status: see GetMessageStatusResponse).
 
         The counts are kept as events are stored, so the answer costs the same for
         a campaign of ten messages or of millions. It is consistent with
@@ -226,12 +227,12 @@ def add_MessageStatusServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class MessageStatusService:
-    """MessageStatusService serves the status of Viber messages that Routee reported
-    to this service by callback.
+    """MessageStatusService serves the status of Viber messages and SMS that Routee
+    reported to this service by callback.
 
     Every distinct status event (one tracking id, one status name compared
-    case-insensitively, one `updatedDate` instant) is stored once and gets a
-    sequence: a number that strictly increases across the whole service, is never
+    case-insensitively, one `updatedDate` instant; for an SMS, of one part) is
+    stored once and gets a sequence: a number that strictly increases across the whole service, is never
     reused and is the resume point of StreamStatusUpdates. A callback that Routee
     sends again is recognised as the same event and is neither stored nor
     published a second time.

@@ -27,12 +27,12 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class MessageStatusServiceStub:
-    """MessageStatusService serves the status of Viber messages that Routee reported
-    to this service by callback.
+    """MessageStatusService serves the status of Viber messages and SMS that Routee
+    reported to this service by callback.
 
     Every distinct status event (one tracking id, one status name compared
-    case-insensitively, one `updatedDate` instant) is stored once and gets a
-    sequence: a number that strictly increases across the whole service, is never
+    case-insensitively, one `updatedDate` instant; for an SMS, of one part) is
+    stored once and gets a sequence: a number that strictly increases across the whole service, is never
     reused and is the resume point of StreamStatusUpdates. A callback that Routee
     sends again is recognised as the same event and is neither stored nor
     published a second time.
@@ -69,8 +69,8 @@ class MessageStatusServiceStub:
     backoff); INVALID_ARGUMENT for a bad request (see the request's fields).
     """
     StreamInboundMessages: _grpc.UnaryStreamMultiCallable[_message_status_service_pb2.StreamInboundMessagesRequest, _message_status_service_pb2.StreamInboundMessagesResponse]
-    """StreamInboundMessages streams the Viber messages users sent back (replies)
-    as they are stored.
+    """StreamInboundMessages streams the messages users sent back (Viber replies
+    and inbound SMS) as they are stored.
 
     It follows the rules of StreamStatusUpdates: strictly increasing
     `sequence` (shared with status updates, so an inbound stream's sequences
@@ -102,7 +102,8 @@ class MessageStatusServiceStub:
     the store cannot be read.
     """
     GetCampaignSummary: _grpc.UnaryUnaryMultiCallable[_message_status_service_pb2.GetCampaignSummaryRequest, _message_status_service_pb2.GetCampaignSummaryResponse]
-    """GetCampaignSummary counts the messages of a campaign by current status.
+    """GetCampaignSummary counts the messages of a campaign by current status
+    (for a multipart SMS, its message status: see GetMessageStatusResponse).
 
     The counts are kept as events are stored, so the answer costs the same for
     a campaign of ten messages or of millions. It is consistent with
@@ -118,12 +119,12 @@ class MessageStatusServiceStub:
 
 @_typing.type_check_only
 class MessageStatusServiceAsyncStub(MessageStatusServiceStub):
-    """MessageStatusService serves the status of Viber messages that Routee reported
-    to this service by callback.
+    """MessageStatusService serves the status of Viber messages and SMS that Routee
+    reported to this service by callback.
 
     Every distinct status event (one tracking id, one status name compared
-    case-insensitively, one `updatedDate` instant) is stored once and gets a
-    sequence: a number that strictly increases across the whole service, is never
+    case-insensitively, one `updatedDate` instant; for an SMS, of one part) is
+    stored once and gets a sequence: a number that strictly increases across the whole service, is never
     reused and is the resume point of StreamStatusUpdates. A callback that Routee
     sends again is recognised as the same event and is neither stored nor
     published a second time.
@@ -157,8 +158,8 @@ class MessageStatusServiceAsyncStub(MessageStatusServiceStub):
     backoff); INVALID_ARGUMENT for a bad request (see the request's fields).
     """
     StreamInboundMessages: _aio.UnaryStreamMultiCallable[_message_status_service_pb2.StreamInboundMessagesRequest, _message_status_service_pb2.StreamInboundMessagesResponse]  # type: ignore[assignment]
-    """StreamInboundMessages streams the Viber messages users sent back (replies)
-    as they are stored.
+    """StreamInboundMessages streams the messages users sent back (Viber replies
+    and inbound SMS) as they are stored.
 
     It follows the rules of StreamStatusUpdates: strictly increasing
     `sequence` (shared with status updates, so an inbound stream's sequences
@@ -190,7 +191,8 @@ class MessageStatusServiceAsyncStub(MessageStatusServiceStub):
     the store cannot be read.
     """
     GetCampaignSummary: _aio.UnaryUnaryMultiCallable[_message_status_service_pb2.GetCampaignSummaryRequest, _message_status_service_pb2.GetCampaignSummaryResponse]  # type: ignore[assignment]
-    """GetCampaignSummary counts the messages of a campaign by current status.
+    """GetCampaignSummary counts the messages of a campaign by current status
+    (for a multipart SMS, its message status: see GetMessageStatusResponse).
 
     The counts are kept as events are stored, so the answer costs the same for
     a campaign of ten messages or of millions. It is consistent with
@@ -205,12 +207,12 @@ class MessageStatusServiceAsyncStub(MessageStatusServiceStub):
     """
 
 class MessageStatusServiceServicer(metaclass=_abc_1.ABCMeta):
-    """MessageStatusService serves the status of Viber messages that Routee reported
-    to this service by callback.
+    """MessageStatusService serves the status of Viber messages and SMS that Routee
+    reported to this service by callback.
 
     Every distinct status event (one tracking id, one status name compared
-    case-insensitively, one `updatedDate` instant) is stored once and gets a
-    sequence: a number that strictly increases across the whole service, is never
+    case-insensitively, one `updatedDate` instant; for an SMS, of one part) is
+    stored once and gets a sequence: a number that strictly increases across the whole service, is never
     reused and is the resume point of StreamStatusUpdates. A callback that Routee
     sends again is recognised as the same event and is neither stored nor
     published a second time.
@@ -260,8 +262,8 @@ class MessageStatusServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _message_status_service_pb2.StreamInboundMessagesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_message_status_service_pb2.StreamInboundMessagesResponse], _abc.AsyncIterator[_message_status_service_pb2.StreamInboundMessagesResponse]]:
-        """StreamInboundMessages streams the Viber messages users sent back (replies)
-        as they are stored.
+        """StreamInboundMessages streams the messages users sent back (Viber replies
+        and inbound SMS) as they are stored.
 
         It follows the rules of StreamStatusUpdates: strictly increasing
         `sequence` (shared with status updates, so an inbound stream's sequences
@@ -311,7 +313,8 @@ class MessageStatusServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _message_status_service_pb2.GetCampaignSummaryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_message_status_service_pb2.GetCampaignSummaryResponse, _abc.Awaitable[_message_status_service_pb2.GetCampaignSummaryResponse]]:
-        """GetCampaignSummary counts the messages of a campaign by current status.
+        """GetCampaignSummary counts the messages of a campaign by current status
+        (for a multipart SMS, its message status: see GetMessageStatusResponse).
 
         The counts are kept as events are stored, so the answer costs the same for
         a campaign of ten messages or of millions. It is consistent with
