@@ -103,11 +103,20 @@ def run_status(args: argparse.Namespace) -> int:
         print(json.dumps(MessageToDict(response), indent=2))
         return 0
     print(f"{response.tracking_id}  {_status_name(response.status)} ({response.status_name})")
-    print(f"campaign: {response.campaign_tracking_id or '-'}  sequence: {response.sequence}")
+    print(
+        f"channel: {_channel_name(response.channel)}  campaign: {response.campaign_tracking_id or '-'}"
+        f"  sequence: {response.sequence}"
+    )
+    for part in response.parts:
+        print(
+            f"  part {part.part}/{response.sms_callback.parts or len(response.parts)}  {_status_name(part.status):<11}"
+            f" {part.status_name:<12} {part.update_time.ToJsonString()}  sms {part.sms_id or '-'}  seq {part.sequence}"
+        )
     for event in response.events:
+        of_part = f" part {event.part}" if event.part else ""
         print(
             f"  {event.update_time.ToJsonString()}  {_status_name(event.status):<11} {event.status_name:<12}"
-            f" seq {event.sequence}"
+            f" seq {event.sequence}{of_part}"
         )
     for reply in response.replies:
         print(f"  reply {_reply_line(reply)}")
@@ -116,13 +125,29 @@ def run_status(args: argparse.Namespace) -> int:
 
 def _reply_line(reply: pb.InboundMessage) -> str:
     media = f"  [{reply.file_name or 'media'}: {reply.media_url}]" if reply.media_url else ""
-    return f"{reply.send_time.ToJsonString()}  from {reply.sender}  seq {reply.sequence}  {reply.text!r}{media}"
+    return (
+        f"{reply.send_time.ToJsonString()}  {_channel_name(reply.channel or pb.CHANNEL_VIBER)}  from {reply.sender}"
+        f"  seq {reply.sequence}  {reply.text!r}{media}"
+    )
+
+
+def _channel_name(value: int) -> str:
+    known = {channel: name.removeprefix("CHANNEL_").lower() for name, channel in pb.Channel.items()}
+    return known.get(value, str(value))
 
 
 def _status_line(update: pb2.StatusUpdate) -> str:
+    if update.channel == pb.CHANNEL_SMS:
+        message = _status_name(update.message_status)
+        current = f"  message {message}" if update.is_current else f"  (message stays {message})"
+        return (
+            f"{update.sequence:>8}  {update.update_time.ToJsonString()}  sms    {update.tracking_id}"
+            f" part {update.part}/{update.sms_callback.parts}  {_status_name(update.status)} ({update.status_name})"
+            f"{current}"
+        )
     current = "" if update.is_current else "  (late: not current)"
     return (
-        f"{update.sequence:>8}  {update.update_time.ToJsonString()}  {update.tracking_id}"
+        f"{update.sequence:>8}  {update.update_time.ToJsonString()}  viber  {update.tracking_id}"
         f"  {_status_name(update.status)} ({update.status_name}){current}"
     )
 
@@ -222,10 +247,11 @@ def _list_campaign(stub: pb2_grpc.MessageStatusServiceStub, args: argparse.Names
             if args.json:
                 print(json.dumps(MessageToDict(message)), flush=True)
             else:
-                reason = message.callback.status.reason.detailed_status
+                callback = message.sms_callback if message.channel == pb.CHANNEL_SMS else message.callback
+                reason = callback.status.reason.detailed_status
                 print(
-                    f"{message.tracking_id}  {_status_name(message.status):<11} {message.status_name:<12}"
-                    f" {message.callback.status.update_time.ToJsonString()}  seq {message.sequence}"
+                    f"{message.tracking_id}  {_channel_name(message.channel):<5}  {_status_name(message.status):<11}"
+                    f" {message.status_name:<12} {callback.status.update_time.ToJsonString()}  seq {message.sequence}"
                     + (f"  ({reason})" if reason else ""),
                     flush=True,
                 )

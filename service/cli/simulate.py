@@ -1,11 +1,15 @@
-"""``routee-callbacks simulate``: post realistic Routee Viber callbacks (and replies) to a running service.
+"""``routee-callbacks simulate``: post realistic Routee callbacks (and replies) to a running service: Viber, SMS
+or both (``--channel``).
 
 Each message follows a realistic life (Queued → Delivered → Seen, failures with
 reasons, expire-on-delivery), posted with Routee's quirks: status names in
 varying case, dates with and without milliseconds, decimal TTLs, nulls and
-undocumented fields, and retries of callbacks already sent. With ``--replies``
-some recipients of delivered messages answer, as Routee posts to the
-campaign's ``inboundUrl``.
+undocumented fields, and retries of callbacks already sent. An SMS has 1 to 3
+parts, each with reports of its own (Queued → Sent → Delivered; one part
+undelivered; every part failed, unsent or only sent). With ``--replies`` some
+recipients of delivered messages answer, as Routee posts to the campaign's
+``inboundUrl`` (an inbound SMS to the number's ``inboundSmsCallbackUrl``).
+The JSON summary says how many messages should end in each status.
 """
 
 from __future__ import annotations
@@ -53,10 +57,34 @@ SCENARIOS: list[tuple[float, list[Step]]] = [
 ]
 
 
+# (weight, the status every part ends in, the one part that ends otherwise (its status, detailed status))
+SMS_SCENARIOS: list[tuple[float, str, tuple[str, str] | None]] = [
+    (0.60, "Delivered", None),
+    (0.15, "Delivered", ("Undelivered", "Undelivered on Handset")),
+    (0.10, "Sent", None),
+    (0.10, "Failed", None),
+    (0.05, "Unsent", None),
+]
+SMS_TEXT = "Spring sale: 20% off every item in store today and tomorrow. Show this SMS at the till. Reply STOP to quit."
+CHANNELS = ("viber", "sms", "mixed")
+
+
 def add_command(commands: Any) -> None:
     """Register ``simulate`` on the subcommand parsers."""
-    simulate = commands.add_parser("simulate", help="post realistic Routee Viber callbacks to a running service")
+    simulate = commands.add_parser("simulate", help="post realistic Routee callbacks (Viber, SMS) to a running service")
     simulate.add_argument("--url", required=True, help="callback URL, e.g. http://127.0.0.1:8080/v1/callbacks/viber")
+    simulate.add_argument(
+        "--channel",
+        choices=CHANNELS,
+        default="viber",
+        help="Viber messages, multipart SMS, or half of each (mixed); default: viber",
+    )
+    simulate.add_argument(
+        "--sms-url",
+        default=None,
+        metavar="URL",
+        help="where SMS reports go (default: --url ending in /sms, not /viber)",
+    )
     simulate.add_argument("--messages", type=int, default=10, metavar="N", help="messages to simulate (default: 10)")
     simulate.add_argument("--campaign", default=None, metavar="ID", help="campaign tracking id (default: a new one)")
     simulate.add_argument(
@@ -121,6 +149,90 @@ def build_callbacks(messages: int, campaign: str, rng: random.Random, start: dat
                 }
             )
     return callbacks
+
+
+def build_sms(messages: int, campaign: str, rng: random.Random, start: datetime) -> list[dict[str, Any]]:
+    """Build every delivery report of ``messages`` SMS of 1 to 3 parts, in event order per part."""
+    reports = []
+    for index in range(messages):
+        message_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        recipient = f"+3069{rng.randint(0, 99_999_999):08d}"
+        _, final, failing = rng.choices(SMS_SCENARIOS, [weight for weight, *_ in SMS_SCENARIOS])[0]
+        parts = rng.choice([1, 2, 2, 3])
+        failing_part = rng.randint(1, parts)
+        for part in range(1, parts + 1):
+            moment = start + timedelta(seconds=index * 0.05, milliseconds=rng.randint(0, 999))
+            end, detailed = (failing[0], failing[1]) if failing and part == failing_part else (final, None)
+            steps = ["Queued", "Sent", end] if end in ("Delivered", "Undelivered") else ["Queued", end]
+            for name in dict.fromkeys(steps):  # "Sent" once when it is the end
+                moment += timedelta(seconds=rng.randint(1, 20), milliseconds=rng.randint(0, 999))
+                status: dict[str, Any] = {"name": _quirky(name, rng), "updatedDate": _date(moment, rng)}
+                if name == end and detailed:
+                    status["reason"] = {"detailedStatus": detailed, "description": "Reported by the operator"}
+                reports.append(
+                    {
+                        "messageId": message_id,
+                        "smsId": f"{message_id[:8]}-p{part}",
+                        "part": part,
+                        "parts": parts,
+                        "campaignTrackingId": campaign,
+                        "label": "simulated",
+                        "to": recipient,
+                        "from": "Routee",
+                        "country": "GR",
+                        "operator": rng.choice(["Cosmote", "Vodafone", "Nova", None]),
+                        "groups": rng.choice([["vip"], []]),
+                        "campaignName": "Spring sale",
+                        "status": status,
+                        "message": SMS_TEXT,
+                        "applicationName": "default",
+                        "latency": rng.randint(200, 5000) if name == "Delivered" else None,
+                        "price": 0.035,
+                        "direction": "Outbound",
+                        "originatingService": "Sms",
+                    }
+                )
+    return reports
+
+
+def expected_statuses(callbacks: list[dict[str, Any]], reports: list[dict[str, Any]]) -> dict[str, int]:
+    """How many messages should end in each status: a Viber message in its last step's, an SMS in its scenario's
+    (read back from its reports, not from the service's rule)."""
+    final: dict[str, str] = {}
+    for callback in callbacks:
+        final[callback["trackingId"]] = callback["status"]["name"].lower()
+    parts: dict[str, dict[int, str]] = {}
+    for report in reports:
+        parts.setdefault(report["messageId"], {})[report["part"]] = report["status"]["name"].lower()
+    for message_id, ends in parts.items():
+        names = set(ends.values())
+        final[message_id] = next((bad for bad in ("undelivered", "failed", "unsent") if bad in names), None) or (
+            "sent" if "sent" in names else "delivered"
+        )
+    return dict(sorted(Counter(final.values()).items()))
+
+
+def build_sms_inbound(reports: list[dict[str, Any]], count: int, rng: random.Random) -> list[dict[str, Any]]:
+    """Inbound SMS from the recipients of ``count`` delivered SMS, as Routee posts them to
+    ``inboundSmsCallbackUrl``."""
+    delivered = {report["messageId"]: report for report in reports if report["status"]["name"].lower() == "delivered"}
+    inbound = []
+    for report in rng.sample(list(delivered.values()), k=min(count, len(delivered))):
+        sent = datetime.fromisoformat(report["status"]["updatedDate"].replace("Z", "+00:00"))
+        text = rng.choice([*REPLY_TEXTS[:-1], "Is the offer valid for the shoes in the window too? " * 3])
+        inbound.append(
+            {
+                "messageId": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                "from": report["to"],
+                "to": "12345",
+                "message": text,
+                "parts": 1 if len(text) <= 160 else 2,
+                "originatingService": "Sms",
+                "direction": "Inbound",
+                "receivedDate": _date(sent + timedelta(seconds=rng.randint(5, 600)), rng),
+            }
+        )
+    return inbound
 
 
 REPLY_TEXTS = ["YES", "yes please", "No thanks", "STOP", "Tell me more \U0001f44d", ""]
@@ -219,12 +331,21 @@ def run_simulate(args: argparse.Namespace) -> int:
     """Post the simulated campaign; exit 0 when every callback got 200."""
     rng = random.Random(args.seed)
     campaign = args.campaign or str(uuid.UUID(int=rng.getrandbits(128), version=4))
-    callbacks = build_callbacks(args.messages, campaign, rng, datetime.now(UTC).replace(microsecond=0))
-    replies = build_replies(callbacks, args.replies, rng)
-    inbound_url = args.inbound_url or args.url.rstrip("/") + "/inbound"
-    posts = [(args.url, callback, callback["status"]["updatedDate"]) for callback in callbacks]
+    start = datetime.now(UTC).replace(microsecond=0)
+    sms_messages = {"viber": 0, "sms": args.messages, "mixed": args.messages // 2}[args.channel]
+    callbacks = build_callbacks(args.messages - sms_messages, campaign, rng, start)
+    reports = build_sms(sms_messages, campaign, rng, start)
+    replies = build_replies(callbacks, args.replies // 2 if reports else args.replies, rng)
+    sms_inbound = build_sms_inbound(reports, args.replies - len(replies), rng)
+    viber_url = args.url
+    sms_url = args.sms_url or (args.url if args.channel == "sms" else _sms_url(args.url))
+    inbound_url = args.inbound_url or viber_url.rstrip("/") + "/inbound"
+    posts = [(viber_url, callback, callback["status"]["updatedDate"]) for callback in callbacks]
     posts += [(inbound_url, reply, reply["sentDate"]) for reply in replies]
-    distinct = len(callbacks)
+    posts += [(sms_url, report, report["status"]["updatedDate"]) for report in reports]
+    posts += [(sms_url.rstrip("/") + "/inbound", message, message["receivedDate"]) for message in sms_inbound]
+    distinct = len(callbacks) + len(reports)
+    replies += sms_inbound
     if args.duplicates:
         posts += rng.sample(posts, k=len(posts) // 3)
     if args.shuffle:
@@ -238,6 +359,8 @@ def run_simulate(args: argparse.Namespace) -> int:
         "messages": args.messages,
         "distinct_events": distinct,
         "replies": len(replies),
+        "sms_messages": sms_messages,
+        "expected_statuses": expected_statuses(callbacks, reports),
         "sent": len(bodies),
         "outcomes": dict(sorted(sender.results.items())),
         "seconds": round(elapsed, 3),
@@ -257,3 +380,9 @@ def run_simulate(args: argparse.Namespace) -> int:
         print(f"routee-callbacks: error: {len(bodies) - ok} callbacks were not accepted", file=sys.stderr)
         return 1
     return 0
+
+
+def _sms_url(url: str) -> str:
+    """The SMS reports' URL beside a Viber callback URL (``…/viber`` → ``…/sms``)."""
+    base, _, last = url.rstrip("/").rpartition("/")
+    return f"{base}/sms" if last == "viber" else url.rstrip("/") + "/sms"
