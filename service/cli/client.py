@@ -132,7 +132,9 @@ def _reply_line(reply: pb.InboundMessage) -> str:
 
 
 def _channel_name(value: int) -> str:
-    known = {channel: name.removeprefix("CHANNEL_").lower() for name, channel in pb.Channel.items()}
+    known: dict[int, str] = {
+        int(channel): name.removeprefix("CHANNEL_").lower() for name, channel in pb.Channel.items()
+    }
     return known.get(value, str(value))
 
 
