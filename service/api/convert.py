@@ -45,6 +45,7 @@ def inbound_stream_item(entry: StoredInbound) -> bytes:
     """Serialize a stored inbound message as one StreamInboundMessagesResponse."""
     item = pb2.StreamInboundMessagesResponse()
     item.inbound_message.MergeFromString(entry.message)
+    item.inbound_message.channel = entry.channel  # type: ignore[assignment]  # Kept before channels: Viber.
     return item.SerializeToString()
 
 

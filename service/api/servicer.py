@@ -230,7 +230,9 @@ def _message_status(state: MessageState) -> pb2.GetMessageStatusResponse:
     # Parsed in place: no message to build, then copy.
     (response.sms_callback if current.channel == SMS else response.callback).MergeFromString(current.callback)
     for reply in replies:
-        response.replies.add().MergeFromString(reply.message)
+        message = response.replies.add()
+        message.MergeFromString(reply.message)
+        message.channel = reply.channel  # type: ignore[assignment]  # Kept before channels: Viber.
     # A conversation reads in the order its messages were written, whatever order Routee delivered them in.
     response.replies.sort(key=lambda message: (message.send_time.seconds, message.send_time.nanos, message.sequence))
     return response

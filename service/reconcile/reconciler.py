@@ -193,6 +193,7 @@ async def backfill(
     """Store every message of a campaign the tracking API knows, Viber and SMS (each part); a status already stored
     is a duplicate."""
     counts = Counts()
+    seen: set[str] = set()  # An SMS's parts are one message.
     writer = BatchWriter(store)
     writer.start()
     try:
@@ -202,9 +203,9 @@ async def backfill(
                 result = await api.campaign_page(campaign_tracking_id, page, page_size, channel)
                 jobs = []
                 for item in result.items:
-                    counts.looked_up += 1
                     try:
                         callback = tracked_callback(parse, item, campaign_tracking_id, channel)
+                        seen.add(tracked_id(callback))
                         jobs.append(writer.enqueue(AppendStatus(callback, source=FROM_TRACKING_API)))
                     except RejectedError as ex:
                         _LOGGER.warning("skipped an object the tracking API returned: %s", ex)
@@ -212,6 +213,7 @@ async def backfill(
                 if result.last or not result.items:
                     break
                 page += 1
+        counts.looked_up = len(seen)
         return counts
     finally:
         await writer.stop()

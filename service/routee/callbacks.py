@@ -35,6 +35,7 @@ from typing_extensions import TypedDict  # pydantic validates typing.TypedDict o
 
 from routee.callbacks.v1 import callback_pb2 as pb
 from service.domain.errors import InvalidCallbackError, MalformedJsonError
+from service.domain.rules import VIBER
 from service.routee.fields import (
     CONFIG,
     AsTimestamp,
@@ -294,4 +295,4 @@ def parse_inbound(body: bytes) -> ParsedInbound:
     """
     adjusted: list[Adjustment] = []
     fields = validate_body(_INBOUND, body, adjusted, _INBOUND_IDENTITY)
-    return ParsedInbound(pb.InboundMessage(**fields, raw_json=body.decode("utf-8")), adjusted)
+    return ParsedInbound(pb.InboundMessage(**fields, channel=VIBER, raw_json=body.decode("utf-8")), adjusted)

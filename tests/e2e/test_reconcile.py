@@ -16,10 +16,18 @@ from pathlib import Path
 import pytest
 
 from conftest import StartService
+from routee.callbacks.v1 import callback_pb2 as pb
 from routee.callbacks.v1 import message_status_service_pb2 as pb2
-from support.fake_routee import APPLICATION_ID, SECRET, FakeRoutee, fake_routee, tracking_object
+from support.fake_routee import (
+    APPLICATION_ID,
+    SECRET,
+    FakeRoutee,
+    fake_routee,
+    sms_tracking_object,
+    tracking_object,
+)
 from support.fixtures import fixture
-from support.network import http_request, post_callback
+from support.network import JSON, SMS_PATH, http_request, post_callback
 from support.polling import eventually
 from support.service_process import OPEN, executable
 from support.streams import StreamCollector
@@ -106,6 +114,42 @@ class TestReconciliation:
         assert "not-the-secret" not in service.log()
 
 
+class TestSmsReconciliation:
+    def test_an_sms_whose_parts_no_report_brought_is_asked_for_part_by_part(
+        self, start_service: StartService, fake: FakeRoutee, database: str
+    ) -> None:
+        """A 2-part SMS with only part 1's Queued: the SMS tracking API tells both parts delivered; the message
+        becomes delivered, its new events marked as from the API."""
+        service = start_service(
+            *OPEN, *routee_options(fake), "--reconcile-after", "1",
+            database=database, env={"ROUTEE_CALLBACKS_ROUTEE_APPLICATION_SECRET": SECRET},
+        )  # fmt: skip
+        fake.sms_messages["s1"] = [
+            sms_tracking_object("s1", 1, 2, "Delivered", when(3)),
+            sms_tracking_object("s1", 2, 2, "Delivered", when(4)),
+        ]
+        report = {"messageId": "s1", "part": 1, "parts": 2, "status": {"name": "Queued", "updatedDate": when(0)}}
+        posted = http_request(
+            service.http_port, "POST", SMS_PATH, json.dumps(report).encode(), headers={"Content-Type": JSON}
+        )
+        assert posted.status == 200
+        eventually(lambda: service.get_status("s1").status == pb.MESSAGE_STATUS_DELIVERED, "no Delivered from the API")
+        response = service.get_status("s1")
+        assert response.channel == pb.CHANNEL_SMS
+        assert [(part.part, part.status) for part in response.parts] == [
+            (1, pb.MESSAGE_STATUS_DELIVERED),
+            (2, pb.MESSAGE_STATUS_DELIVERED),
+        ]
+        assert [e.source for e in response.events] == [
+            pb2.EVENT_SOURCE_CALLBACK,
+            pb2.EVENT_SOURCE_TRACKING_API,
+            pb2.EVENT_SOURCE_TRACKING_API,
+        ]
+        assert any(path == "/sms/tracking/single/s1" for path, _ in fake.calls)
+        metrics = http_request(service.http_port, "GET", "/metrics").body.decode()
+        assert 'routee_callbacks_tracking_api_calls_total{endpoint="sms_message",outcome="ok"}' in metrics
+
+
 class TestBackfill:
     def test_a_campaign_of_several_pages_that_never_sent_a_callback(
         self, start_service: StartService, fake: FakeRoutee, database: str
@@ -113,7 +157,12 @@ class TestBackfill:
         campaign = "c0ffee00-0000-4000-8000-00000000bf11"
         fake.campaigns[campaign] = [
             tracking_object(f"b{n:03d}", ["Delivered", "Seen", "Failed"][n % 3], when(n), campaign=campaign)
-            for n in range(250)
+            for n in range(240)
+        ]
+        fake.sms_campaigns[campaign] = [  # Ten SMS of two parts: the second part of every other one undelivered.
+            sms_tracking_object(f"b{n:03d}", part, 2, "Undelivered" if n % 2 and part == 2 else "Delivered", when(n))
+            for n in range(240, 250)
+            for part in (1, 2)
         ]
         service = start_service(*OPEN, database=database)
         stream = StreamCollector(service.grpc_target, pb2.StreamStatusUpdatesRequest(campaign_tracking_id=campaign))
@@ -130,18 +179,27 @@ class TestBackfill:
             ]
             result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=environment)
             assert result.returncode == 0, result.stderr
-            assert f"campaign {campaign}: 250 messages seen, 250 new events" in result.stdout
-            updates = stream.wait_for(250, timeout=20)
+            assert f"campaign {campaign}: 250 messages seen, 260 new events" in result.stdout
+            updates = stream.wait_for(260, timeout=20)
         finally:
             stream.close()
         assert {u.tracking_id for u in updates} == {f"b{n:03d}" for n in range(250)}
         assert {u.source for u in updates} == {pb2.EVENT_SOURCE_TRACKING_API}
-        assert [path.split("/")[-1] for path, _ in fake.calls] == [campaign] * 3
+        assert [path.rsplit("/", 1)[0] for path, _ in fake.calls] == [
+            *["/viber/tracking/campaign"] * 3,
+            "/sms/tracking/campaign",
+        ]
         with service.channel() as channel:
             summary = service.stub(channel).GetCampaignSummary(
                 pb2.GetCampaignSummaryRequest(campaign_tracking_id=campaign)
             )
         assert summary.total_messages == 250
+        assert {(count.status, count.messages) for count in summary.counts} == {
+            (pb.MESSAGE_STATUS_DELIVERED, 80 + 5),
+            (pb.MESSAGE_STATUS_SEEN, 80),
+            (pb.MESSAGE_STATUS_FAILED, 80),
+            (pb.MESSAGE_STATUS_UNDELIVERED, 5),
+        }
         again = subprocess.run(command, capture_output=True, text=True, timeout=120, env=environment)
         assert "250 messages seen, 0 new events" in again.stdout
 

@@ -1,6 +1,6 @@
-"""A fake of Routee's OAuth server and Viber tracking API: a real HTTP server on loopback speaking the documented
-shapes (client-credentials tokens, a message's current status, a campaign page by page), with the faults a client
-must survive: tokens that stop working, 404, 429 with Retry-After, 5xx."""
+"""A fake of Routee's OAuth server and Viber and SMS tracking API: a real HTTP server on loopback speaking the
+documented shapes (client-credentials tokens, a message's current status, a campaign page by page), with the faults
+a client must survive: tokens that stop working, 404, 429 with Retry-After, 5xx."""
 
 from __future__ import annotations
 
@@ -44,6 +44,33 @@ def tracking_object(
     return item
 
 
+def sms_tracking_object(
+    message_id: str, part: int, parts: int, status: str, date: str, *, campaign: str | None = None
+) -> dict[str, Any]:
+    """One part of an SMS as the SMS tracking API describes it (``status.status``/``status.date``, ``body``)."""
+    item: dict[str, Any] = {
+        "messageId": message_id,
+        "smsId": f"{message_id}-p{part}",
+        "part": part,
+        "parts": parts,
+        "to": "+306900000101",
+        "from": "Routee",
+        "country": "GR",
+        "operator": "Cosmote",
+        "status": {"status": status, "date": date},
+        "applicationName": "default",
+        "originatingService": "Sms",
+        "direction": "Outbound",
+        "body": "Spring sale: 20% off today",
+        "price": 0.035,
+    }
+    if status.lower() == "undelivered":
+        item["status"]["reason"] = {"detailedStatus": "Undelivered on Handset", "description": "Not accepted"}
+    if campaign is not None:
+        item.update(campaign="Spring sale", campaignTrackingId=campaign)
+    return item
+
+
 @dataclass
 class FakeRoutee:
     """The fake's state; tests change it while the server runs."""
@@ -53,6 +80,9 @@ class FakeRoutee:
     token_lifetime: int = 3600
     messages: dict[str, dict[str, Any]] = field(default_factory=dict)
     campaigns: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    #: An SMS's parts by message id, and an SMS campaign's parts, as the SMS tracking API answers them.
+    sms_messages: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    sms_campaigns: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     #: Statuses to answer the next tracking calls with, first come first served (429 gets Retry-After: 0).
     faults: list[int] = field(default_factory=list)
     #: Every Authorization header the token endpoint got.
@@ -97,8 +127,12 @@ class FakeRoutee:
                 return 401, {"message": "Unauthorized"}
             if self.faults:
                 return self.faults.pop(0), {"message": "try later"}
-            if path.startswith("/viber/tracking/campaign/"):
-                items = self.campaigns.get(path.rsplit("/", 1)[1])
+            if path.startswith("/sms/tracking/single/"):
+                parts = self.sms_messages.get(path.rsplit("/", 1)[1])
+                return (200, parts) if parts else (404, {"code": "404005000", "developerMessage": "Tracking not found"})
+            if path.startswith(("/viber/tracking/campaign/", "/sms/tracking/campaign/")):
+                campaigns = self.sms_campaigns if path.startswith("/sms/") else self.campaigns
+                items = campaigns.get(path.rsplit("/", 1)[1])
                 if items is None:
                     return 404, {"message": "campaign not found"}
                 page, size = int(query.get("page", ["0"])[0]), int(query.get("size", ["20"])[0])
@@ -132,7 +166,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         parts = urlsplit(self.path)
-        if not parts.path.startswith("/viber/tracking/"):
+        if not parts.path.startswith(("/viber/tracking/", "/sms/tracking/")):
             self._answer(404, {})
             return
         self._answer(

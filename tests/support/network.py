@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 CALLBACKS_PATH = "/v1/callbacks/viber"
+SMS_PATH = "/v1/callbacks/sms"
+SMS_INBOUND_PATH = "/v1/callbacks/sms/inbound"
+JSON = "application/json"
 INBOUND_PATH = "/v1/callbacks/viber/inbound"
 
 
