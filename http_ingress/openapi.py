@@ -13,6 +13,7 @@ import falcon.asgi
 from pydantic import TypeAdapter
 
 from service.routee.callbacks import InboundMessage, ViberCallback
+from service.routee.sms import SmsCallback, SmsInbound
 
 _PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 _PROBLEMS = {
@@ -103,7 +104,7 @@ _MONITORING_PATHS = {
 def _schemas() -> dict[str, Any]:
     """The bodies' schemas, from the models that validate them, with the answers'."""
     schemas: dict[str, Any] = {}
-    for body in (ViberCallback, InboundMessage):
+    for body in (ViberCallback, InboundMessage, SmsCallback, SmsInbound):
         schema = TypeAdapter(body).json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         schemas[body.__name__] = schema
@@ -117,8 +118,8 @@ def document() -> dict[str, Any]:
         "info": {
             "title": "routee-callbacks ingress",
             "version": "1",
-            "description": "Receives Routee's Viber delivery-status callbacks and inbound messages (replies). Only"
-            " Routee's addresses may post.",
+            "description": "Receives Routee's Viber delivery-status callbacks and inbound messages (replies), and"
+            " its SMS delivery reports and inbound SMS. Only Routee's addresses may post.",
         },
         "paths": {
             "/v1/callbacks/viber": _post(
@@ -132,6 +133,18 @@ def document() -> dict[str, Any]:
                 "Keep one inbound Viber message, a reply (the campaign's `inboundUrl`); 200 only once it is durably"
                 " stored. It has no id: the same content again is a duplicate.",
                 "InboundMessage",
+            ),
+            "/v1/callbacks/sms": _post(
+                "postSmsReport",
+                "Keep one Routee SMS delivery report, of one part (the `callback.url` of an SMS send, or the"
+                " application's); 200 only once it is durably stored. A report without `part` is part 1 of 1.",
+                "SmsCallback",
+            ),
+            "/v1/callbacks/sms/inbound": _post(
+                "postSmsInbound",
+                "Keep one inbound SMS (the number's `inboundSmsCallbackUrl`); 200 only once it is durably stored. The"
+                " same `messageId` again is a duplicate.",
+                "SmsInbound",
             ),
             **_MONITORING_PATHS,
         },

@@ -229,31 +229,32 @@ def _without_surrogates(value: Any, path: str, identity: frozenset[str]) -> Any:
 # -- inbound messages ------------------------------------------------------------------------------------------
 
 
-def number_as_text(value: Any) -> Any:
+def _number_as_text(value: Any) -> Any:
     """A phone number sent as a JSON number is still the number."""
     return to_text(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
+#: Who sent an inbound message: required, and a JSON number is taken as its digits.
+UserNumber = Annotated[
+    RequiredText,
+    BeforeValidator(_number_as_text),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "minLength": 1, "maxLength": 256, "pattern": "^[^\\x00]*$"},
+                {"type": "number"},
+            ],
+            "description": "The user's number; a JSON number is taken as its digits.",
+        }
+    ),
+]
 
 
 class InboundMessage(TypedDict, total=False):
     """One inbound Viber message (a reply) as Routee posts it to a campaign's ``inboundUrl``."""
 
     __pydantic_config__ = CONFIG  # type: ignore[misc]
-    sender: Required[
-        Annotated[
-            RequiredText,
-            BeforeValidator(number_as_text),
-            WithJsonSchema(
-                {
-                    "anyOf": [
-                        {"type": "string", "minLength": 1, "maxLength": 256, "pattern": "^[^\\x00]*$"},
-                        {"type": "number"},
-                    ],
-                    "description": "The user's number; a JSON number is taken as its digits.",
-                }
-            ),
-            Field(alias="from"),
-        ]
-    ]
+    sender: Required[Annotated[UserNumber, Field(alias="from")]]
     send_time: Required[Annotated[RouteeTimestamp, Field(alias="sentDate")]]
     recipient: Annotated[Text, Tolerant("inbound.to", to_text), Field(alias="to")]
     text: Annotated[Text, Tolerant("inbound.message", to_text), Field(alias="message")]
@@ -295,4 +296,4 @@ def parse_inbound(body: bytes) -> ParsedInbound:
     """
     adjusted: list[Adjustment] = []
     fields = validate_body(_INBOUND, body, adjusted, _INBOUND_IDENTITY)
-    return ParsedInbound(pb.InboundMessage(**fields, channel=VIBER, raw_json=body.decode("utf-8")), adjusted)
+    return ParsedInbound(pb.InboundMessage(**fields, channel=VIBER, raw_json=body.decode("utf-8")), adjusted)  # type: ignore[arg-type]

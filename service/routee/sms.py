@@ -16,7 +16,7 @@ from typing_extensions import TypedDict  # pydantic validates typing.TypedDict o
 from routee.callbacks.v1 import callback_pb2 as pb
 from service.domain.limits import MAX_SMS_PARTS
 from service.domain.rules import SMS
-from service.routee.callbacks import Status, number_as_text, validate_body, with_status
+from service.routee.callbacks import Status, UserNumber, validate_body, with_status
 from service.routee.fields import (
     CONFIG,
     RequiredText,
@@ -35,14 +35,16 @@ from service.routee.fields import TOLERATED_FIELDS as TOLERATED_FIELDS
 from service.routee.parsed import Adjustment, ParsedCallback, ParsedInbound
 
 
-def _whole_number(value: Any) -> Any:
-    """A part number written as text (``"2"``) is the number."""
-    return int(value) if isinstance(value, str) and value.strip().isdigit() else value
+def _whole(value: Any) -> Any:
+    """A whole number written with a fraction (``2.0``, an integer to JSON) is the integer."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def _count(value: Any) -> int | None:
-    number = _whole_number(value)
-    return number if isinstance(number, int) and not isinstance(number, bool) else None
+    """A count of parts written as text (``"2"``) or with a fraction (``2.0``) is the number."""
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return value if isinstance(value := _whole(value), int) and not isinstance(value, bool) else None
 
 
 PartNumber = Annotated[int, Strict(), Field(ge=1, le=MAX_SMS_PARTS)]
@@ -53,7 +55,7 @@ class SmsCallback(TypedDict, total=False):
 
     __pydantic_config__ = CONFIG  # type: ignore[misc]
     message_id: Required[Annotated[RequiredText, Field(alias="messageId")]]
-    part: Annotated[PartNumber | None, BeforeValidator(_whole_number)]
+    part: Annotated[PartNumber | None, BeforeValidator(_whole)]
     parts: Annotated[PartNumber | None, Tolerant("sms.parts", _count)]
     sms_id: Annotated[Text, Tolerant("sms.smsId", to_text), Field(alias="smsId")]
     campaign_tracking_id: Annotated[
@@ -106,7 +108,7 @@ class SmsInbound(TypedDict, total=False):
 
     __pydantic_config__ = CONFIG  # type: ignore[misc]
     message_id: Required[Annotated[RequiredText, Field(alias="messageId")]]
-    sender: Required[Annotated[RequiredText, BeforeValidator(number_as_text), Field(alias="from")]]
+    sender: Required[Annotated[UserNumber, Field(alias="from")]]
     send_time: Required[Annotated[RouteeTimestamp, Field(alias="receivedDate")]]
     recipient: Annotated[Text, Tolerant("sms_inbound.to", to_text), Field(alias="to")]
     text: Annotated[Text, Tolerant("sms_inbound.message", to_text), Field(alias="message")]

@@ -15,8 +15,13 @@ from support.service_process import OPEN
 
 pytestmark = pytest.mark.e2e
 
-DATE_FIELDS = ("createdAt", "status.updatedDate", "sentDate")
-POSTS = ("POST /v1/callbacks/viber", "POST /v1/callbacks/viber/inbound")
+DATE_FIELDS = ("createdAt", "status.updatedDate", "sentDate", "receivedDate")
+POSTS = (
+    "POST /v1/callbacks/viber",
+    "POST /v1/callbacks/viber/inbound",
+    "POST /v1/callbacks/sms",
+    "POST /v1/callbacks/sms/inbound",
+)
 EXAMPLES = 100
 
 
