@@ -24,6 +24,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 CALLBACKS_PATH = "/v1/callbacks/viber"
+SMS_PATH = "/v1/callbacks/sms"
 WRK = shutil.which("wrk") or "wrk"
 FIXTURE = (ROOT / "tests" / "fixtures" / "viber" / "02-m1-delivered.json").read_bytes()
 _RUN_IDS = itertools.count(1)
@@ -83,7 +84,7 @@ class Service:
             text = connection.getresponse().read().decode()
         counts = {"accepted": 0.0, "duplicate": 0.0, "rejected": 0.0, "unavailable": 0.0}
         for outcome, value in re.findall(
-            r'^routee_callbacks_callbacks_total\{outcome="(\w+)"[^}]*\} (\S+)', text, re.M
+            r'^routee_callbacks_callbacks_total\{[^}]*outcome="(\w+)"[^}]*\} (\S+)', text, re.M
         ):
             counts[outcome] += float(value)
         return counts
@@ -157,14 +158,18 @@ def tree_cpu_seconds(pid: int) -> float:
 COUNTS_FLUSHED = 1.5
 
 
-def wrk(port: int, seconds: float, connections: int = 32, *, cpu: dict[str, int] | None = None) -> dict[str, float]:
-    """One wrk run of distinct callbacks: requests/s, p50/p99 in ms, errors, answers (2xx); with ``cpu`` (a name
-    for each process tree to measure, by its root pid), each tree's CPU seconds over the run, as ``cpu_s_NAME``."""
+def wrk(
+    port: int, seconds: float, connections: int = 32, *, cpu: dict[str, int] | None = None, sms: bool = False
+) -> dict[str, float]:
+    """One wrk run of distinct callbacks (``sms``: SMS delivery reports, three parts a message, to the SMS
+    endpoint): requests/s, p50/p99 in ms, errors, answers (2xx); with ``cpu`` (a name for each process tree to
+    measure, by its root pid), each tree's CPU seconds over the run, as ``cpu_s_NAME``."""
     run_id = f"{os.getpid()}-{next(_RUN_IDS)}-{time.time_ns()}"
     before = {name: tree_cpu_seconds(pid) for name, pid in (cpu or {}).items()}
     output = subprocess.run(
-        [WRK, "-t2", f"-c{connections}", f"-d{int(seconds)}s", "-s", str(ROOT / "bench" / "callbacks.lua"),
-         f"http://127.0.0.1:{port}{CALLBACKS_PATH}", "--", run_id],
+        [WRK, "-t2", f"-c{connections}", f"-d{int(seconds)}s",
+         "-s", str(ROOT / "bench" / ("sms_reports.lua" if sms else "callbacks.lua")),
+         f"http://127.0.0.1:{port}{SMS_PATH if sms else CALLBACKS_PATH}", "--", run_id],
         capture_output=True, text=True, check=True, timeout=seconds + 60,
     ).stdout  # fmt: skip
     spent = {f"cpu_s_{name}": tree_cpu_seconds(pid) - before[name] for name, pid in (cpu or {}).items()}
@@ -181,13 +186,13 @@ def wrk(port: int, seconds: float, connections: int = 32, *, cpu: dict[str, int]
 
 
 def wrk_service(
-    target: Service, seconds: float, connections: int = 32, *, database_pid: int | None = None
+    target: Service, seconds: float, connections: int = 32, *, database_pid: int | None = None, sms: bool = False
 ) -> dict[str, float]:
     """wrk against the service, with what the service itself counted (accepted must equal requests) and the CPU
     its processes spent (``cpu_s_server``; with ``database_pid``, the database server's apart: ``cpu_s_database``)."""
     before = target.counts()
     trees = {"server": target.proc.pid, **({"database": database_pid} if database_pid else {})}
-    result = wrk(target.http_port, seconds, connections, cpu=trees)
+    result = wrk(target.http_port, seconds, connections, cpu=trees, sms=sms)
     time.sleep(COUNTS_FLUSHED)  # Every worker's last counts reach the metrics the one scraped shows.
     after = target.counts()
     return {**result, **{outcome: after[outcome] - before[outcome] for outcome in after}}

@@ -80,7 +80,8 @@ def _total_cpu(result: dict[str, float]) -> float:
 
 
 def bench_ingress(workdir: Path, seconds: float, rounds: int) -> dict[str, Any]:
-    """The service (one and two workers, SQLite) against gunicorn's sync worker and the do-nothing ASGI ceiling."""
+    """The service (one and two workers, SQLite; Viber callbacks, and SMS reports to one worker) against gunicorn's
+    sync worker and the do-nothing ASGI ceiling."""
     with contextlib.ExitStack() as stack:
         sync_port, sync_pid = stack.enter_context(gunicorn("bench.baseline_wsgi:app"))
         asgi_port, asgi_pid = stack.enter_context(
@@ -94,6 +95,7 @@ def bench_ingress(workdir: Path, seconds: float, rounds: int) -> dict[str, Any]:
                 "asgi_ceiling": lambda s: wrk(asgi_port, s, cpu={"server": asgi_pid}),
                 "ours": lambda s: wrk_service(one, s),
                 "ours_two_workers": lambda s: wrk_service(two, s),
+                "ours_sms": lambda s: wrk_service(one, s, sms=True),
             },
             seconds,
             rounds,
@@ -111,6 +113,7 @@ def bench_ingress(workdir: Path, seconds: float, rounds: int) -> dict[str, Any]:
             "ours_cpu_vs_ceiling": ("ours", "asgi_ceiling"),
             "two_workers_cpu_vs_ceiling": ("ours_two_workers", "asgi_ceiling"),
             "two_workers_cpu_vs_one": ("ours_two_workers", "ours"),
+            "sms_cpu_vs_viber": ("ours_sms", "ours"),
         },
     )
 
