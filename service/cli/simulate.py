@@ -327,25 +327,38 @@ def _send(bodies: list[tuple[str, bytes]], rate: float, concurrency: int) -> tup
     return sender, time.monotonic() - started
 
 
-def run_simulate(args: argparse.Namespace) -> int:
-    """Post the simulated campaign; exit 0 when every callback got 200."""
-    rng = random.Random(args.seed)
-    campaign = args.campaign or str(uuid.UUID(int=rng.getrandbits(128), version=4))
+#: One post: where to, the document, and the date it is ordered by.
+Post = tuple[str, dict[str, Any], str]
+
+
+def _campaign_posts(args: argparse.Namespace, rng: random.Random, campaign: str) -> tuple[list[Post], dict[str, Any]]:
+    """Every post of the simulated campaign, in event order, and what the summary says of it."""
     start = datetime.now(UTC).replace(microsecond=0)
     sms_messages = {"viber": 0, "sms": args.messages, "mixed": args.messages // 2}[args.channel]
     callbacks = build_callbacks(args.messages - sms_messages, campaign, rng, start)
     reports = build_sms(sms_messages, campaign, rng, start)
     replies = build_replies(callbacks, args.replies // 2 if reports else args.replies, rng)
     sms_inbound = build_sms_inbound(reports, args.replies - len(replies), rng)
-    viber_url = args.url
     sms_url = args.sms_url or (args.url if args.channel == "sms" else _sms_url(args.url))
-    inbound_url = args.inbound_url or viber_url.rstrip("/") + "/inbound"
-    posts = [(viber_url, callback, callback["status"]["updatedDate"]) for callback in callbacks]
+    inbound_url = args.inbound_url or args.url.rstrip("/") + "/inbound"
+    posts = [(args.url, callback, callback["status"]["updatedDate"]) for callback in callbacks]
     posts += [(inbound_url, reply, reply["sentDate"]) for reply in replies]
     posts += [(sms_url, report, report["status"]["updatedDate"]) for report in reports]
     posts += [(sms_url.rstrip("/") + "/inbound", message, message["receivedDate"]) for message in sms_inbound]
-    distinct = len(callbacks) + len(reports)
-    replies += sms_inbound
+    facts = {
+        "distinct_events": len(callbacks) + len(reports),
+        "replies": len(replies) + len(sms_inbound),
+        "sms_messages": sms_messages,
+        "expected_statuses": expected_statuses(callbacks, reports),
+    }
+    return posts, facts
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    """Post the simulated campaign; exit 0 when every callback got 200."""
+    rng = random.Random(args.seed)
+    campaign = args.campaign or str(uuid.UUID(int=rng.getrandbits(128), version=4))
+    posts, facts = _campaign_posts(args, rng, campaign)
     if args.duplicates:
         posts += rng.sample(posts, k=len(posts) // 3)
     if args.shuffle:
@@ -357,10 +370,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     summary = {
         "campaign_tracking_id": campaign,
         "messages": args.messages,
-        "distinct_events": distinct,
-        "replies": len(replies),
-        "sms_messages": sms_messages,
-        "expected_statuses": expected_statuses(callbacks, reports),
+        **facts,
         "sent": len(bodies),
         "outcomes": dict(sorted(sender.results.items())),
         "seconds": round(elapsed, 3),
@@ -370,8 +380,8 @@ def run_simulate(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         print(
-            f"campaign {campaign}: {args.messages} messages, {distinct} distinct callbacks, {len(replies)} replies,"
-            f" {len(bodies)} sent"
+            f"campaign {campaign}: {args.messages} messages, {facts['distinct_events']} distinct callbacks,"
+            f" {facts['replies']} replies, {len(bodies)} sent"
         )
         print(f"outcomes: {', '.join(f'{k}={v}' for k, v in summary['outcomes'].items())}")
         print(f"{elapsed:.2f}s, {summary['per_second']} callbacks/s")

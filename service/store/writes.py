@@ -164,13 +164,7 @@ async def _append(
     if not appended and not messages:
         return StatusPlan(), InboundPlan()
     callbacks = [append.callback for append in appended]
-    keys = [
-        sms_event_key(callback) if isinstance(callback, pb.SmsCallback) else event_key(callback)
-        for callback in callbacks
-    ]
-    sms_ids = sorted(
-        {key[0] for key, callback in zip(keys, callbacks, strict=True) if isinstance(callback, pb.SmsCallback)}
-    )
+    keys, sms_ids = _keys(callbacks)
     content_keys = [inbound_key(message) for message in messages]
     _minimise(callbacks, messages, personal_data)  # After the keys: a retry is still recognised by what it was.
     # The log's lock first, then the reads (each sees what committed before it started); all sent before the
@@ -210,6 +204,19 @@ async def _append(
     if plan.events or inbound.entries:
         await set_meta(session, "last_sequence", inbound.last_sequence)
     return plan, inbound
+
+
+def _keys(callbacks: Sequence[pb.ViberCallback | pb.SmsCallback]) -> tuple[list[EventKey], list[str]]:
+    """Each callback's event key, and the tracking ids of the SMS among them."""
+    keys: list[EventKey] = []
+    sms_ids: set[str] = set()
+    for callback in callbacks:
+        if isinstance(callback, pb.SmsCallback):
+            keys.append(sms_event_key(callback))
+            sms_ids.add(callback.message_id)
+        else:
+            keys.append(event_key(callback))
+    return keys, sorted(sms_ids)
 
 
 def _minimise(
