@@ -16,11 +16,12 @@ import grpc
 import pytest
 
 from conftest import StartService
+from routee.callbacks.v1 import callback_pb2 as pb
 from routee.callbacks.v1 import message_status_service_pb2 as pb2
 from routee.callbacks.v1 import message_status_service_pb2_grpc as pb2_grpc
 from support.balancer import connection_owners, haproxy
 from support.fixtures import fixture
-from support.network import free_port, http_request, post_callback
+from support.network import JSON, SMS_PATH, free_port, http_request, post_callback
 from support.polling import eventually
 from support.postgres import PostgresServer
 from support.service_process import OPEN, ServiceProcess, children, executable, writer_process
@@ -147,6 +148,57 @@ class TestInstances:
         finally:
             for stream in streams.values():
                 stream.close()
+
+    def test_the_parts_of_many_sms_at_two_instances_at_once_give_each_message_one_status(
+        self, two_instances: tuple[ServiceProcess, ServiceProcess]
+    ) -> None:
+        """Forty 3-part SMS, every part's Sent and Delivered posted twice, shuffled, to both instances from eight
+        threads: each part event is stored once, every message is DELIVERED with its three parts on either
+        instance, and the campaign counts 40 delivered messages."""
+        rng = random.Random(7)
+        reports = [
+            json.dumps(
+                {
+                    "messageId": f"sms-{message}",
+                    "part": part,
+                    "parts": 3,
+                    "campaignTrackingId": "c-sms",
+                    "status": {"name": name, "updatedDate": f"2024-05-01T10:00:{second:02d}Z"},
+                }
+            ).encode()
+            for message in range(40)
+            for part in (1, 2, 3)
+            for name, second in (("Sent", part), ("Delivered", 10 + part))
+        ]
+        posts = reports * 2
+        rng.shuffle(posts)
+        statuses: list[int] = []
+
+        def send(offset: int) -> None:
+            for index in range(offset, len(posts), 8):
+                port = two_instances[index % 2].http_port
+                answer = http_request(port, "POST", SMS_PATH, posts[index], headers={"Content-Type": JSON})
+                statuses.append(answer.status)
+
+        threads = [threading.Thread(target=send, args=(offset,)) for offset in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert statuses == [200] * len(posts)
+        assert stored_head(two_instances[0].grpc_target) == len(reports), "each part's event stored once"
+        updates = replay(two_instances[1].grpc_target, len(reports))
+        assert len({(u.tracking_id, u.part, u.status_name) for u in updates}) == len(reports)
+        for instance in two_instances:
+            for message in (0, 17, 39):
+                response = instance.get_status(f"sms-{message}")
+                assert response.status == pb.MESSAGE_STATUS_DELIVERED
+                assert [part.part for part in response.parts] == [1, 2, 3]
+        with two_instances[1].channel() as channel:
+            summary = pb2_grpc.MessageStatusServiceStub(channel).GetCampaignSummary(
+                pb2.GetCampaignSummaryRequest(campaign_tracking_id="c-sms"), timeout=10
+            )
+        assert [(count.status, count.messages) for count in summary.counts] == [(pb.MESSAGE_STATUS_DELIVERED, 40)]
 
     def test_resume_on_another_instance_while_callbacks_keep_arriving(
         self, two_instances: tuple[ServiceProcess, ServiceProcess]

@@ -85,7 +85,8 @@ class TestWholePath:
             ("POST", CALLBACKS_PATH, b"x" * 70_000, {"Content-Type": "application/json"}, 413),
             ("POST", CALLBACKS_PATH, valid, {"Content-Type": "text/plain"}, 415),
             ("POST", CALLBACKS_PATH, b'{"trackingId": "t"}', {"Content-Type": "application/json"}, 422),
-            ("POST", "/v1/callbacks/sms", valid, {"Content-Type": "application/json"}, 404),
+            ("POST", "/v1/callbacks/sms", valid, {"Content-Type": "application/json"}, 422),  # a Viber body
+            ("POST", "/v1/callbacks/whatsapp", valid, {"Content-Type": "application/json"}, 404),
             ("PUT", CALLBACKS_PATH, valid, {"Content-Type": "application/json"}, 405),
         ]
         for method, path, body, headers, status in cases:
