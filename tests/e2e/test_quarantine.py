@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 
 from conftest import StartService
+from routee.callbacks.v1 import callback_pb2 as pb
 from routee.callbacks.v1 import message_status_service_pb2 as pb2
-from support.fixtures import fixture_bodies
-from support.network import http_request, post_callback
+from support.fixtures import fixture_bodies, sms_bodies
+from support.network import SMS_PATH, http_request, post_callback
 from support.service_process import OPEN, executable
 from support.streams import StreamCollector
 
@@ -81,3 +82,20 @@ def test_no_secret_of_the_database_uri_is_printed(start_service: StartService, p
     assert result.returncode != 0
     assert "s3cret" not in result.stdout + result.stderr
     assert "routee:***@127.0.0.1:1/routee?sslpassword=***" in result.stderr
+
+
+def test_a_refused_sms_report_is_kept_as_one_and_replayed_through_the_sms_rules(
+    start_service: StartService, database: str
+) -> None:
+    """An SMS report sent with the wrong Content-Type is kept as kind ``sms``; replayed, it is read as an SMS
+    report (not a Viber callback) and its message gets its status."""
+    service = start_service(*OPEN, database=database)
+    body = sms_bodies()["05-s2-part1-delivered.json"]
+    answer = http_request(service.http_port, "POST", SMS_PATH, body, headers={"Content-Type": "text/plain"})
+    assert answer.status == 415
+    [item] = listed(database)
+    assert (item["kind"], item["reason"]) == ("sms", "unsupported_media_type")
+    replayed = quarantine(database, "replay", "--all")
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    response = service.get_status("5e1f0000-0000-4000-8000-000000000002")
+    assert (response.channel, [part.part for part in response.parts]) == (pb.CHANNEL_SMS, [1])

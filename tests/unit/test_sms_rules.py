@@ -8,7 +8,8 @@ import pytest
 
 from routee.callbacks.v1 import callback_pb2 as pb
 from service.domain.errors import InvalidCallbackError
-from service.domain.rules import SMS, sms_event_key, sms_message_status
+from service.domain.rules import MASKED, SMS, sms_event_key, sms_message_status
+from service.routee.privacy import erase_callback, minimise_callback
 from service.routee.sms import parse_sms, parse_sms_inbound
 from service.store.plan import plan_status
 from support.fixtures import sms_bodies, sms_inbound_bodies
@@ -189,3 +190,26 @@ class TestPlan:
         assert late is not None
         assert (late.is_current, late.message_status) == (False, DELIVERED)
         assert plan.parts[("m", 1)].status == DELIVERED
+
+
+class TestPersonalData:
+    """What --store-personal-data and forget keep of an SMS."""
+
+    def test_masked_keeps_no_text_and_the_number_masked(self) -> None:
+        callback = parse_sms(sms_bodies()["02-s1-part1-delivered.json"]).callback
+        minimise_callback(callback, MASKED)
+        assert isinstance(callback, pb.SmsCallback)
+        assert (callback.text, callback.recipient) == ("", "+30*******101")
+        kept = json.loads(callback.raw_json)
+        assert "message" not in kept
+        assert kept["to"] == "+30*******101"
+        assert kept["messageId"] == callback.message_id
+
+    def test_forget_erases_the_recipient_of_a_report(self) -> None:
+        callback = parse_sms(sms_bodies()["02-s1-part1-delivered.json"]).callback
+        erased = erase_callback(callback.SerializeToString(), "+306900000101", sms=True)
+        assert erased is not None
+        kept = pb.SmsCallback.FromString(erased)
+        assert kept.recipient == ""
+        assert "+306900000101" not in kept.raw_json
+        assert erase_callback(callback.SerializeToString(), "+306900000999", sms=True) is None
