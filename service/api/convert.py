@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from routee.callbacks.v1 import callback_pb2 as pb
 from routee.callbacks.v1 import message_status_service_pb2 as pb2
-from service.domain.entries import StoredEvent, StoredInbound
+from service.domain.entries import PartState, StoredEvent, StoredInbound
 from service.domain.rules import SMS
 
 
@@ -63,13 +62,13 @@ def status_event(event: StoredEvent) -> pb2.StatusEvent:
     )
 
 
-def sms_part(event: StoredEvent) -> pb2.SmsPart:
-    """Build an SMS part from its current event."""
+def sms_part(part: PartState) -> pb2.SmsPart:
+    """Build an SMS part from its stored state."""
     return pb2.SmsPart(
-        part=event.part,
-        sms_id=pb.SmsCallback.FromString(event.callback).sms_id,
-        status=event.status,  # type: ignore[arg-type]
-        status_name=event.status_name,
-        update_time=timestamp_from_micros(event.update_us),
-        sequence=event.sequence,
+        part=part.part,
+        sms_id=part.sms_id,
+        status=part.status,  # type: ignore[arg-type]
+        status_name=part.status_name,
+        update_time=timestamp_from_micros(part.update_us),
+        sequence=part.sequence,
     )

@@ -225,7 +225,7 @@ def _message_status(state: MessageState) -> pb2.GetMessageStatusResponse:
         total_events=state.events_total,
         total_replies=state.replies_total,
         channel=current.channel,  # type: ignore[arg-type]
-        parts=[sms_part(event) for event in state.parts],
+        parts=[sms_part(part) for part in state.parts],
     )
     # Parsed in place: no message to build, then copy.
     (response.sms_callback if current.channel == SMS else response.callback).MergeFromString(current.callback)

@@ -55,6 +55,17 @@ class EventFilter:
     channels: frozenset[int] = frozenset()
 
 
+class PartState(NamedTuple):
+    """One part of an SMS as stored: its current status, and the event that set it."""
+
+    part: int
+    sms_id: str
+    status: int
+    status_name: str
+    update_us: int
+    sequence: int
+
+
 @dataclass(slots=True)
 class MessageState:
     """A message as a read finds it: its current-status event, and when asked its latest events and replies (at
@@ -65,7 +76,7 @@ class MessageState:
     replies: list[StoredInbound]
     events_total: int = 0
     replies_total: int = 0
-    parts: list[StoredEvent] = field(default_factory=list)  # an SMS's parts: each part's current event
+    parts: list[PartState] = field(default_factory=list)  # an SMS's parts, in part order
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from service.domain.entries import (
     Entry,
     EventFilter,
     MessageState,
+    PartState,
     StoredEvent,
     StoredInbound,
 )
@@ -277,14 +278,14 @@ class SqlStore:
 
 
 async def _with_parts(session: Session, states: dict[str, MessageState]) -> None:
-    """Put each SMS part's current event into the states of SMS messages, in part order."""
+    """Put each SMS part's current status into the states of SMS messages, in part order (a few small rows each:
+    at most MAX_SMS_PARTS, no callback read)."""
     if not states:
         return
-    condition, params = session.dialect.any_of("p.tracking_id", list(states))
-    rows = await session.rows(
-        f"SELECT {q.event_columns('e.')} FROM sms_parts p JOIN events e ON e.sequence = p.current_sequence"
-        f" WHERE {condition} ORDER BY p.tracking_id, p.part",
+    condition, params = session.dialect.any_of("tracking_id", list(states))
+    for tracking_id, *part in await session.rows(
+        "SELECT tracking_id, part, sms_id, status, status_name, update_us, current_sequence FROM sms_parts"
+        f" WHERE {condition} ORDER BY tracking_id, part",
         params,
-    )
-    for event in map(q.event, rows):
-        states[event.tracking_id].parts.append(event)
+    ):
+        states[tracking_id].parts.append(PartState(*part))

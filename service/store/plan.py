@@ -42,6 +42,8 @@ class PartCurrent(NamedTuple):
     rank: int
     sequence: int
     parts: int
+    sms_id: str = ""
+    status_name: str = ""
 
 
 #: An SMS's parts by part number.
@@ -171,7 +173,9 @@ def _new_sms_event(
     if stored is None or precedence(update_us, rank, sequence) > precedence(
         stored.update_us, stored.rank, stored.sequence
     ):
-        parts[part] = PartCurrent(status, update_us, rank, sequence, callback.parts or 1)
+        parts[part] = PartCurrent(
+            status, update_us, rank, sequence, callback.parts or 1, callback.sms_id, callback.status.name
+        )
     count = max(callback.parts or 1, *(current.parts for current in parts.values()))
     message_status = sms_message_status({number: (now.status, now.update_us) for number, now in parts.items()}, count)
     is_current = before is None or message_status != before.status

@@ -164,7 +164,9 @@ MIGRATIONS = (
         tracking_id {text} NOT NULL,
         part {int2} NOT NULL,
         parts {int2} NOT NULL,                       -- how many parts the message has, by this part's report
+        sms_id {text} NOT NULL,                      -- the part's id (smsId)
         status {int2} NOT NULL,
+        status_name {text} NOT NULL,                 -- as Routee sent it
         update_us {int8} NOT NULL,
         rank {int2} NOT NULL,
         current_sequence {int8} NOT NULL,            -- the part's current event

@@ -101,13 +101,16 @@ _SMS_PARTS = Insert(
         ("tracking_id", "text"),
         ("part", "int2"),
         ("parts", "int2"),
+        ("sms_id", "text"),
         ("status", "int2"),
+        ("status_name", "text"),
         ("update_us", "int8"),
         ("rank", "int2"),
         ("current_sequence", "int8"),
     ),
-    " ON CONFLICT (tracking_id, part) DO UPDATE SET parts = excluded.parts, status = excluded.status,"
-    " update_us = excluded.update_us, rank = excluded.rank, current_sequence = excluded.current_sequence",
+    " ON CONFLICT (tracking_id, part) DO UPDATE SET parts = excluded.parts, sms_id = excluded.sms_id,"
+    " status = excluded.status, status_name = excluded.status_name, update_us = excluded.update_us,"
+    " rank = excluded.rank, current_sequence = excluded.current_sequence",
 )
 _KEY_COLUMNS = (("tracking_id", "text"), ("status_key", "text"), ("update_us", "int8"))
 
@@ -319,7 +322,17 @@ async def _write_status(session: Session, plan: StatusPlan, receive_us: int) -> 
         await session.insert(
             _SMS_PARTS,
             [
-                (tracking_id, part, now.parts, now.status, now.update_us, now.rank, now.sequence)
+                (
+                    tracking_id,
+                    part,
+                    now.parts,
+                    now.sms_id,
+                    now.status,
+                    now.status_name,
+                    now.update_us,
+                    now.rank,
+                    now.sequence,
+                )
                 for (tracking_id, part), now in sorted(plan.parts.items())
             ],
         )
