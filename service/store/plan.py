@@ -130,29 +130,16 @@ def _new_event(
     callback: pb.ViberCallback, key: EventKey, sequence: int, before: Current | None, receive_us: int, source: int
 ) -> NewEvent:
     """The event a callback makes at ``sequence``; current when it beats the message's current event ``before``."""
-    tracking_id, status_key, update_us = key
+    _, _, update_us = key
     status = callback.status.status
     rank = lifecycle_rank(status)
     is_current = before is None or precedence(update_us, rank, sequence) > precedence(
         before.update_us, before.rank, before.sequence
     )
-    event = StoredEvent(
-        sequence,
-        tracking_id,
-        callback.campaign_tracking_id,
-        status,
-        callback.status.name,
-        update_us,
-        receive_us,
-        is_current,
-        callback.SerializeToString(),
-        before.status if is_current and before is not None else 0,
-        source,
-        VIBER,
-        0,
-        status if is_current or before is None else before.status,
+    message_status = status if is_current or before is None else before.status
+    return _event(
+        callback, key, sequence, before, is_current, receive_us, source, channel=VIBER, part=0, now=message_status
     )
-    return NewEvent(event, status_key, rank)
 
 
 def _new_sms_event(
@@ -166,7 +153,7 @@ def _new_sms_event(
 ) -> NewEvent:
     """The event an SMS report makes at ``sequence``: its part's current status when it beats the part's current
     event (``parts`` updated), and current for its message when the parts then give the message another status."""
-    tracking_id, status_key, update_us = key
+    _, _, update_us = key
     status, part = callback.status.status, callback.part or 1
     rank = lifecycle_rank(status)
     stored = parts.get(part)
@@ -179,6 +166,28 @@ def _new_sms_event(
     count = max(callback.parts or 1, *(current.parts for current in parts.values()))
     message_status = sms_message_status({number: (now.status, now.update_us) for number, now in parts.items()}, count)
     is_current = before is None or message_status != before.status
+    return _event(
+        callback, key, sequence, before, is_current, receive_us, source, channel=SMS, part=part, now=message_status
+    )
+
+
+def _event(
+    callback: pb.ViberCallback | pb.SmsCallback,
+    key: EventKey,
+    sequence: int,
+    before: Current | None,
+    is_current: bool,
+    receive_us: int,
+    source: int,
+    *,
+    channel: int,
+    part: int,
+    now: int,
+) -> NewEvent:
+    """The stored event of a callback, of a channel (and an SMS's part), whose message has status ``now`` after it
+    and ``before``'s before it."""
+    tracking_id, status_key, update_us = key
+    status = callback.status.status
     event = StoredEvent(
         sequence,
         tracking_id,
@@ -191,11 +200,11 @@ def _new_sms_event(
         callback.SerializeToString(),
         before.status if is_current and before is not None else 0,
         source,
-        SMS,
+        channel,
         part,
-        message_status,
+        now,
     )
-    return NewEvent(event, status_key, rank)
+    return NewEvent(event, status_key, lifecycle_rank(status))
 
 
 def _add_event(plan: StatusPlan, event: StoredEvent) -> None:
