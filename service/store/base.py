@@ -195,11 +195,7 @@ class SqlStore:
         ``after_tracking_id``, in tracking id order."""
 
         async def read(session: Session) -> list[StoredEvent]:
-            condition, params = "", ()  # type: tuple[str, tuple[object, ...]]
-            for column, values in (("m.status", statuses), ("m.channel", channels)):
-                if values:
-                    clause, more = session.dialect.any_of(column, sorted(values))
-                    condition, params = f"{condition} AND {clause}", (*params, *more)
+            condition, params = q.each_one_of(session.dialect, ("m.status", statuses), ("m.channel", channels))
             rows = await session.rows(
                 f"SELECT {q.event_columns('e.')} FROM messages m JOIN events e ON e.sequence = m.current_sequence"
                 f" WHERE m.campaign_tracking_id = %s{condition} AND m.tracking_id > %s ORDER BY m.tracking_id"

@@ -13,7 +13,7 @@ the session's ``insert`` of rows in bulk.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -139,6 +139,19 @@ def inbound(row: Sequence[Any]) -> StoredInbound:
     return StoredInbound(row[0], row[1], row[2], row[3], bytes(row[4]), row[5])
 
 
+def each_one_of(dialect: Dialect, *filters: tuple[str, Collection[int]]) -> tuple[str, tuple[object, ...]]:
+    """For each (column, values) with values, the condition that the column is one of them after an ``AND``; and
+    their parameters."""
+    clauses = ""
+    params: tuple[object, ...] = ()
+    for column, values in filters:
+        if values:
+            condition, more = dialect.any_of(column, sorted(values))
+            clauses += f" AND {condition}"
+            params += more
+    return clauses, params
+
+
 def where(event_filter: EventFilter, dialect: Dialect) -> tuple[str, tuple[object, ...]]:
     """The conditions of a filter, each after an ``AND``, and their parameters."""
     clauses = ""
@@ -146,15 +159,8 @@ def where(event_filter: EventFilter, dialect: Dialect) -> tuple[str, tuple[objec
     if event_filter.campaign_tracking_id is not None:
         clauses += " AND campaign_tracking_id = %s"
         params += (event_filter.campaign_tracking_id,)
-    if event_filter.statuses:
-        condition, values = dialect.any_of("status", sorted(event_filter.statuses))
-        clauses += f" AND {condition}"
-        params += values
-    if event_filter.channels:
-        condition, values = dialect.any_of("channel", sorted(event_filter.channels))
-        clauses += f" AND {condition}"
-        params += values
-    return clauses, params
+    more, values = each_one_of(dialect, ("status", event_filter.statuses), ("channel", event_filter.channels))
+    return clauses + more, params + values
 
 
 def snapshot_page(
@@ -180,14 +186,11 @@ def snapshot_page(
         params += (event_filter.campaign_tracking_id,)
     conditions += " AND m.tracking_id > %s"
     params += (after,)
-    if event_filter.statuses:
-        condition, values = dialect.any_of("e.message_status", sorted(event_filter.statuses))
-        conditions += f" AND {condition}"
-        params += values
-    if event_filter.channels:
-        condition, values = dialect.any_of("m.channel", sorted(event_filter.channels))
-        conditions += f" AND {condition}"
-        params += values
+    more, values = each_one_of(
+        dialect, ("e.message_status", event_filter.statuses), ("m.channel", event_filter.channels)
+    )
+    conditions += more
+    params += values
     return (
         f"SELECT {event_columns('e.')} FROM messages m CROSS JOIN events e WHERE {conditions}"
         " ORDER BY m.tracking_id LIMIT %s",
