@@ -259,18 +259,22 @@ def _check_id(field: str, value: str, *, required: bool = True) -> None:
         raise InvalidArgumentError(f"{field}: an id is at most {MAX_ID_LENGTH} characters, not {len(value)}")
 
 
+_KNOWN_STATUSES = frozenset(pb.MessageStatus.values()) - {pb.MESSAGE_STATUS_UNSPECIFIED}
+
+
 def _statuses(requested: Iterable[int]) -> frozenset[int]:
-    known = set(pb.MessageStatus.values()) - {pb.MESSAGE_STATUS_UNSPECIFIED}
-    for status in requested:
-        if status not in known:
-            raise InvalidArgumentError(f"statuses: {status} is not a MessageStatus this server knows")
-    return frozenset(requested)
+    return _known("statuses", requested, _KNOWN_STATUSES, "MessageStatus")
 
 
 def _channels(requested: Iterable[int]) -> frozenset[int]:
-    for channel in requested:
-        if channel not in CHANNELS:
-            raise InvalidArgumentError(f"channels: {channel} is not a Channel this server knows")
+    return _known("channels", requested, CHANNELS, "Channel")
+
+
+def _known(field: str, requested: Iterable[int], known: frozenset[int], enum: str) -> frozenset[int]:
+    """A filter of enum values; INVALID_ARGUMENT for a value this server does not know (UNSPECIFIED included)."""
+    for value in requested:
+        if value not in known:
+            raise InvalidArgumentError(f"{field}: {value} is not a {enum} this server knows")
     return frozenset(requested)
 
 
