@@ -21,7 +21,7 @@ from routee.callbacks.v1 import message_status_service_pb2 as pb2
 from routee.callbacks.v1 import message_status_service_pb2_grpc as pb2_grpc
 from support.balancer import connection_owners, haproxy
 from support.fixtures import fixture
-from support.network import JSON, SMS_PATH, free_port, http_request, post_callback
+from support.network import SMS_PATH, free_port, http_request, post_callback
 from support.polling import eventually
 from support.postgres import PostgresServer
 from support.service_process import OPEN, ServiceProcess, children, executable, writer_process
@@ -177,8 +177,7 @@ class TestInstances:
         def send(offset: int) -> None:
             for index in range(offset, len(posts), 8):
                 port = two_instances[index % 2].http_port
-                answer = http_request(port, "POST", SMS_PATH, posts[index], headers={"Content-Type": JSON})
-                statuses.append(answer.status)
+                statuses.append(post_callback(port, posts[index], path=SMS_PATH).status)
 
         threads = [threading.Thread(target=send, args=(offset,)) for offset in range(8)]
         for thread in threads:

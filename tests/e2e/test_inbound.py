@@ -12,19 +12,18 @@ import pytest
 from conftest import StartService
 from routee.callbacks.v1 import message_status_service_pb2 as pb2
 from support.fixtures import fixture_bodies, inbound_bodies
-from support.network import CALLBACKS_PATH, INBOUND_PATH, http_request
+from support.network import CALLBACKS_PATH, INBOUND_PATH, post_callback
 from support.service_process import OPEN, ServiceProcess, executable
 from support.streams import StreamCollector
 
 pytestmark = pytest.mark.e2e
 
-JSON_HEADERS = {"Content-Type": "application/json"}
 CAMPAIGN_A = "c0ffee00-0000-4000-8000-0000000000a1"
 MESSAGE_1 = "a1b2c3d4-0000-4000-8000-000000000001"
 
 
 def post(service: ServiceProcess, path: str, body: bytes, source: str = "127.0.0.1") -> tuple[int, dict[str, object]]:
-    answer = http_request(service.http_port, "POST", path, body, source=source, headers=JSON_HEADERS)
+    answer = post_callback(service.http_port, body, path=path, source=source)
     return answer.status, answer.json()
 
 

@@ -91,8 +91,7 @@ def test_a_refused_sms_report_is_kept_as_one_and_replayed_through_the_sms_rules(
     report (not a Viber callback) and its message gets its status."""
     service = start_service(*OPEN, database=database)
     body = sms_bodies()["05-s2-part1-delivered.json"]
-    answer = http_request(service.http_port, "POST", SMS_PATH, body, headers={"Content-Type": "text/plain"})
-    assert answer.status == 415
+    assert post_callback(service.http_port, body, path=SMS_PATH, Content_Type="text/plain").status == 415
     [item] = listed(database)
     assert (item["kind"], item["reason"]) == ("sms", "unsupported_media_type")
     replayed = quarantine(database, "replay", "--all")

@@ -27,7 +27,7 @@ from support.fake_routee import (
     tracking_object,
 )
 from support.fixtures import fixture
-from support.network import JSON, SMS_PATH, http_request, post_callback
+from support.network import SMS_PATH, http_request, post_callback
 from support.polling import eventually
 from support.service_process import OPEN, executable
 from support.streams import StreamCollector
@@ -129,9 +129,7 @@ class TestSmsReconciliation:
             sms_tracking_object("s1", 2, 2, "Delivered", when(4)),
         ]
         report = {"messageId": "s1", "part": 1, "parts": 2, "status": {"name": "Queued", "updatedDate": when(0)}}
-        posted = http_request(
-            service.http_port, "POST", SMS_PATH, json.dumps(report).encode(), headers={"Content-Type": JSON}
-        )
+        posted = post_callback(service.http_port, json.dumps(report).encode(), path=SMS_PATH)
         assert posted.status == 200
         eventually(lambda: service.get_status("s1").status == pb.MESSAGE_STATUS_DELIVERED, "no Delivered from the API")
         response = service.get_status("s1")

@@ -16,7 +16,7 @@ from routee.callbacks.v1 import callback_pb2 as pb
 from routee.callbacks.v1 import message_status_service_pb2 as pb2
 from routee.callbacks.v1 import message_status_service_pb2_grpc as pb2_grpc
 from support.fixtures import inbound_bodies, sms_bodies, sms_inbound_bodies
-from support.network import CALLBACKS_PATH, INBOUND_PATH, JSON, SMS_INBOUND_PATH, SMS_PATH, http_request
+from support.network import CALLBACKS_PATH, INBOUND_PATH, SMS_INBOUND_PATH, SMS_PATH, post_callback
 from support.service_process import OPEN, ServiceProcess, executable
 from support.streams import StreamCollector
 
@@ -35,7 +35,7 @@ def service(request: pytest.FixtureRequest, start_service: StartService, databas
 
 
 def post(service: ServiceProcess, path: str, body: bytes) -> tuple[int, dict[str, object]]:
-    answer = http_request(service.http_port, "POST", path, body, headers={"Content-Type": JSON})
+    answer = post_callback(service.http_port, body, path=path)
     return answer.status, answer.json()
 
 

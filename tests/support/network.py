@@ -67,8 +67,15 @@ def http_request(
 
 
 def post_callback(
-    port: int, body: bytes, *, source: str = "127.0.0.1", host: str = "127.0.0.1", **headers: str
+    port: int,
+    body: bytes,
+    *,
+    path: str = CALLBACKS_PATH,
+    source: str = "127.0.0.1",
+    host: str = "127.0.0.1",
+    **headers: str,
 ) -> HttpResult:
-    """POST a callback body as Routee does, from ``source`` to ``host``; header names use ``_`` for ``-``."""
-    all_headers = {"Content-Type": "application/json", **{k.replace("_", "-"): v for k, v in headers.items()}}
-    return http_request(port, "POST", CALLBACKS_PATH, body, source=source, host=host, headers=all_headers)
+    """POST a body as Routee does, to ``path`` (the Viber callback URL by default), from ``source`` to ``host``;
+    header names use ``_`` for ``-``."""
+    all_headers = {"Content-Type": JSON, **{k.replace("_", "-"): v for k, v in headers.items()}}
+    return http_request(port, "POST", path, body, source=source, host=host, headers=all_headers)
